@@ -1,0 +1,111 @@
+"""Classifier networks, each split into a backbone (image → feature) and a head.
+
+BatchNorm uses momentum 0.9 and epsilon 1e-5 — PyTorch's defaults, which the
+reference CIFAR ResNets of the thesis and of Meta-Weight-Net use — rather than
+Keras' 0.99 / 1e-3, so that learning-rate schedules tuned there carry over.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def _bn(name):
+  return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                   name=name)
+
+
+def _conv(filters, stride, name, kernel_size=3):
+  return layers.Conv2D(filters, kernel_size, strides=stride, padding="same",
+                       use_bias=False, kernel_initializer="he_normal",
+                       name=name)
+
+
+@keras.saving.register_keras_serializable(package="advisor_tf")
+class ZeroPadShortcut(layers.Layer):
+  """Option-A ResNet shortcut: subsample spatially, zero-pad the channels."""
+
+  def __init__(self, filters, stride, **kwargs):
+    super().__init__(**kwargs)
+    self.filters = int(filters)
+    self.stride = int(stride)
+
+  def call(self, x):
+    x = x[:, ::self.stride, ::self.stride, :]
+    extra = self.filters - x.shape[-1]
+    return ops.pad(x, [[0, 0], [0, 0], [0, 0],
+                       [extra // 2, extra - extra // 2]])
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(filters=self.filters, stride=self.stride)
+    return config
+
+
+def _basic_block(x, filters, stride, name):
+  shortcut = x
+  y = _conv(filters, stride, f"{name}_conv1")(x)
+  y = layers.ReLU(name=f"{name}_relu1")(_bn(f"{name}_bn1")(y))
+  y = _conv(filters, 1, f"{name}_conv2")(y)
+  y = _bn(f"{name}_bn2")(y)
+  if stride != 1 or x.shape[-1] != filters:
+    shortcut = ZeroPadShortcut(filters, stride, name=f"{name}_shortcut")(x)
+  return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")(
+      [y, shortcut]))
+
+
+def cifar_resnet(input_shape, depth=32, widths=(16, 32, 64), name="resnet32"):
+  """CIFAR ResNet (He et al. 2016, sec. 4.2): 3 stages of (depth-2)/6 blocks."""
+  if (depth - 2) % 6:
+    raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}.")
+  blocks = (depth - 2) // 6
+  inputs = keras.Input(shape=input_shape, name="image")
+  x = _conv(widths[0], 1, "stem_conv")(inputs)
+  x = layers.ReLU(name="stem_relu")(_bn("stem_bn")(x))
+  for stage, filters in enumerate(widths):
+    for block in range(blocks):
+      stride = 2 if stage > 0 and block == 0 else 1
+      x = _basic_block(x, filters, stride, f"stage{stage + 1}_block{block + 1}")
+  features = layers.GlobalAveragePooling2D(name="pool")(x)
+  return keras.Model(inputs, features, name=name)
+
+
+def small_cnn(input_shape, widths=(32, 64, 128), name="small_cnn"):
+  """Three conv-BN-ReLU layers (stride 1, 2, 2) and global pooling.
+
+  Sized for 8×8 digits (→ 2×2 before pooling) and usable on 32×32 images.
+  """
+  inputs = keras.Input(shape=input_shape, name="image")
+  x = inputs
+  for i, filters in enumerate(widths):
+    x = _conv(filters, 1 if i == 0 else 2, f"conv{i + 1}")(x)
+    x = layers.ReLU(name=f"relu{i + 1}")(_bn(f"bn{i + 1}")(x))
+  features = layers.GlobalAveragePooling2D(name="pool")(x)
+  return keras.Model(inputs, features, name=name)
+
+
+def linear_head(feature_dim, num_classes, name="head"):
+  """Feature → logits: one Dense layer (the category predictor Φc)."""
+  inputs = keras.Input(shape=(feature_dim,), name="feature")
+  logits = layers.Dense(num_classes, name="logits")(inputs)
+  return keras.Model(inputs, logits, name=name)
+
+
+BACKBONES = {
+    "resnet32": lambda shape: cifar_resnet(shape, depth=32),
+    "small_cnn": small_cnn,
+}
+
+
+def build_classifier(backbone, input_shape, num_classes):
+  """Returns `(backbone_model, head_model)` for a registered backbone name."""
+  if backbone not in BACKBONES:
+    raise ValueError(f"Unknown backbone {backbone!r}; allowed: "
+                     f"{sorted(BACKBONES)}.")
+  body = BACKBONES[backbone](tuple(input_shape))
+  head = linear_head(body.output_shape[-1], num_classes)
+  return body, head

@@ -1,0 +1,155 @@
+"""Advisor-side layers: the advisor network Ψ, the MFRW mask, Meta-Weight-Net."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="advisor_tf")
+class AdvisorNetwork(keras.layers.Layer):
+  """The advisor Ψ(f, L) of thesis section 3.4.3.
+
+  The feature `f` and the per-example loss `L` are embedded separately
+  (Dense(E) + ReLU each), concatenated, mixed by Dense(2E) + ReLU, and read out
+  by one sigmoid head per method: `W_f` (one weight per feature, MFRW) and
+  `s_k` (one weight per class, MES). Only the heads that are asked for are
+  built, so no variable is left without a gradient.
+
+  Args:
+    feature_dim: D, size of `f` and of `W_f`.
+    num_classes: C, size of `s_k`; required when `class_weights=True`.
+    embedding_size: E (100 in every experiment of the thesis).
+    feature_mask: build the MFRW head `W_f`.
+    class_weights: build the MES head `s_k`.
+
+  Call arguments:
+    features: `(batch, D)`; treated as an observation (gradient stopped).
+    losses: `(batch,)` or `(batch, 1)` per-example losses (gradient stopped).
+
+  Returns:
+    A dict with `"mask"` `(batch, D)` and/or `"suppression"` `(batch, C)`.
+
+  Example:
+    >>> advisor = AdvisorNetwork(feature_dim=64, num_classes=10)
+    >>> out = advisor(f, loss)  # out["mask"], out["suppression"]
+
+  Reference:
+    Ricci, Uricchio, Del Bimbo, "Learning advisor networks for noisy image
+    classification", ICIAP 2021; thesis ch. 3.4.
+  """
+
+  def __init__(self, feature_dim, num_classes=None, embedding_size=100,
+               feature_mask=True, class_weights=True, **kwargs):
+    super().__init__(**kwargs)
+    if not (feature_mask or class_weights):
+      raise ValueError("AdvisorNetwork needs feature_mask or class_weights.")
+    if class_weights and not num_classes:
+      raise ValueError("class_weights=True (MES) needs num_classes >= 2, got "
+                       f"{num_classes}.")
+    self.feature_dim = int(feature_dim)
+    self.num_classes = None if num_classes is None else int(num_classes)
+    self.embedding_size = int(embedding_size)
+    self.feature_mask = bool(feature_mask)
+    self.class_weights = bool(class_weights)
+    e = self.embedding_size
+    self.feature_embedding = keras.layers.Dense(e, activation="relu",
+                                                name="feature_embedding")
+    self.loss_embedding = keras.layers.Dense(e, activation="relu",
+                                             name="loss_embedding")
+    self.hidden = keras.layers.Dense(2 * e, activation="relu", name="hidden")
+    self.mask_head = (keras.layers.Dense(self.feature_dim, activation="sigmoid",
+                                         name="mask_head")
+                      if self.feature_mask else None)
+    self.suppression_head = (
+        keras.layers.Dense(self.num_classes, activation="sigmoid",
+                           name="suppression_head")
+        if self.class_weights else None)
+
+  def build(self, features_shape=None, losses_shape=None):
+    self.feature_embedding.build((None, self.feature_dim))
+    self.loss_embedding.build((None, 1))
+    self.hidden.build((None, 2 * self.embedding_size))
+    for head in (self.mask_head, self.suppression_head):
+      if head is not None:
+        head.build((None, 2 * self.embedding_size))
+
+  def call(self, features, losses):
+    features = ops.stop_gradient(ops.cast(features, self.compute_dtype))
+    losses = ops.stop_gradient(
+        ops.reshape(ops.cast(losses, self.compute_dtype), (-1, 1)))
+    h = ops.concatenate(
+        [self.feature_embedding(features), self.loss_embedding(losses)], -1)
+    h = self.hidden(h)
+    out = {}
+    if self.mask_head is not None:
+      out["mask"] = self.mask_head(h)
+    if self.suppression_head is not None:
+      out["suppression"] = self.suppression_head(h)
+    return out
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(feature_dim=self.feature_dim, num_classes=self.num_classes,
+                  embedding_size=self.embedding_size,
+                  feature_mask=self.feature_mask,
+                  class_weights=self.class_weights)
+    return config
+
+
+@keras.saving.register_keras_serializable(package="advisor_tf")
+class MetaWeightNet(keras.layers.Layer):
+  """Meta-Weight-Net (Shu et al., NeurIPS 2019): loss → weight in (0, 1).
+
+  An MLP 1 → hidden → 1 with ReLU and a sigmoid output, applied to each
+  example's (gradient-stopped) loss.
+
+  Args:
+    hidden_units: width of the hidden layer (100 in the paper).
+
+  Call arguments:
+    losses: `(batch,)` per-example losses.
+
+  Returns:
+    `(batch,)` example weights.
+  """
+
+  def __init__(self, hidden_units=100, **kwargs):
+    super().__init__(**kwargs)
+    self.hidden_units = int(hidden_units)
+    self.hidden = keras.layers.Dense(self.hidden_units, activation="relu",
+                                     name="hidden")
+    self.out = keras.layers.Dense(1, activation="sigmoid", name="weight")
+
+  def build(self, losses_shape=None):
+    self.hidden.build((None, 1))
+    self.out.build((None, self.hidden_units))
+
+  def call(self, losses):
+    losses = ops.stop_gradient(
+        ops.reshape(ops.cast(losses, self.compute_dtype), (-1, 1)))
+    return ops.reshape(self.out(self.hidden(losses)), (-1,))
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(hidden_units=self.hidden_units)
+    return config
+
+
+@keras.saving.register_keras_serializable(package="advisor_tf")
+class FeatureReweighting(keras.layers.Layer):
+  """Meta Feature Re-Weighting: `f_att = W_f ⊙ f` (thesis eq. 3.3).
+
+  Applied during training only; at inference the classifier head sees the
+  plain feature, so the exported model carries no trace of the advisor.
+
+  Call arguments:
+    features: `(batch, D)`.
+    mask: `(batch, D)` attention weights from the advisor.
+    training: when falsy, `features` is returned unchanged.
+  """
+
+  def call(self, features, mask, training=None):
+    if not training:
+      return features
+    return features * ops.cast(mask, features.dtype)
