@@ -1,0 +1,106 @@
+"""Every command-line flag of `advisor_tf.train`, defined and read here only.
+
+Flags may come from a flagfile (`--flagfile=flags/quickstart.cfg`) and be
+overridden on the command line after it. `to_config()` turns them into the
+frozen `TrainConfig` the library uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from advisor_tf import config as config_lib
+from advisor_tf.backbones import BACKBONES
+from advisor_tf.data.noise import FLIP_TARGET_RULES, NOISE_TYPES
+from advisor_tf.data.sources import SOURCES
+from advisor_tf.model import MODES
+
+_D = config_lib.TrainConfig()
+
+# Data.
+flags.DEFINE_enum("dataset", _D.dataset, sorted(SOURCES), "Dataset to train on.")
+flags.DEFINE_string("data_dir", _D.data_dir, "Where the dataset files are.")
+flags.DEFINE_enum("noise", _D.noise, NOISE_TYPES, "Synthetic label noise model.")
+flags.DEFINE_float("noise_rate", _D.noise_rate,
+                   "Noise probability p in [0, 1).", lower_bound=0.0,
+                   upper_bound=0.999999)
+flags.DEFINE_enum("flip_targets", _D.flip_targets, FLIP_TARGET_RULES,
+                  "Flip target rule: random (Meta-Weight-Net) or similar "
+                  "(look-alike classes).")
+flags.DEFINE_float("imbalance_factor", _D.imbalance_factor,
+                   "Long-tail imbalance factor n_max/n_min (1 = balanced).",
+                   lower_bound=1.0)
+flags.DEFINE_integer("meta_per_class", _D.meta_per_class,
+                     "Clean meta images per class, taken from train.",
+                     lower_bound=1)
+# Method.
+flags.DEFINE_enum("method", _D.method, MODES, "Training method.")
+flags.DEFINE_integer("embedding_size", _D.embedding_size,
+                     "Advisor embedding size E.", lower_bound=1)
+flags.DEFINE_float("rho", _D.rho, "MES Bernoulli probability ρ.",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float("advisor_lr", _D.advisor_lr, "Advisor Adam learning rate.",
+                   lower_bound=0.0)
+# Classifier and optimisation.
+flags.DEFINE_enum("backbone", _D.backbone, sorted(BACKBONES), "Backbone.")
+flags.DEFINE_integer("epochs", _D.epochs, "Training epochs.", lower_bound=1)
+flags.DEFINE_integer("steps_per_epoch", _D.steps_per_epoch,
+                     "Steps per epoch (default: one pass over train).",
+                     lower_bound=1)
+flags.DEFINE_integer("batch_size", _D.batch_size, "Train batch size.",
+                     lower_bound=1)
+flags.DEFINE_integer("meta_batch_size", _D.meta_batch_size, "Meta batch size.",
+                     lower_bound=1)
+flags.DEFINE_float("lr", _D.lr, "Classifier SGD learning rate.", lower_bound=0.0)
+flags.DEFINE_float("momentum", _D.momentum, "SGD momentum.", lower_bound=0.0,
+                   upper_bound=0.999999)
+flags.DEFINE_float("weight_decay", _D.weight_decay,
+                   "L2 weight decay added to the gradients (coupled).",
+                   lower_bound=0.0)
+flags.DEFINE_enum("lr_schedule", _D.lr_schedule, config_lib.LR_SCHEDULES,
+                  "Learning-rate schedule.")
+flags.DEFINE_list("lr_decay_epochs", [str(e) for e in _D.lr_decay_epochs],
+                  "Epochs at which the step schedule multiplies the learning "
+                  "rate by --lr_decay_factor.")
+flags.DEFINE_float("lr_decay_factor", _D.lr_decay_factor, "Step decay factor.",
+                   lower_bound=0.0)
+# Run.
+flags.DEFINE_integer("seed", _D.seed, "Seed of every split, init and draw.")
+flags.DEFINE_string("workdir", _D.workdir, "Where the run writes everything.")
+flags.DEFINE_enum("jit_compile", _D.jit_compile, config_lib.JIT_CHOICES,
+                  "XLA-compile the train step (auto: on GPU only).")
+flags.DEFINE_bool("deterministic", _D.deterministic,
+                  "Enable TensorFlow op determinism (same seed ⇒ same weights).")
+flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size,
+                     "Evaluation batch size.", lower_bound=1)
+flags.DEFINE_bool("export", _D.export, "Export the classifier as a SavedModel.")
+flags.DEFINE_integer("verbose", _D.verbose, "Keras progress output (0, 1, 2).",
+                     lower_bound=0, upper_bound=2)
+
+
+def _int_list(flag_name, values):
+  try:
+    return tuple(int(v) for v in values)
+  except ValueError:
+    raise flags.ValidationError(
+        f"--{flag_name}={','.join(values)} must be a comma-separated list of "
+        "integers.") from None
+
+
+flags.register_validator(
+    "lr_decay_epochs", lambda v: bool(_int_list("lr_decay_epochs", v)) or True,
+    message="--lr_decay_epochs must be a comma-separated list of integers.")
+
+
+def to_config(values=None) -> config_lib.TrainConfig:
+  """The parsed flags as a validated `TrainConfig`."""
+  values = values or flags.FLAGS
+  kwargs = {}
+  for field in dataclasses.fields(config_lib.TrainConfig):
+    value = values[field.name].value
+    if field.name == "lr_decay_epochs":
+      value = _int_list(field.name, value)
+    kwargs[field.name] = value
+  return config_lib.TrainConfig(**kwargs).validate()

@@ -1,0 +1,102 @@
+"""The typed, frozen configuration of one training run.
+
+Library code receives a `TrainConfig`; only `advisor_tf.cli_flags` reads absl
+flags. `TrainConfig.validate()` checks ranges and combinations and names the
+flag and the allowed values in its errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from advisor_tf.backbones import BACKBONES
+from advisor_tf.data.noise import FLIP_TARGET_RULES, NOISE_TYPES
+from advisor_tf.model import MODES
+
+LR_SCHEDULES = ("constant", "step", "cosine")
+JIT_CHOICES = ("auto", "true", "false")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything that defines a run. Field names equal the CLI flag names."""
+  # Data.
+  dataset: str = "digits"
+  data_dir: str | None = None
+  noise: str = "flip"
+  noise_rate: float = 0.4
+  flip_targets: str = "random"
+  imbalance_factor: float = 1.0
+  meta_per_class: int = 10
+  # Method.
+  method: str = "mfrw_mes"
+  embedding_size: int = 100
+  rho: float = 0.9
+  advisor_lr: float = 1e-4
+  # Classifier and optimisation.
+  backbone: str = "small_cnn"
+  epochs: int = 30
+  steps_per_epoch: int | None = None
+  batch_size: int = 64
+  meta_batch_size: int = 50
+  lr: float = 0.05
+  momentum: float = 0.9
+  weight_decay: float = 5e-4
+  lr_schedule: str = "step"
+  lr_decay_epochs: tuple = (20, 25)
+  lr_decay_factor: float = 0.1
+  # Run.
+  seed: int = 0
+  workdir: str = "runs/quickstart"
+  jit_compile: str = "auto"
+  deterministic: bool = True
+  eval_batch_size: int = 256
+  export: bool = True
+  verbose: int = 1
+
+  def validate(self):
+    """Raises ValueError naming the flag and what is allowed."""
+    _choice("method", self.method, MODES)
+    _choice("noise", self.noise, NOISE_TYPES)
+    _choice("flip_targets", self.flip_targets, FLIP_TARGET_RULES)
+    _choice("backbone", self.backbone, tuple(BACKBONES))
+    _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+    _choice("jit_compile", self.jit_compile, JIT_CHOICES)
+    if not 0.0 <= self.noise_rate < 1.0:
+      raise ValueError(f"--noise_rate={self.noise_rate} must be in [0, 1).")
+    if self.imbalance_factor < 1.0:
+      raise ValueError(f"--imbalance_factor={self.imbalance_factor} must be >= "
+                       "1 (1 means balanced).")
+    if not 0.0 <= self.rho <= 1.0:
+      raise ValueError(f"--rho={self.rho} must be in [0, 1].")
+    for name in ("epochs", "batch_size", "meta_batch_size", "embedding_size",
+                 "eval_batch_size"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"--{name}={getattr(self, name)} must be >= 1.")
+    if self.meta_per_class < 1:
+      raise ValueError(f"--meta_per_class={self.meta_per_class} must be >= 1: "
+                       "every method trains on the same split, and the advisor "
+                       "methods need a clean meta set.")
+    if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+      raise ValueError(f"--steps_per_epoch={self.steps_per_epoch} must be >= 1 "
+                       "or unset (one pass over the training set).")
+    for name in ("lr", "advisor_lr"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"--{name}={getattr(self, name)} must be > 0.")
+    if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+      raise ValueError("--weight_decay must be >= 0 and --momentum in [0, 1).")
+    if self.lr_schedule == "step" and any(
+        e < 1 or e > self.epochs for e in self.lr_decay_epochs):
+      raise ValueError(f"--lr_decay_epochs={list(self.lr_decay_epochs)} must "
+                       f"lie in [1, --epochs={self.epochs}].")
+    return self
+
+  def to_json(self):
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def _choice(flag, value, allowed):
+  if value not in allowed:
+    raise ValueError(f"--{flag}={value!r} is not allowed; choose one of: "
+                     f"{', '.join(allowed)}.")

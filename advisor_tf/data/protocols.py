@@ -1,0 +1,100 @@
+"""Dataset protocols on label arrays: meta split, long tail, label noise.
+
+Pure numpy functions of one seeded `np.random.Generator`, so one seed drives
+every split. They work on indices into a source's training split, so they
+apply unchanged to in-memory arrays, tfds datasets or files on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from advisor_tf.data import noise as noise_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """How to turn a clean training split into the experiment's data."""
+  noise: str = "none"
+  noise_rate: float = 0.0
+  flip_targets: str = "random"
+  imbalance_factor: float = 1.0
+  meta_per_class: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """Indices into the source's training split, and the labels to use."""
+  train_indices: np.ndarray
+  train_labels: np.ndarray        # possibly noisy: what the model is given
+  train_clean_labels: np.ndarray  # the truth, kept for reports
+  meta_indices: np.ndarray
+  meta_labels: np.ndarray
+  transition: np.ndarray
+
+  @property
+  def noise_rate(self):
+    """The realised fraction of wrong training labels."""
+    if len(self.train_labels) == 0:
+      return 0.0
+    return float(np.mean(self.train_labels != self.train_clean_labels))
+
+  def class_counts(self, num_classes):
+    return np.bincount(self.train_labels, minlength=num_classes)
+
+
+def meta_split(labels, per_class, rng, num_classes):
+  """Takes `per_class` examples of each class out; returns (meta, rest) indices."""
+  labels = np.asarray(labels)
+  meta = []
+  for c in range(num_classes):
+    members = np.flatnonzero(labels == c)
+    if len(members) <= per_class:
+      raise ValueError(f"Class {c} has {len(members)} training examples; a meta "
+                       f"set of {per_class} per class (--meta_per_class) must "
+                       "leave at least one for training.")
+    meta.append(rng.choice(members, size=per_class, replace=False))
+  meta = np.sort(np.concatenate(meta)) if meta else np.zeros(0, np.int64)
+  rest = np.setdiff1d(np.arange(len(labels)), meta)
+  return meta, rest
+
+
+def long_tail_counts(available, imbalance_factor):
+  """Per-class counts int(n_max · (1/IF)^(c/(C−1))), capped by what exists."""
+  available = np.asarray(available)
+  if imbalance_factor < 1:
+    raise ValueError(f"Imbalance factor must be >= 1, got {imbalance_factor}.")
+  num_classes = len(available)
+  n_max = int(available.max())
+  exponents = np.arange(num_classes) / max(num_classes - 1, 1)
+  wanted = (n_max * (1.0 / imbalance_factor) ** exponents).astype(np.int64)
+  return np.minimum(wanted, available)
+
+
+def long_tail(indices, labels, imbalance_factor, rng, num_classes):
+  """Keeps `long_tail_counts` examples of each class, chosen at random."""
+  indices = np.asarray(indices)
+  sub_labels = np.asarray(labels)[indices]
+  available = np.bincount(sub_labels, minlength=num_classes)
+  counts = long_tail_counts(available, imbalance_factor)
+  keep = [rng.choice(indices[sub_labels == c], size=counts[c], replace=False)
+          for c in range(num_classes)]
+  return np.sort(np.concatenate(keep))
+
+
+def apply(protocol, labels, num_classes, seed, similar=None):
+  """Meta split → long tail → noise, all from one seed. Returns a `Split`."""
+  labels = np.asarray(labels, dtype=np.int64)
+  rng = np.random.default_rng(seed)
+  meta, rest = meta_split(labels, protocol.meta_per_class, rng, num_classes)
+  if protocol.imbalance_factor > 1:
+    rest = long_tail(rest, labels, protocol.imbalance_factor, rng, num_classes)
+  rest = rng.permutation(rest)
+  matrix = noise_lib.transition_matrix(
+      protocol.noise, protocol.noise_rate, num_classes, rng,
+      rule=protocol.flip_targets, similar=similar)
+  noisy, clean = noise_lib.corrupt(labels[rest], matrix, rng)
+  return Split(train_indices=rest, train_labels=noisy, train_clean_labels=clean,
+               meta_indices=meta, meta_labels=labels[meta], transition=matrix)
