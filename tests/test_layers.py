@@ -1,0 +1,65 @@
+"""Advisor layers: shapes, ranges, serialization round trips."""
+
+import keras
+import numpy as np
+import pytest
+
+from advisor_tf import layers
+
+
+def _round_trip(layer):
+  clone = keras.saving.deserialize_keras_object(
+      keras.saving.serialize_keras_object(layer))
+  assert type(clone) is type(layer)
+  assert clone.get_config() == layer.get_config()
+  return clone
+
+
+@pytest.mark.parametrize("mask,classes", [(True, True), (True, False),
+                                          (False, True)])
+def test_advisor_heads_shapes_and_round_trip(mask, classes):
+  advisor = layers.AdvisorNetwork(feature_dim=7, num_classes=3,
+                                  embedding_size=5, feature_mask=mask,
+                                  class_weights=classes)
+  f = np.random.default_rng(0).normal(size=(4, 7)).astype("float32")
+  out = advisor(f, np.arange(4, dtype="float32"))
+  assert set(out) == ({"mask"} if mask else set()) | (
+      {"suppression"} if classes else set())
+  if mask:
+    assert out["mask"].shape == (4, 7)
+  if classes:
+    assert out["suppression"].shape == (4, 3)
+  for value in out.values():
+    assert np.all((value.numpy() > 0) & (value.numpy() < 1))
+  # E-sized embeddings, a 2E hidden layer, one head per method.
+  assert advisor.hidden.kernel.shape == (10, 10)
+  clone = _round_trip(advisor)
+  clone(f, np.arange(4, dtype="float32"))
+  clone.set_weights(advisor.get_weights())
+  for key, value in clone(f, np.arange(4, dtype="float32")).items():
+    np.testing.assert_allclose(value, out[key])
+
+
+def test_advisor_argument_errors():
+  with pytest.raises(ValueError, match="num_classes"):
+    layers.AdvisorNetwork(feature_dim=4, class_weights=True)
+  with pytest.raises(ValueError, match="feature_mask or class_weights"):
+    layers.AdvisorNetwork(feature_dim=4, num_classes=2, feature_mask=False,
+                          class_weights=False)
+
+
+def test_meta_weight_net():
+  net = layers.MetaWeightNet(hidden_units=8)
+  w = net(np.array([0.1, 2.0, 5.0], "float32"))
+  assert w.shape == (3,)
+  assert np.all((w.numpy() > 0) & (w.numpy() < 1))
+  assert _round_trip(net).hidden_units == 8
+
+
+def test_feature_reweighting_only_in_training():
+  layer = layers.FeatureReweighting()
+  f = np.ones((2, 3), "float32")
+  mask = np.array([[0.0, 0.5, 1.0], [1.0, 1.0, 0.25]], "float32")
+  np.testing.assert_allclose(layer(f, mask, training=True), mask)
+  np.testing.assert_allclose(layer(f, mask, training=False), f)
+  _round_trip(layer)

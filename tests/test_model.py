@@ -1,0 +1,113 @@
+"""The train step: BatchNorm statistics, determinism, the four phases."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from advisor_tf import losses
+from conftest import batches, tiny_model
+
+MODES = ["ce", "mwnet", "mfrw", "mes", "mfrw_mes"]
+
+
+def _step(model, x, y, xm, ym):
+  return model.train_step(((tf.constant(x), tf.constant(y)),
+                           (tf.constant(xm), tf.constant(ym))))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_batchnorm_statistics_written_once_by_train_batch(mode):
+  model = tiny_model(mode)
+  reference = tiny_model(mode)  # Same seed, same initial weights.
+  x, y, xm, ym = batches()
+  _step(model, x, y, xm, ym)
+  reference.backbone(x, training=True)  # One plain forward, training mode.
+  moving = [v for v in model.backbone.non_trainable_variables]
+  assert moving, "the backbone should have BatchNorm statistics"
+  for got, want in zip(moving, reference.backbone.non_trainable_variables):
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6,
+                               atol=1e-7, err_msg=got.path)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rho_one_step_is_deterministic_and_updates_both_networks(mode):
+  x, y, xm, ym = batches()
+  a, b = tiny_model(mode), tiny_model(mode)
+  before = [v.numpy().copy() for v in a.classifier_variables]
+  advisor_before = ([v.numpy().copy() for v in a.advisor.trainable_variables]
+                    if a.advisor else [])
+  _step(a, x, y, xm, ym)
+  _step(b, x, y, xm, ym)
+  for va, vb in zip(a.variables, b.variables):
+    np.testing.assert_array_equal(va.numpy(), vb.numpy())
+  assert any(not np.allclose(p, v.numpy())
+             for p, v in zip(before, a.classifier_variables))
+  if a.advisor:
+    assert any(not np.allclose(p, v.numpy())
+               for p, v in zip(advisor_before, a.advisor.trainable_variables))
+
+
+def test_ce_step_is_plain_sgd_with_coupled_weight_decay():
+  model = tiny_model("ce", lr=0.1, weight_decay=0.01)
+  x, y, _, _ = batches()
+  variables = model.classifier_variables
+  w0 = [v.numpy().copy() for v in variables]
+  with tf.GradientTape() as tape:
+    logits = model.head(model.backbone(x, training=True), training=True)
+    loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+        y, logits, from_logits=True))
+  grads = tape.gradient(loss, variables)
+  model2 = tiny_model("ce", lr=0.1, weight_decay=0.01)
+  _step(model2, *batches())
+  for w, g, v in zip(w0, grads, model2.classifier_variables):
+    np.testing.assert_allclose(v.numpy(), w - 0.1 * (g.numpy() + 0.01 * w),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_actual_step_uses_updated_advisor():
+  # With the advisor's learning rate at zero the actual step must equal a
+  # hand-written step on the MES loss with the initial advisor.
+  model = tiny_model("mfrw_mes", lr=0.1)
+  model.advisor_optimizer.learning_rate.assign(0.0)
+  x, y, xm, ym = batches()
+  variables = model.classifier_variables
+  w0 = [v.numpy().copy() for v in variables]
+  with tf.GradientTape() as tape:
+    f = model.backbone(x, training=True)
+    ce = keras.losses.sparse_categorical_crossentropy(
+        y, model.head(f, training=True), from_logits=True)
+    advice = model.advisor(f, ce)
+    logits = model.head(f * advice["mask"], training=True)
+    loss = tf.reduce_mean(losses.meta_equalization_softmax(
+        y, logits, advice["suppression"]))
+  grads = tape.gradient(loss, variables)
+  other = tiny_model("mfrw_mes", lr=0.1)
+  other.advisor_optimizer.learning_rate.assign(0.0)
+  logs = _step(other, x, y, xm, ym)
+  np.testing.assert_allclose(float(logs["loss"]), float(loss), rtol=1e-5)
+  for w, g, v in zip(w0, grads, other.classifier_variables):
+    np.testing.assert_allclose(v.numpy(), w - 0.1 * g.numpy(), rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_call_is_plain_classifier_and_fit_runs():
+  model = tiny_model("mfrw_mes")
+  x, y, xm, ym = batches()
+  np.testing.assert_allclose(
+      model(x), model.head(model.backbone(x)), rtol=1e-6)
+  data = tf.data.Dataset.zip(
+      tf.data.Dataset.from_tensor_slices((x, y)).batch(4),
+      tf.data.Dataset.from_tensor_slices((xm, ym)).repeat().batch(5))
+  history = model.fit(data, epochs=2, verbose=0)
+  assert set(history.history) == {"loss", "accuracy", "meta_loss",
+                                  "mask_mean", "suppression_mean"}
+  assert np.isfinite(history.history["loss"]).all()
+
+
+def test_rejects_unknown_mode_and_loss():
+  model = tiny_model("ce")
+  with pytest.raises(ValueError, match="allowed: ce, mwnet"):
+    type(model)(model.backbone, model.head, mode="bogus")
+  with pytest.raises(ValueError, match="loss"):
+    model.compile(optimizer="sgd", loss="mse")
