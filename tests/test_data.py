@@ -1,0 +1,96 @@
+"""Noise matrices, protocols and the tf.data pipeline on small label arrays."""
+
+import numpy as np
+import pytest
+
+from advisor_tf.data import noise, pipeline, protocols, sources
+
+
+@pytest.mark.parametrize("kind,targets", [("flip", 1), ("flip2", 2),
+                                          ("flip3", 3)])
+def test_flip_matrices(kind, targets):
+  t = noise.transition_matrix(kind, 0.6, 10, np.random.default_rng(0))
+  np.testing.assert_allclose(t.sum(1), 1.0)
+  np.testing.assert_allclose(np.diag(t), 0.4)
+  for row in t:
+    off = np.delete(row, np.argmax(row == 0.4))
+    np.testing.assert_allclose(np.sort(off[off > 0]), [0.6 / targets] * targets)
+
+
+def test_symmetric_and_similar():
+  t = noise.transition_matrix("symmetric", 0.3, 4, np.random.default_rng(0))
+  np.testing.assert_allclose(t, [[0.7 if i == j else 0.1 for j in range(4)]
+                                 for i in range(4)])
+  t = noise.transition_matrix("flip", 0.4, 10, np.random.default_rng(0),
+                              rule="similar",
+                              similar=noise.SIMILAR_CLASSES["cifar10"])
+  assert t[3, 5] == pytest.approx(0.4) and t[9, 1] == pytest.approx(0.4)
+  assert t[0, 0] == 1.0  # airplane is not in the table: never flipped.
+  with pytest.raises(ValueError, match="--flip_targets=random"):
+    noise.transition_matrix("flip", 0.4, 10, np.random.default_rng(0),
+                            rule="similar", similar=None)
+
+
+def test_corrupt_realised_rate_and_clean_labels():
+  rng = np.random.default_rng(0)
+  clean = np.repeat(np.arange(10), 500)
+  t = noise.transition_matrix("flip", 0.4, 10, rng)
+  noisy, kept = noise.corrupt(clean, t, rng)
+  np.testing.assert_array_equal(kept, clean)
+  assert abs(np.mean(noisy != clean) - 0.4) < 0.02
+  # Every wrong label is its class's flip target.
+  targets = np.argmax(t - np.eye(10) * t, axis=1)
+  wrong = noisy != clean
+  np.testing.assert_array_equal(noisy[wrong], targets[clean[wrong]])
+
+
+def test_protocol_meta_split_long_tail_and_seed():
+  labels = np.repeat(np.arange(5), 60)
+  proto = protocols.Protocol(noise="flip", noise_rate=0.2,
+                             imbalance_factor=10, meta_per_class=4)
+  split = protocols.apply(proto, labels, 5, seed=3)
+  assert not set(split.meta_indices) & set(split.train_indices)
+  np.testing.assert_array_equal(np.bincount(split.meta_labels), [4] * 5)
+  np.testing.assert_array_equal(labels[split.meta_indices], split.meta_labels)
+  np.testing.assert_array_equal(labels[split.train_indices],
+                                split.train_clean_labels)
+  clean_counts = np.bincount(split.train_clean_labels, minlength=5)
+  want = [int(56 * (0.1) ** (c / 4)) for c in range(5)]
+  np.testing.assert_array_equal(clean_counts, want)
+  again = protocols.apply(proto, labels, 5, seed=3)
+  np.testing.assert_array_equal(again.train_indices, split.train_indices)
+  np.testing.assert_array_equal(again.train_labels, split.train_labels)
+  other = protocols.apply(proto, labels, 5, seed=4)
+  assert not np.array_equal(other.meta_indices, split.meta_indices)
+
+
+def test_protocol_errors_name_the_flag():
+  with pytest.raises(ValueError, match="--meta_per_class"):
+    protocols.apply(protocols.Protocol(meta_per_class=60),
+                    np.repeat(np.arange(3), 60), 3, seed=0)
+  with pytest.raises(ValueError, match=r"\[0, 1\)"):
+    noise.transition_matrix("flip", 1.0, 3, np.random.default_rng(0))
+
+
+def test_digits_pipeline_zips_train_and_endless_meta():
+  source = sources.load("digits")
+  assert source.image_shape == (8, 8, 1)
+  assert len(source.labels["train"]) == 1198
+  assert len(source.labels["test"]) == 599
+  split = protocols.apply(protocols.Protocol(noise="flip", noise_rate=0.4),
+                          source.labels["train"], 10, seed=0)
+  data = pipeline.train_and_meta(source, split, batch_size=64,
+                                 meta_batch_size=50, seed=0)
+  batches = list(data.as_numpy_iterator())
+  assert len(batches) == len(split.train_indices) // 64
+  (x, y), (xm, ym) = batches[0]
+  assert x.shape == (64, 8, 8, 1) and xm.shape == (50, 8, 8, 1)
+  assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+  # The meta stream outlives the 100-image meta set and only holds meta data.
+  meta_seen = np.concatenate([b[1][1] for b in batches])
+  assert len(meta_seen) > len(split.meta_indices)
+  np.testing.assert_array_equal(np.bincount(meta_seen[:100], minlength=10),
+                                [10] * 10)
+  with pytest.raises(ValueError, match="--batch_size"):
+    pipeline.train_and_meta(source, split, batch_size=10**6,
+                            meta_batch_size=50, seed=0)

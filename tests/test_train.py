@@ -1,0 +1,119 @@
+"""End to end: the CLI on the quickstart flagfile, export, determinism."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from advisor_tf import config as config_lib
+from advisor_tf import trainer
+from conftest import batches, tiny_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  return subprocess.run([sys.executable, "-m", "advisor_tf.train", *args],
+                        cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+
+
+def test_quickstart_flow_end_to_end(tmp_path):
+  workdir = tmp_path / "run"
+  result = _cli("--flagfile=flags/quickstart.cfg", f"--workdir={workdir}",
+                "--epochs=2", "--steps_per_epoch=3", "--lr_decay_epochs=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "test top-1" in result.stdout
+  for name in ("config.json", "flags.txt", "metrics.json", "checkpoints",
+               "tensorboard", "saved_model/saved_model.pb"):
+    assert (workdir / name).exists(), name
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  assert 0.0 <= metrics["test/top1"] <= 100.0
+  assert len(metrics["test/per_class_accuracy"]) == 10
+  assert abs(metrics["train/realised_noise_rate"] - 0.4) < 0.06
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["method"] == "mfrw_mes" and config["epochs"] == 2
+  events = [f for _, _, fs in os.walk(workdir / "tensorboard") for f in fs
+            if f.startswith("events")]
+  assert events
+  # The exported classifier serves on its own.
+  loaded = tf.saved_model.load(str(workdir / "saved_model"))
+  logits = loaded.serve(tf.zeros((3, 8, 8, 1)))
+  assert logits.shape == (3, 10)
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--method=bogus", "<ce|mwnet|mfrw|mes|mfrw_mes>"),
+    ("--noise_rate=1.0", "noise_rate"),
+    ("--lr_decay_epochs=5,x", "lr_decay_epochs"),
+    ("--lr_decay_epochs=99", "--lr_decay_epochs"),
+])
+def test_bad_flags_are_named(tmp_path, flag, message):
+  result = _cli("--flagfile=flags/quickstart.cfg",
+                f"--workdir={tmp_path / 'run'}", flag)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_export_has_no_advisor_and_same_logits(tmp_path):
+  model = tiny_model("mfrw_mes")
+  x, y, xm, ym = batches()
+  model.train_step(((tf.constant(x), tf.constant(y)),
+                    (tf.constant(xm), tf.constant(ym))))
+  path = trainer.export_classifier(model, str(tmp_path / "exported"))
+  loaded = tf.saved_model.load(path)
+  np.testing.assert_allclose(loaded.serve(x), model(x), rtol=1e-5, atol=1e-6)
+  names = [v.name for v in loaded.variables]
+  assert not any("advisor" in n for n in names), names
+  classifier_vars = (model.backbone.variables + model.head.variables)
+  assert len(loaded.variables) == len(classifier_vars)
+  assert (sum(int(np.prod(v.shape)) for v in loaded.variables) ==
+          sum(int(np.prod(v.shape)) for v in classifier_vars))
+  # The advisor's 2E × 2E hidden kernel (E = 6) is nowhere in the export.
+  assert model.advisor.hidden.kernel.shape == (12, 12)
+  assert (12, 12) not in {tuple(v.shape) for v in loaded.variables}
+
+
+def _small(workdir, seed=0):
+  return dataclasses.replace(
+      config_lib.TrainConfig(), workdir=str(workdir), seed=seed, epochs=1,
+      steps_per_epoch=4, lr_decay_epochs=(1,), verbose=0, export=False,
+      embedding_size=8)
+
+
+def _checkpoint_values(workdir):
+  reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if "save_counter" not in k}
+
+
+def test_same_seed_gives_identical_weights(tmp_path):
+  trainer.train(_small(tmp_path / "a"))
+  keras.backend.clear_session()
+  trainer.train(_small(tmp_path / "b"))
+  keras.backend.clear_session()
+  trainer.train(_small(tmp_path / "c", seed=1))
+  a, b, c = (_checkpoint_values(tmp_path / n) for n in "abc")
+  assert a.keys() == b.keys() and len(a) > 20
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  assert any(not np.array_equal(a[k], c[k]) for k in a
+             if a[k].dtype.kind == "f" and a[k].size > 1)
+
+
+def test_rerun_resumes_from_last_checkpoint(tmp_path):
+  config = _small(tmp_path / "run")
+  trainer.train(config)
+  keras.backend.clear_session()
+  trainer.train(dataclasses.replace(config, epochs=2, lr_decay_epochs=(2,)))
+  ckpts = tf.train.get_checkpoint_state(tmp_path / "run" / "checkpoints")
+  assert ckpts.model_checkpoint_path.endswith("ckpt-2")
+  assert len(ckpts.all_model_checkpoint_paths) == 2
