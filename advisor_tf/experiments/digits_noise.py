@@ -68,6 +68,8 @@ def table(results):
 
 def main(argv):
   del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Hide TF's INFO chatter.
   for m in _METHODS.value:
     if m not in MODES:
       raise app.UsageError(f"--methods: {m!r} is not one of {', '.join(MODES)}.")
