@@ -101,6 +101,17 @@ BACKBONES = {
 }
 
 
+# Layer-name prefixes of each backbone's last stage (--virtual_scope=last_stage).
+LAST_STAGE = {
+    "resnet32": ("stage3_",),
+    "small_cnn": ("conv3", "bn3"),
+}
+
+
+def last_stage_prefixes(backbone):
+  return LAST_STAGE.get(backbone)
+
+
 def build_classifier(backbone, input_shape, num_classes):
   """Returns `(backbone_model, head_model)` for a registered backbone name."""
   if backbone not in BACKBONES:

@@ -54,16 +54,21 @@ class AdvisorNetwork(keras.layers.Layer):
     self.class_weights = bool(class_weights)
     e = self.embedding_size
     self.feature_embedding = keras.layers.Dense(e, activation="relu",
-                                                name="feature_embedding")
+                                                name="feature_embedding",
+                                                dtype=self.dtype_policy)
     self.loss_embedding = keras.layers.Dense(e, activation="relu",
-                                             name="loss_embedding")
-    self.hidden = keras.layers.Dense(2 * e, activation="relu", name="hidden")
+                                             name="loss_embedding",
+                                             dtype=self.dtype_policy)
+    self.hidden = keras.layers.Dense(2 * e, activation="relu", name="hidden",
+                                     dtype=self.dtype_policy)
     self.mask_head = (keras.layers.Dense(self.feature_dim, activation="sigmoid",
-                                         name="mask_head")
+                                         name="mask_head",
+                                         dtype=self.dtype_policy)
                       if self.feature_mask else None)
     self.suppression_head = (
         keras.layers.Dense(self.num_classes, activation="sigmoid",
-                           name="suppression_head")
+                           name="suppression_head",
+                           dtype=self.dtype_policy)
         if self.class_weights else None)
 
   def build(self, features_shape=None, losses_shape=None):
@@ -118,8 +123,9 @@ class MetaWeightNet(keras.layers.Layer):
     super().__init__(**kwargs)
     self.hidden_units = int(hidden_units)
     self.hidden = keras.layers.Dense(self.hidden_units, activation="relu",
-                                     name="hidden")
-    self.out = keras.layers.Dense(1, activation="sigmoid", name="weight")
+                                     name="hidden", dtype=self.dtype_policy)
+    self.out = keras.layers.Dense(1, activation="sigmoid", name="weight",
+                                  dtype=self.dtype_policy)
 
   def build(self, losses_shape=None):
     self.hidden.build((None, 1))

@@ -27,11 +27,54 @@ from advisor_tf import layers as adv_layers
 from advisor_tf import losses as adv_losses
 
 MODES = ("ce", "mwnet", "mfrw", "mes", "mfrw_mes")
+VIRTUAL_SCOPES = ("all", "last_stage", "head")
 
 
 def _per_example_ce(labels, logits):
   return keras.losses.sparse_categorical_crossentropy(
       labels, adv_losses.to_loss_precision(logits), from_logits=True)
+
+
+def _num_replicas():
+  return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _global_norm(tensors):
+  return ops.sqrt(sum(ops.sum(ops.square(ops.cast(t, "float32")))
+                      for t in tensors))
+
+
+@tf.custom_gradient
+def _scale_cotangent(x, scale):
+  """Identity whose gradient is multiplied by `scale`."""
+  def grad(upstream):
+    return upstream * ops.cast(scale, upstream.dtype), None
+  return x, grad
+
+
+def _is_loss_scaled(optimizer):
+  return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def _scale_loss(optimizer, loss):
+  return optimizer.scale_loss(loss) if _is_loss_scaled(optimizer) else loss
+
+
+def _unscale(optimizer, grads):
+  if not _is_loss_scaled(optimizer):
+    return grads
+  scale = optimizer.dynamic_scale
+  return [None if g is None else g / ops.cast(scale, g.dtype) for g in grads]
+
+
+def _apply(optimizer, grads, variables):
+  """Applies already-unscaled gradients; a loss-scale optimizer re-scales them
+  so that its own unscale-and-check (skip the step, shrink the scale on
+  overflow) runs as usual."""
+  if _is_loss_scaled(optimizer):
+    scale = optimizer.dynamic_scale
+    grads = [g * ops.cast(scale, g.dtype) for g in grads]
+  optimizer.apply(grads, variables)
 
 
 @keras.saving.register_keras_serializable(package="advisor_tf")
@@ -47,6 +90,14 @@ class AdvisorModel(keras.Model):
     embedding_size: E of the default advisor.
     rho: P(β = 1) in MES; `rho=1` makes a step deterministic.
     seed: seed of the β draws.
+    virtual_scope: which classifier weights the virtual step moves: `all`
+      (the exact method), `last_stage` (the backbone layers named by
+      `last_stage_prefixes`, plus the head) or `head`. Narrower scopes cut the
+      second-order work; the hypergradient is then that of the restricted
+      virtual step.
+    last_stage_prefixes: backbone layer-name prefixes forming its last stage.
+    meta_update_every: update the advisor every k-th step only (k = 1: every
+      step, the exact method); the other steps are plain actual steps.
 
   `call(x)` is the plain classifier: the advisor is used only in `train_step`,
   which consumes `((x, y), (x_meta, y_meta))` batches.
@@ -59,10 +110,24 @@ class AdvisorModel(keras.Model):
   """
 
   def __init__(self, backbone, head, mode="mfrw_mes", advisor=None,
-               embedding_size=100, rho=0.9, seed=None, **kwargs):
+               embedding_size=100, rho=0.9, seed=None, virtual_scope="all",
+               last_stage_prefixes=None, meta_update_every=1, **kwargs):
     super().__init__(**kwargs)
     if mode not in MODES:
       raise ValueError(f"Unknown mode {mode!r}; allowed: {', '.join(MODES)}.")
+    if virtual_scope not in VIRTUAL_SCOPES:
+      raise ValueError(f"Unknown virtual_scope {virtual_scope!r}; allowed: "
+                       f"{', '.join(VIRTUAL_SCOPES)}.")
+    if virtual_scope == "last_stage" and not last_stage_prefixes:
+      raise ValueError("virtual_scope='last_stage' needs last_stage_prefixes "
+                       "(the backbone layer names of its last stage).")
+    if int(meta_update_every) < 1:
+      raise ValueError(f"meta_update_every must be >= 1, got "
+                       f"{meta_update_every}.")
+    self.virtual_scope = virtual_scope
+    self.last_stage_prefixes = (tuple(last_stage_prefixes)
+                                if last_stage_prefixes else None)
+    self.meta_update_every = int(meta_update_every)
     self.backbone = backbone
     self.head = head
     self.mode = mode
@@ -73,13 +138,16 @@ class AdvisorModel(keras.Model):
     self.num_classes = int(head.output_shape[-1])
     self.uses_mask = mode in ("mfrw", "mfrw_mes")
     self.uses_mes = mode in ("mes", "mfrw_mes")
+    # Under a mixed-precision policy the advisor computes in the variables'
+    # precision (float32), not in float16/bfloat16.
+    advisor_dtype = keras.config.dtype_policy().variable_dtype
     if advisor is None and mode == "mwnet":
-      advisor = adv_layers.MetaWeightNet(name="advisor")
+      advisor = adv_layers.MetaWeightNet(name="advisor", dtype=advisor_dtype)
     elif advisor is None and mode != "ce":
       advisor = adv_layers.AdvisorNetwork(
           self.feature_dim, self.num_classes, self.embedding_size,
           feature_mask=self.uses_mask, class_weights=self.uses_mes,
-          name="advisor")
+          name="advisor", dtype=advisor_dtype)
     self.advisor = advisor
     self.reweight = adv_layers.FeatureReweighting(name="feature_reweighting")
     self._seed_generator = keras.random.SeedGenerator(seed)
@@ -87,7 +155,7 @@ class AdvisorModel(keras.Model):
     self.advisor_optimizer = None
     names = ["loss", "accuracy"]
     if self.mode != "ce":
-      names.append("meta_loss")
+      names += ["meta_loss", "advisor_grad_norm"]
     if self.mode == "mwnet":
       names.append("example_weight_mean")
     if self.uses_mask:
@@ -165,6 +233,23 @@ class AdvisorModel(keras.Model):
     return keras.Model(inputs, self.head(self.backbone(inputs)),
                        name="classifier")
 
+  def _virtual_flags(self):
+    """Per classifier variable: does the virtual step move it?"""
+    body = self.backbone.trainable_variables
+    head = [True] * len(self.head.trainable_variables)
+    if self.virtual_scope == "all":
+      return [True] * len(body) + head
+    if self.virtual_scope == "head":
+      return [False] * len(body) + head
+    stage = {id(v) for layer in self.backbone.layers
+             if layer.name.startswith(self.last_stage_prefixes)
+             for v in layer.trainable_variables}
+    if not stage:
+      raise ValueError(f"No backbone layer name starts with "
+                       f"{self.last_stage_prefixes}; cannot form the last "
+                       "stage for virtual_scope='last_stage'.")
+    return [id(v) in stage for v in body] + head
+
   # ------------------------------------------------------------- the forwards
   def _split(self, values):
     n = len(self.backbone.trainable_variables)
@@ -224,11 +309,28 @@ class AdvisorModel(keras.Model):
       logits, _ = self._head_forward(head_w, features)
       ce = _per_example_ce(y, logits)  # L_pre = stop_gradient(ce) in Ψ.
       losses, _, _ = self._train_losses(head_w, features, logits, ce, y, beta)
-      virtual_loss = ops.mean(losses)
-    grads = virtual_tape.gradient(virtual_loss, weights)
+      scaled_virtual_loss = _scale_loss(self.optimizer, ops.mean(losses))
+    flags = self._virtual_flags()
+    moved = [w for w, f in zip(weights, flags) if f]
+    grads = virtual_tape.gradient(scaled_virtual_loss, moved)
+    grads = [ops.zeros_like(w) if g is None else g for w, g in zip(moved, grads)]
+    grads = _unscale(self.optimizer, grads)
+    if _is_loss_scaled(self.optimizer):
+      # float16: the hypergradient reaches the advisor back through these
+      # gradients, whose cotangent the unscale divides by the loss scale —
+      # underflowing in float16. Restore it on the way back (identity
+      # forward); `_advisor_gradients` divides it out in float32.
+      scale = ops.cast(self.optimizer.dynamic_scale, "float32")
+      grads = [_scale_cotangent(g, scale) for g in grads]
+    if _num_replicas() > 1:
+      # Each replica saw its share of the batch: average the inner gradients
+      # so that every replica takes the same virtual step (the all-reduce is
+      # differentiable, so θ still sees the whole batch).
+      grads = tf.distribute.get_replica_context().all_reduce("MEAN", grads)
     lr = self.optimizer.learning_rate
-    fast = [w if g is None else w - ops.cast(lr, w.dtype) * g
-            for w, g in zip(weights, grads)]
+    grads = iter(grads)
+    fast = [w - ops.cast(lr, w.dtype) * next(grads) if f else w
+            for w, f in zip(weights, flags)]
     fast_body, fast_head = self._split(fast)
     meta_features, _ = self._backbone_forward(fast_body, x_meta)
     meta_logits, _ = self._head_forward(fast_head, meta_features)
@@ -246,13 +348,35 @@ class AdvisorModel(keras.Model):
       raise ValueError("mode 'ce' has no advisor, hence no meta-gradient.")
     y = ops.reshape(ops.cast(y, "int32"), (-1,))
     y_meta = ops.reshape(ops.cast(y_meta, "int32"), (-1,))
-    advisor_vars = self.advisor.trainable_variables
     with tf.GradientTape() as meta_tape:
       meta_loss, _ = self._virtual_and_meta(x, y, x_meta, y_meta,
                                             self._beta(ops.shape(x)[0]))
-    grads = meta_tape.gradient(meta_loss, advisor_vars)
-    return [ops.zeros_like(v) if g is None else g
-            for v, g in zip(advisor_vars, grads)], meta_loss
+      scaled = self._scaled_meta_loss(meta_loss)
+    return self._advisor_gradients(meta_tape, scaled), meta_loss
+
+  def _scaled_meta_loss(self, meta_loss):
+    """What the meta tape differentiates. Call it inside that tape."""
+    # Keras optimizers sum gradients over replicas: scale by 1/replicas.
+    return _scale_loss(self.advisor_optimizer, meta_loss / _num_replicas())
+
+  def _advisor_gradients(self, meta_tape, scaled_meta_loss):
+    variables = self.advisor.trainable_variables
+    grads = meta_tape.gradient(scaled_meta_loss, variables)
+    grads = [ops.zeros_like(v) if g is None else g
+             for v, g in zip(variables, grads)]
+    if _is_loss_scaled(self.optimizer):
+      inner = ops.cast(self.optimizer.dynamic_scale, "float32")
+      grads = [g / ops.cast(inner, g.dtype) for g in grads]
+    return _unscale(self.advisor_optimizer, grads)
+
+  def _meta_update(self, x, y, x_meta, y_meta, beta):
+    """Steps 1–3 alone (own forward); used when meta_update_every > 1."""
+    with tf.GradientTape() as meta_tape:
+      meta_loss, _ = self._virtual_and_meta(x, y, x_meta, y_meta, beta)
+      scaled = self._scaled_meta_loss(meta_loss)
+    grads = self._advisor_gradients(meta_tape, scaled)
+    _apply(self.advisor_optimizer, grads, self.advisor.trainable_variables)
+    return meta_loss, _global_norm(grads)
 
   # --------------------------------------------------------------- train step
   def train_step(self, data):
@@ -260,45 +384,62 @@ class AdvisorModel(keras.Model):
     y = ops.reshape(ops.cast(y, "int32"), (-1,))
     y_meta = ops.reshape(ops.cast(y_meta, "int32"), (-1,))
     stats = {}
+    meta_weight = 1.0
+    beta = self._beta(ops.shape(x)[0])
     with tf.GradientTape() as actual_tape:
-      if self.advisor is None:
-        weights = [v.value for v in self.classifier_variables]
-        body_w, head_w = self._split(weights)
-        actual_tape.watch(weights)
-        features, body_updates = self._backbone_forward(body_w, x)
-        logits, head_updates = self._head_forward(head_w, features)
-        losses = _per_example_ce(y, logits)
-      else:
-        advisor_vars = self.advisor.trainable_variables
-        beta = self._beta(ops.shape(x)[0])
+      if self.advisor is not None and self.meta_update_every == 1:
         with tf.GradientTape() as meta_tape:
-          meta_loss, shared = self._virtual_and_meta(x, y, x_meta, y_meta, beta)
+          meta_loss, shared = self._virtual_and_meta(x, y, x_meta, y_meta,
+                                                     beta)
+          scaled_meta = self._scaled_meta_loss(meta_loss)
+        # The actual step reuses the train-batch forward: same w, same x.
         weights, features, logits, ce, body_updates = shared
         actual_tape.watch(weights)
-        advisor_grads = meta_tape.gradient(meta_loss, advisor_vars)
-        advisor_grads = [ops.zeros_like(v) if g is None else g
-                         for v, g in zip(advisor_vars, advisor_grads)]
-        self.advisor_optimizer.apply(advisor_grads, advisor_vars)
+        grads = self._advisor_gradients(meta_tape, scaled_meta)
+        _apply(self.advisor_optimizer, grads, self.advisor.trainable_variables)
         stats["meta_loss"] = meta_loss
-        # Actual train: same features and logits (same w, same x), advice
-        # recomputed with the updated θ′.
+        stats["advisor_grad_norm"] = _global_norm(grads)
+      else:
+        if self.advisor is not None:
+          do_meta = ops.equal(
+              self.optimizer.iterations % self.meta_update_every, 0)
+          stats["meta_loss"], stats["advisor_grad_norm"] = tf.cond(
+              do_meta, lambda: self._meta_update(x, y, x_meta, y_meta, beta),
+              lambda: (ops.zeros(()), ops.zeros(())))
+          meta_weight = ops.cast(do_meta, "float32")
+        weights = [v.value for v in self.classifier_variables]
+        actual_tape.watch(weights)
+        body_w, head_w = self._split(weights)
+        features, body_updates = self._backbone_forward(body_w, x)
+        logits, _ = self._head_forward(head_w, features)
+        ce = _per_example_ce(y, logits)
+      if self.advisor is None:
+        losses, head_updates = ce, None
+      else:
+        # Actual train with the advice recomputed at the updated θ′.
         losses, advisor_stats, head_updates = self._train_losses(
             self._split(weights)[1], features, logits, ce, y, beta)
         stats.update(advisor_stats)
       loss = ops.mean(losses)
-    grads = actual_tape.gradient(loss, weights)
+      # Keras optimizers sum gradients over replicas: scale by 1/replicas.
+      scaled = _scale_loss(self.optimizer, loss / _num_replicas())
+    grads = actual_tape.gradient(scaled, weights)
+    grads = _unscale(self.optimizer, grads)
     variables = self.classifier_variables
     if self.weight_decay:
-      grads = [g + self.weight_decay * ops.cast(v, g.dtype)
+      grads = [g + self.weight_decay / _num_replicas() * ops.cast(v, g.dtype)
                for g, v in zip(grads, variables)]
-    self.optimizer.apply(grads, variables)
+    # LossScaleOptimizer.apply would unscale again: hand it unscaled grads
+    # through its inner optimizer, after its own finite check.
+    _apply(self.optimizer, grads, variables)
     self._commit(self.backbone, body_updates)
     if head_updates is not None:
       self._commit(self.head, head_updates)
     self._trackers["loss"].update_state(loss)
     self._trackers["accuracy"].update_state(y, logits)
     for name, value in stats.items():
-      self._trackers[name].update_state(value)
+      weight = meta_weight if name in ("meta_loss", "advisor_grad_norm") else 1
+      self._trackers[name].update_state(value, sample_weight=weight)
     return {name: t.result() for name, t in self._trackers.items()}
 
   @staticmethod
@@ -323,6 +464,9 @@ class AdvisorModel(keras.Model):
         "advisor": keras.saving.serialize_keras_object(self.advisor),
         "mode": self.mode, "embedding_size": self.embedding_size,
         "rho": self.rho, "seed": self.seed, "name": self.name,
+        "virtual_scope": self.virtual_scope,
+        "last_stage_prefixes": self.last_stage_prefixes,
+        "meta_update_every": self.meta_update_every,
     }
 
   @classmethod

@@ -2,6 +2,14 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPU devices, so that MirroredStrategy can be tested on one CPU.
+# Must happen before TensorFlow initialises its runtime.
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    _cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -18,17 +26,29 @@ def _fresh_keras():
   keras.config.set_floatx("float32")
 
 
+def no_bn_cnn(widths=(4, 8)):
+  """Conv + ReLU layers and pooling: a backbone without BatchNorm."""
+  inputs = keras.Input((8, 8, 1))
+  x = inputs
+  for i, w in enumerate(widths):
+    x = keras.layers.Conv2D(w, 3, strides=1 + i, padding="same",
+                            activation="relu", name=f"conv{i + 1}")(x)
+  return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+
+
 def tiny_model(mode, num_classes=5, rho=1.0, seed=0, lr=0.5, widths=(4, 4, 8),
-               embedding_size=6, weight_decay=0.0, momentum=0.0):
+               embedding_size=6, weight_decay=0.0, momentum=0.0,
+               batchnorm=True, compile_kwargs=None, **model_kwargs):
   """A small CNN on 8×8×1 inputs with a tiny advisor, compiled."""
   keras.utils.set_random_seed(seed)
-  body = backbones.small_cnn((8, 8, 1), widths=widths)
-  head = backbones.linear_head(widths[-1], num_classes)
+  body = (backbones.small_cnn((8, 8, 1), widths=widths) if batchnorm
+          else no_bn_cnn(widths[:2]))
+  head = backbones.linear_head(body.output_shape[-1], num_classes)
   model = model_lib.AdvisorModel(body, head, mode=mode, rho=rho, seed=seed,
-                                 embedding_size=embedding_size)
+                                 embedding_size=embedding_size, **model_kwargs)
   model.compile(optimizer=keras.optimizers.SGD(lr, momentum=momentum),
                 advisor_optimizer=keras.optimizers.Adam(1e-2),
-                weight_decay=weight_decay)
+                weight_decay=weight_decay, **(compile_kwargs or {}))
   return model
 
 

@@ -1,0 +1,188 @@
+r"""Step-time benchmark of every method on identical data and weights.
+
+  python -m advisor_tf.bench --backbone=resnet32 --batch_size=128 \
+      --meta_batch_size=100 --methods=ce,mwnet,mfrw_mes \
+      --virtual_scopes=all,head --json=out.json
+
+All models are built from one seed in one process and timed round-robin
+(`--rounds` rounds of `--steps` steps each, after `--warmup` untimed steps), so
+the ratios to the `ce` step are measured side by side under the same machine
+load. Prints a table and writes JSON:
+`{"results": [{"method", "virtual_scope", "median_s", "p10_s", "p90_s",
+"ratio_to_ce", "images_per_s", "peak_mem_mib"}, ...], "device", "jit_compile",
+"precision", "strategy", ...}`.
+
+Peak memory: on a GPU, TensorFlow's allocator peak for that model's steps; on
+CPU, the growth of the process's resident-set high-water mark while that
+model was first built and run (later models reuse freed memory, so CPU figures
+are upper-bound-ish indications, not allocator-exact).
+"""
+
+import json
+import os
+import resource
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+import numpy as np  # noqa: E402
+
+_BACKBONE = flags.DEFINE_string("backbone", "resnet32", "Backbone name.")
+_INPUT = flags.DEFINE_integer("input_size", 32, "Square input side.")
+_CHANNELS = flags.DEFINE_integer("channels", 3, "Input channels.")
+_CLASSES = flags.DEFINE_integer("num_classes", 10, "Classes.")
+_BATCH = flags.DEFINE_integer("batch_size", 128, "Train batch size.")
+_META_BATCH = flags.DEFINE_integer("meta_batch_size", 100, "Meta batch size.")
+_METHODS = flags.DEFINE_list("methods", ["ce", "mwnet", "mfrw_mes"],
+                             "Methods to time (ce is always included).")
+_SCOPES = flags.DEFINE_list("virtual_scopes", ["all"],
+                            "Virtual scopes for the advisor methods.")
+_META_EVERY = flags.DEFINE_integer("meta_update_every", 1,
+                                   "Advisor update period k.", lower_bound=1)
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per round.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Round-robin rounds.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps (trace, compile).")
+_JIT = flags.DEFINE_bool("jit_compile", False, "XLA-compile the steps.")
+_PRECISION = flags.DEFINE_enum(
+    "precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+    "Keras dtype policy of backbone and head.")
+_STRATEGY = flags.DEFINE_enum("strategy", "default",
+                              ["default", "mirrored", "multi_worker"],
+                              "tf.distribute strategy.")
+_JSON = flags.DEFINE_string("json", None, "Write the results here.")
+
+
+def _peak_mib(device_is_gpu):
+  import tensorflow as tf
+  if device_is_gpu:
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run(methods, scopes, backbone, input_size, channels, num_classes,
+        batch_size, meta_batch_size, steps, rounds, warmup, jit_compile,
+        precision, strategy_name, meta_update_every=1):
+  import keras
+  import tensorflow as tf
+  from advisor_tf import backbones
+  from advisor_tf import distribute
+  from advisor_tf import model as model_lib
+
+  keras.mixed_precision.set_dtype_policy(precision)
+  strategy = distribute.get_strategy(strategy_name)
+  gpu = bool(tf.config.list_physical_devices("GPU"))
+  rng = np.random.default_rng(0)
+  shape = (input_size, input_size, channels)
+  data = ((rng.random((batch_size,) + shape, np.float32),
+           rng.integers(0, num_classes, batch_size)),
+          (rng.random((meta_batch_size,) + shape, np.float32),
+           rng.integers(0, num_classes, meta_batch_size)))
+  dataset = tf.data.Dataset.from_tensors(data).repeat()
+  variants = [("ce", "all")] + [(m, s) for m in methods if m != "ce"
+                                for s in scopes]
+  runners = []
+  for method, scope in variants:
+    mem_before = _peak_mib(gpu)
+    if gpu:
+      tf.config.experimental.reset_memory_stats("GPU:0")
+    with strategy.scope():
+      keras.utils.set_random_seed(0)  # Identical weights for every model.
+      body, head = backbones.build_classifier(backbone, shape, num_classes)
+      model = model_lib.AdvisorModel(
+          body, head, mode=method, seed=0, virtual_scope=scope,
+          last_stage_prefixes=backbones.last_stage_prefixes(backbone),
+          meta_update_every=meta_update_every)
+      optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+      advisor_optimizer = keras.optimizers.Adam(1e-4)
+      if precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        advisor_optimizer = keras.optimizers.LossScaleOptimizer(
+            advisor_optimizer)
+      model.compile(optimizer=optimizer, advisor_optimizer=advisor_optimizer,
+                    weight_decay=5e-4, jit_compile=jit_compile)
+    model.make_train_function()
+    train_function = model.train_function
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    for _ in range(warmup):
+      _sync(train_function(iterator))
+    peak = _peak_mib(gpu) - (0.0 if gpu else mem_before)
+    runners.append({"method": method, "virtual_scope": scope,
+                    "step": lambda f=train_function, it=iterator: _sync(f(it)),
+                    "times": [], "peak_mem_mib": round(peak, 1)})
+  for _ in range(rounds):
+    for r in runners:
+      for _ in range(steps):
+        start = time.perf_counter()
+        r["step"]()
+        r["times"].append(time.perf_counter() - start)
+  ce_median = float(np.median(runners[0]["times"]))
+  results = []
+  for r in runners:
+    t = np.asarray(r["times"])
+    median = float(np.median(t))
+    results.append({
+        "method": r["method"], "virtual_scope": r["virtual_scope"],
+        "median_s": round(median, 5),
+        "p10_s": round(float(np.percentile(t, 10)), 5),
+        "p90_s": round(float(np.percentile(t, 90)), 5),
+        "ratio_to_ce": round(median / ce_median, 3),
+        "images_per_s": round(batch_size / median, 1),
+        "peak_mem_mib": r["peak_mem_mib"]})
+  device = (tf.config.experimental.get_device_details(
+      tf.config.list_physical_devices("GPU")[0]).get("device_name", "GPU")
+            if gpu else f"CPU ({os.cpu_count()} cores)")
+  return {"results": results, "device": device, "jit_compile": jit_compile,
+          "precision": precision, "strategy": strategy_name,
+          "replicas": strategy.num_replicas_in_sync, "backbone": backbone,
+          "batch_size": batch_size, "meta_batch_size": meta_batch_size,
+          "meta_update_every": meta_update_every,
+          "steps_timed": steps * rounds}
+
+
+def _sync(logs):
+  # Reading a value waits for the step to finish.
+  return float(np.asarray(logs["loss"]))
+
+
+def table(report):
+  lines = [f"device: {report['device']}  jit_compile: {report['jit_compile']}"
+           f"  precision: {report['precision']}  strategy: "
+           f"{report['strategy']} ({report['replicas']} replica(s))",
+           "| method | virtual_scope | median s/step | p10 | p90 | × ce | "
+           "images/s | peak MiB |", "|---|---|---|---|---|---|---|---|"]
+  for r in report["results"]:
+    lines.append(f"| {r['method']} | {r['virtual_scope']} | {r['median_s']:.4f}"
+                 f" | {r['p10_s']:.4f} | {r['p90_s']:.4f} | "
+                 f"{r['ratio_to_ce']:.2f} | {r['images_per_s']:.0f} | "
+                 f"{r['peak_mem_mib']:.0f} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  from advisor_tf.model import MODES, VIRTUAL_SCOPES
+  for m in _METHODS.value:
+    if m not in MODES:
+      raise app.UsageError(f"--methods: {m!r} is not one of {', '.join(MODES)}.")
+  for s in _SCOPES.value:
+    if s not in VIRTUAL_SCOPES:
+      raise app.UsageError(f"--virtual_scopes: {s!r} is not one of "
+                           f"{', '.join(VIRTUAL_SCOPES)}.")
+  report = run(_METHODS.value, _SCOPES.value, _BACKBONE.value, _INPUT.value,
+               _CHANNELS.value, _CLASSES.value, _BATCH.value,
+               _META_BATCH.value, _STEPS.value, _ROUNDS.value, _WARMUP.value,
+               _JIT.value, _PRECISION.value, _STRATEGY.value,
+               _META_EVERY.value)
+  print(table(report))
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)
