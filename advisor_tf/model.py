@@ -52,6 +52,24 @@ def _scale_cotangent(x, scale):
   return x, grad
 
 
+def _apply_if(ok, optimizer, grads, variables):
+  """Applies the gradients only where `ok` (a scalar bool tensor) holds.
+
+  With several replicas the optimizer's cross-replica sum cannot sit inside a
+  `tf.cond` (TensorFlow refuses `merge_call` there), so the update is applied
+  unconditionally; the training loop still stops at the first non-finite
+  step, and the last periodic checkpoint is the last good state.
+  """
+  if _num_replicas() > 1:
+    _apply(optimizer, grads, variables)
+    return
+
+  def apply():
+    _apply(optimizer, grads, variables)
+    return ops.zeros(())
+  tf.cond(ok, apply, lambda: ops.zeros(()))
+
+
 def _is_loss_scaled(optimizer):
   return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
@@ -165,6 +183,8 @@ class AdvisorModel(keras.Model):
     self._trackers = {n: (keras.metrics.SparseCategoricalAccuracy(name=n)
                           if n == "accuracy" else keras.metrics.Mean(name=n))
                       for n in names}
+    for n in ("nonfinite_loss", "nonfinite_meta"):
+      self._trackers[n] = keras.metrics.Sum(name=n)
 
   # ----------------------------------------------------------------- Keras API
   def call(self, inputs, training=False):
@@ -197,6 +217,11 @@ class AdvisorModel(keras.Model):
     if self.advisor is not None:
       self.advisor_optimizer = keras.optimizers.get(
           advisor_optimizer or keras.optimizers.Adam(1e-4))
+    if self.meta_update_every > 1 and _num_replicas() > 1:
+      raise ValueError(
+          f"meta_update_every={self.meta_update_every} needs a single replica "
+          "(its conditional advisor update cannot hold the optimizer's "
+          "cross-replica sum); use meta_update_every=1 under tf.distribute.")
     self._build_all()
 
   def _build_all(self):
@@ -375,8 +400,11 @@ class AdvisorModel(keras.Model):
       meta_loss, _ = self._virtual_and_meta(x, y, x_meta, y_meta, beta)
       scaled = self._scaled_meta_loss(meta_loss)
     grads = self._advisor_gradients(meta_tape, scaled)
-    _apply(self.advisor_optimizer, grads, self.advisor.trainable_variables)
-    return meta_loss, _global_norm(grads)
+    norm = _global_norm(grads)
+    ok = self._finite(self.advisor_optimizer, meta_loss, norm)
+    _apply_if(ok, self.advisor_optimizer, grads,
+              self.advisor.trainable_variables)
+    return meta_loss, norm, ok
 
   # --------------------------------------------------------------- train step
   def train_step(self, data):
@@ -385,6 +413,7 @@ class AdvisorModel(keras.Model):
     y_meta = ops.reshape(ops.cast(y_meta, "int32"), (-1,))
     stats = {}
     meta_weight = 1.0
+    meta_ok = ops.ones((), "bool")
     beta = self._beta(ops.shape(x)[0])
     with tf.GradientTape() as actual_tape:
       if self.advisor is not None and self.meta_update_every == 1:
@@ -396,16 +425,19 @@ class AdvisorModel(keras.Model):
         weights, features, logits, ce, body_updates = shared
         actual_tape.watch(weights)
         grads = self._advisor_gradients(meta_tape, scaled_meta)
-        _apply(self.advisor_optimizer, grads, self.advisor.trainable_variables)
+        norm = _global_norm(grads)
+        meta_ok = self._finite(self.advisor_optimizer, meta_loss, norm)
+        _apply_if(meta_ok, self.advisor_optimizer, grads,
+                  self.advisor.trainable_variables)
         stats["meta_loss"] = meta_loss
-        stats["advisor_grad_norm"] = _global_norm(grads)
+        stats["advisor_grad_norm"] = norm
       else:
         if self.advisor is not None:
           do_meta = ops.equal(
               self.optimizer.iterations % self.meta_update_every, 0)
-          stats["meta_loss"], stats["advisor_grad_norm"] = tf.cond(
+          stats["meta_loss"], stats["advisor_grad_norm"], meta_ok = tf.cond(
               do_meta, lambda: self._meta_update(x, y, x_meta, y_meta, beta),
-              lambda: (ops.zeros(()), ops.zeros(())))
+              lambda: (ops.zeros(()), ops.zeros(()), ops.ones((), "bool")))
           meta_weight = ops.cast(do_meta, "float32")
         weights = [v.value for v in self.classifier_variables]
         actual_tape.watch(weights)
@@ -429,12 +461,18 @@ class AdvisorModel(keras.Model):
     if self.weight_decay:
       grads = [g + self.weight_decay / _num_replicas() * ops.cast(v, g.dtype)
                for g, v in zip(grads, variables)]
-    # LossScaleOptimizer.apply would unscale again: hand it unscaled grads
-    # through its inner optimizer, after its own finite check.
-    _apply(self.optimizer, grads, variables)
-    self._commit(self.backbone, body_updates)
+    # Fail-loud guard: a non-finite loss or gradient is not applied (nor are
+    # that step's BatchNorm statistics), so the model keeps its last good
+    # state; the `nonfinite_*` counters tell the training loop to stop.
+    ok = self._finite(self.optimizer, loss, _global_norm(grads))
+    _apply_if(ok, self.optimizer, grads, variables)
+    self._commit(self.backbone, body_updates, ok)
     if head_updates is not None:
-      self._commit(self.head, head_updates)
+      self._commit(self.head, head_updates, ok)
+    self._trackers["nonfinite_loss"].update_state(
+        ops.cast(ops.logical_not(ok), "float32"))
+    self._trackers["nonfinite_meta"].update_state(
+        ops.cast(ops.logical_not(meta_ok), "float32"))
     self._trackers["loss"].update_state(loss)
     self._trackers["accuracy"].update_state(y, logits)
     for name, value in stats.items():
@@ -443,9 +481,19 @@ class AdvisorModel(keras.Model):
     return {name: t.result() for name, t in self._trackers.items()}
 
   @staticmethod
-  def _commit(model, updates):
+  def _commit(model, updates, ok):
     for variable, value in zip(model.non_trainable_variables, updates):
-      variable.assign(value)
+      variable.assign(ops.where(ok, value, variable))
+
+  @staticmethod
+  def _finite(optimizer, loss, grad_norm):
+    """Is this update safe? Under loss scaling an overflowing gradient is
+    routine (the LossScaleOptimizer skips it and lowers its scale), so only
+    the loss itself is checked there."""
+    ok = ops.all(ops.isfinite(loss))
+    if not _is_loss_scaled(optimizer):
+      ok = ops.logical_and(ok, ops.isfinite(grad_norm))
+    return ok
 
   def test_step(self, data):
     x, y = data[0], data[1]

@@ -101,7 +101,8 @@ def test_call_is_plain_classifier_and_fit_runs():
       tf.data.Dataset.from_tensor_slices((xm, ym)).repeat().batch(5))
   history = model.fit(data, epochs=2, verbose=0)
   assert set(history.history) == {"loss", "accuracy", "meta_loss",
-                                  "advisor_grad_norm",
+                                  "advisor_grad_norm", "nonfinite_loss",
+                                  "nonfinite_meta",
                                   "mask_mean", "suppression_mean"}
   assert np.isfinite(history.history["loss"]).all()
 
