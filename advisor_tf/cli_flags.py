@@ -15,7 +15,8 @@ from advisor_tf import config as config_lib
 from advisor_tf.backbones import BACKBONES
 from advisor_tf.data.noise import FLIP_TARGET_RULES, NOISE_TYPES
 from advisor_tf.data.sources import SOURCES
-from advisor_tf.model import MODES
+from advisor_tf.distribute import STRATEGIES
+from advisor_tf.model import MODES, VIRTUAL_SCOPES
 
 _D = config_lib.TrainConfig()
 
@@ -66,6 +67,18 @@ flags.DEFINE_list("lr_decay_epochs", [str(e) for e in _D.lr_decay_epochs],
                   "rate by --lr_decay_factor.")
 flags.DEFINE_float("lr_decay_factor", _D.lr_decay_factor, "Step decay factor.",
                    lower_bound=0.0)
+# Speed and scale.
+flags.DEFINE_enum("virtual_scope", _D.virtual_scope, VIRTUAL_SCOPES,
+                  "Weights the virtual step moves: all (exact), last_stage, "
+                  "head.")
+flags.DEFINE_integer("meta_update_every", _D.meta_update_every,
+                     "Update the advisor every k-th step.", lower_bound=1)
+flags.DEFINE_enum("precision", _D.precision, config_lib.PRECISIONS,
+                  "Keras dtype policy of backbone and head (the advisor and "
+                  "the losses stay float32).")
+flags.DEFINE_enum("strategy", _D.strategy, STRATEGIES,
+                  "tf.distribute strategy: default (one device), mirrored "
+                  "(all GPUs of this host), multi_worker (TF_CONFIG).")
 # Run.
 flags.DEFINE_integer("seed", _D.seed, "Seed of every split, init and draw.")
 flags.DEFINE_string("workdir", _D.workdir, "Where the run writes everything.")
@@ -78,6 +91,11 @@ flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size,
 flags.DEFINE_bool("export", _D.export, "Export the classifier as a SavedModel.")
 flags.DEFINE_integer("verbose", _D.verbose, "Keras progress output (0, 1, 2).",
                      lower_bound=0, upper_bound=2)
+flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every,
+                     "Also checkpoint every N steps (0: at epoch ends only).",
+                     lower_bound=0)
+flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints,
+                     "How many recent checkpoints to keep.", lower_bound=1)
 
 
 def _int_list(flag_name, values):

@@ -12,10 +12,17 @@ import json
 
 from advisor_tf.backbones import BACKBONES
 from advisor_tf.data.noise import FLIP_TARGET_RULES, NOISE_TYPES
-from advisor_tf.model import MODES
+from advisor_tf.distribute import STRATEGIES
+from advisor_tf.model import MODES, VIRTUAL_SCOPES
 
 LR_SCHEDULES = ("constant", "step", "cosine")
 JIT_CHOICES = ("auto", "true", "false")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# Fields that may change when a run resumes in the same workdir: how the run
+# is executed or reported, not what it computes.
+RUN_ONLY_FIELDS = ("workdir", "data_dir", "verbose", "export",
+                   "eval_batch_size", "checkpoint_every", "keep_checkpoints",
+                   "jit_compile")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +53,11 @@ class TrainConfig:
   lr_schedule: str = "step"
   lr_decay_epochs: tuple = (20, 25)
   lr_decay_factor: float = 0.1
+  # Speed and scale.
+  virtual_scope: str = "all"
+  meta_update_every: int = 1
+  precision: str = "float32"
+  strategy: str = "default"
   # Run.
   seed: int = 0
   workdir: str = "runs/quickstart"
@@ -54,6 +66,8 @@ class TrainConfig:
   eval_batch_size: int = 256
   export: bool = True
   verbose: int = 1
+  checkpoint_every: int = 200
+  keep_checkpoints: int = 3
 
   def validate(self):
     """Raises ValueError naming the flag and what is allowed."""
@@ -63,6 +77,22 @@ class TrainConfig:
     _choice("backbone", self.backbone, tuple(BACKBONES))
     _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
     _choice("jit_compile", self.jit_compile, JIT_CHOICES)
+    _choice("virtual_scope", self.virtual_scope, VIRTUAL_SCOPES)
+    _choice("precision", self.precision, PRECISIONS)
+    _choice("strategy", self.strategy, STRATEGIES)
+    if self.meta_update_every < 1:
+      raise ValueError(f"--meta_update_every={self.meta_update_every} must be "
+                       ">= 1.")
+    if self.meta_update_every > 1 and self.strategy != "default":
+      raise ValueError("--meta_update_every > 1 needs --strategy=default (one "
+                       "replica).")
+    if self.method == "ce" and (self.virtual_scope != "all" or
+                                self.meta_update_every != 1):
+      raise ValueError("--virtual_scope and --meta_update_every apply to the "
+                       "advisor methods, not --method=ce.")
+    if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+      raise ValueError("--checkpoint_every must be >= 0 (0: epoch ends only) "
+                       "and --keep_checkpoints >= 1.")
     if not 0.0 <= self.noise_rate < 1.0:
       raise ValueError(f"--noise_rate={self.noise_rate} must be in [0, 1).")
     if self.imbalance_factor < 1.0:
@@ -94,6 +124,14 @@ class TrainConfig:
 
   def to_json(self):
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  def differences(self, saved):
+    """Flags whose values differ from a saved config dict (run-only flags
+    excepted), as `--name: saved → now` strings."""
+    now = json.loads(self.to_json())
+    return [f"--{k}: {saved.get(k)!r} in the workdir, {now[k]!r} now"
+            for k in sorted(now) if k not in RUN_ONLY_FIELDS
+            and saved.get(k) != now[k]]
 
 
 def _choice(flag, value, allowed):

@@ -248,6 +248,11 @@ class AdvisorModel(keras.Model):
     return list(self._trackers.values())
 
   @property
+  def seed_generator_state(self):
+    """The state of the β draws (checkpointed for exact resumption)."""
+    return self._seed_generator.state
+
+  @property
   def classifier_variables(self):
     """Trainable variables of backbone + head (what ŵ and the SGD update)."""
     return self.backbone.trainable_variables + self.head.trainable_variables

@@ -26,9 +26,10 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   from advisor_tf import trainer
-  metrics = trainer.train(config)
-  with open(os.path.join(config.workdir, "flags.txt"), "w") as f:
-    f.write(flags.FLAGS.flags_into_string())
+  try:
+    metrics = trainer.train(config, flags_text=flags.FLAGS.flags_into_string())
+  except ValueError as e:  # Bad configuration, workdir or data: no traceback.
+    raise app.UsageError(str(e)) from None
   print(f"test top-1 {metrics['test/top1']:.2f}%  (realised noise rate "
         f"{metrics['train/realised_noise_rate']:.3f}); wrote {config.workdir}")
 

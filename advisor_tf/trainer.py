@@ -3,7 +3,8 @@ the experiments and the tests all call `train()`.
 
 A workdir receives:
   config.json         the resolved configuration
-  checkpoints/        tf.train checkpoints (model, both optimizers, epoch)
+  checkpoints/        tf.train checkpoints every --checkpoint_every steps and
+                      at epoch ends (model, advisor, both optimizers)
   tensorboard/        Keras TensorBoard logs (train and validation/test curves,
                       advisor statistics) and the configuration as text
   metrics.json        test top-1, per-class accuracy, realised noise rate
@@ -15,11 +16,13 @@ from __future__ import annotations
 import json
 import os
 
+from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
 
 from advisor_tf import backbones
+from advisor_tf import distribute
 from advisor_tf import model as model_lib
 from advisor_tf.data import noise as noise_lib
 from advisor_tf.data import pipeline
@@ -55,31 +58,111 @@ def learning_rate(config, steps_per_epoch):
 
 
 def build_model(config, source, steps_per_epoch):
+  """The compiled `AdvisorModel`; call under the run's strategy scope."""
   body, head = backbones.build_classifier(config.backbone, source.image_shape,
                                           source.num_classes)
-  model = model_lib.AdvisorModel(body, head, mode=config.method,
-                                 embedding_size=config.embedding_size,
-                                 rho=config.rho, seed=config.seed)
+  model = model_lib.AdvisorModel(
+      body, head, mode=config.method, embedding_size=config.embedding_size,
+      rho=config.rho, seed=config.seed, virtual_scope=config.virtual_scope,
+      last_stage_prefixes=backbones.last_stage_prefixes(config.backbone),
+      meta_update_every=config.meta_update_every)
   jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
-  model.compile(
-      optimizer=keras.optimizers.SGD(learning_rate(config, steps_per_epoch),
-                                     momentum=config.momentum),
-      advisor_optimizer=keras.optimizers.Adam(config.advisor_lr),
-      weight_decay=config.weight_decay, jit_compile=jit)
+  optimizer = keras.optimizers.SGD(learning_rate(config, steps_per_epoch),
+                                   momentum=config.momentum)
+  advisor_optimizer = keras.optimizers.Adam(config.advisor_lr)
+  if config.precision == "mixed_float16":
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    # The meta loss reaches the advisor through the classifier's (already
+    # scaled) second-order graph: start its own scale at 1.
+    advisor_optimizer = keras.optimizers.LossScaleOptimizer(
+        advisor_optimizer, initial_scale=1.0)
+  model.compile(optimizer=optimizer, advisor_optimizer=advisor_optimizer,
+                weight_decay=config.weight_decay, jit_compile=jit)
   return model
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-  """Saves a `tf.train.CheckpointManager` checkpoint at every epoch end."""
+class Checkpointing(keras.callbacks.Callback):
+  """Checkpoints every `every` steps and at epoch ends; stops the run at the
+  first non-finite loss or hypergradient.
 
-  def __init__(self, manager, epoch_variable):
+  `AdvisorModel` skips a non-finite update (single replica), so the state
+  saved on the way out is the last good one.
+  """
+
+  def __init__(self, manager, every, replicas):
     super().__init__()
     self.manager = manager
-    self.epoch_variable = epoch_variable
+    self.every = every
+    self.replicas = replicas
+    self.last_saved = None
+
+  def _step(self):
+    return int(self.model.optimizer.iterations.numpy())
+
+  def save(self):
+    step = self._step()
+    if step != self.last_saved:
+      self.manager.save(checkpoint_number=step)
+      self.last_saved = step
+
+  def on_train_batch_end(self, batch, logs=None):
+    logs = logs or {}
+    bad = [name for key, name in (("nonfinite_loss", "training loss or "
+                                   "classifier gradient"),
+                                  ("nonfinite_meta", "meta loss or "
+                                   "hypergradient"))
+           if float(logs.get(key, 0.0)) > 0]
+    if bad:
+      step = self._step()
+      first = (self.last_saved or 0) + 1
+      if self.replicas == 1:
+        self.save()
+        kept = f"the last good state is saved as checkpoint ckpt-{step}"
+      else:
+        kept = (f"the last good state is checkpoint ckpt-{first - 1}"
+                if first > 1 else "no checkpoint holds a good state yet")
+      raise FloatingPointError(
+          f"Non-finite {' and '.join(bad)} at a step in [{first}, "
+          f"{step + 1}]; training stopped and {kept}. Lower --lr or "
+          "--advisor_lr, or check the data.")
+    if self.every and self._step() % self.every == 0:
+      self.save()
 
   def on_epoch_end(self, epoch, logs=None):
-    self.epoch_variable.assign(epoch + 1)
-    self.manager.save(checkpoint_number=epoch + 1)
+    self.save()
+
+
+def restore_latest(checkpoint, manager):
+  """Restores the newest readable checkpoint; returns its path or None.
+
+  A newest checkpoint that cannot be read (a partial or corrupted write) is
+  reported and skipped in favour of the one before it.
+  """
+  for path in reversed(manager.checkpoints):
+    try:
+      checkpoint.restore(path).assert_existing_objects_matched()
+      return path
+    except Exception as e:  # noqa: BLE001 — any unreadable file: fall back.
+      logging.warning("Checkpoint %s is unreadable (%s); trying the one "
+                      "before it.", path, type(e).__name__)
+  return None
+
+
+def _check_workdir(config):
+  """Refuses to resume a workdir that holds another configuration."""
+  path = os.path.join(config.workdir, "config.json")
+  if not (os.path.exists(path) and tf.train.latest_checkpoint(
+      os.path.join(config.workdir, "checkpoints"))):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  diffs = config.differences(saved)
+  if diffs:
+    raise ValueError(
+        f"--workdir={config.workdir} holds a run with another configuration "
+        f"and would resume it; differing flags: {'; '.join(diffs)}. Use a new "
+        "--workdir, or the workdir's flags (its flags.txt works as a "
+        "--flagfile).")
 
 
 def evaluate(model, source, split_name, batch_size):
@@ -102,49 +185,86 @@ def export_classifier(model, path):
   return path
 
 
-def train(config):
-  """Trains, evaluates and exports one run. Returns the metrics dict."""
-  config.validate()
-  os.makedirs(config.workdir, exist_ok=True)
-  with open(os.path.join(config.workdir, "config.json"), "w") as f:
-    f.write(config.to_json())
-  keras.utils.set_random_seed(config.seed)
-  if config.deterministic:
-    tf.config.experimental.enable_op_determinism()
+def train(config, flags_text=None):
+  """Trains, evaluates and exports one run. Returns the metrics dict.
 
+  Re-running with the same workdir resumes from its newest readable
+  checkpoint — weights, advisor, both optimizers' slots, the schedule
+  position, the data streams' position and the β draws — and ends with the
+  same weights as an uninterrupted run (bit-identical on CPU with
+  `deterministic`).
+  """
+  # Everything that can be refused is checked before anything is written.
+  config.validate()
   source, split = prepare_data(config)
   steps = config.steps_per_epoch or (len(split.train_indices)
                                      // config.batch_size)
-  data = pipeline.train_and_meta(source, split, config.batch_size,
-                                 config.meta_batch_size, config.seed)
-  model = build_model(config, source, steps)
+  pipeline.check_batch_sizes(split, config.batch_size, config.meta_batch_size)
+  _check_workdir(config)
+  os.makedirs(config.workdir, exist_ok=True)
+  with open(os.path.join(config.workdir, "config.json"), "w") as f:
+    f.write(config.to_json())
+  if flags_text is not None:
+    with open(os.path.join(config.workdir, "flags.txt"), "w") as f:
+      f.write(flags_text)
+  keras.utils.set_random_seed(config.seed)
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  previous_policy = keras.config.dtype_policy()
+  keras.config.set_dtype_policy(config.precision)
+  try:
+    return _train(config, source, split, steps)
+  finally:
+    keras.config.set_dtype_policy(previous_policy)
 
-  epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
-                                   advisor_optimizer=model.advisor_optimizer
-                                   or tf.train.Checkpoint(), epoch=epoch)
-  manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(config.workdir, "checkpoints"), max_to_keep=3)
-  if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-  initial_epoch = int(epoch.numpy())
+
+def _train(config, source, split, steps):
+  strategy = distribute.get_strategy(config.strategy)
+  with strategy.scope():
+    model = build_model(config, source, steps)
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=model.optimizer,
+        advisor=model.advisor or tf.train.Checkpoint(),
+        advisor_optimizer=model.advisor_optimizer or tf.train.Checkpoint(),
+        beta_seed=model.seed_generator_state)
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(config.workdir, "checkpoints"),
+        max_to_keep=config.keep_checkpoints)
+    restored = restore_latest(checkpoint, manager)
+  start = int(model.optimizer.iterations.numpy())
+  if restored:
+    logging.warning("Resuming from %s (step %d).", restored, start)
 
   log_dir = os.path.join(config.workdir, "tensorboard")
-  with tf.summary.create_file_writer(os.path.join(log_dir, "config")).as_default():
+  with tf.summary.create_file_writer(
+      os.path.join(log_dir, "config")).as_default():
     tf.summary.text("config", "```\n" + config.to_json() + "\n```", step=0)
   callbacks = [keras.callbacks.TensorBoard(log_dir=log_dir),
-               EpochCheckpoint(manager, epoch)]
-  if initial_epoch < config.epochs:
-    model.fit(data, epochs=config.epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=steps,
-              validation_data=pipeline.evaluation(source, "test",
-                                                  config.eval_batch_size),
+               Checkpointing(manager, config.checkpoint_every,
+                             strategy.num_replicas_in_sync)]
+  validation = pipeline.evaluation(source, "test", config.eval_batch_size)
+
+  def fit(first_step, first_epoch, last_epoch, steps_per_epoch):
+    data = pipeline.train_and_meta(source, split, config.batch_size,
+                                   config.meta_batch_size, config.seed,
+                                   start_step=first_step)
+    model.fit(data, epochs=last_epoch, initial_epoch=first_epoch,
+              steps_per_epoch=steps_per_epoch, validation_data=validation,
               callbacks=callbacks, verbose=config.verbose)
+
+  epoch, done = divmod(start, steps)
+  if done and epoch < config.epochs:  # Finish the interrupted epoch first.
+    fit(start, epoch, epoch + 1, steps - done)
+    epoch += 1
+  if epoch < config.epochs:
+    fit(epoch * steps, epoch, config.epochs, steps)
 
   metrics = {"method": config.method, "dataset": config.dataset,
              "train/examples": int(len(split.train_indices)),
              "meta/examples": int(len(split.meta_indices)),
-             "train/realised_noise_rate": split.noise_rate}
+             "train/realised_noise_rate": split.noise_rate,
+             "train/steps": int(model.optimizer.iterations.numpy()),
+             "resumed_from_step": start}
   metrics.update(evaluate(model, source, "test", config.eval_batch_size))
   with open(os.path.join(config.workdir, "metrics.json"), "w") as f:
     json.dump(metrics, f, indent=2)

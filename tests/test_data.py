@@ -81,16 +81,34 @@ def test_digits_pipeline_zips_train_and_endless_meta():
                           source.labels["train"], 10, seed=0)
   data = pipeline.train_and_meta(source, split, batch_size=64,
                                  meta_batch_size=50, seed=0)
-  batches = list(data.as_numpy_iterator())
-  assert len(batches) == len(split.train_indices) // 64
+  steps = len(split.train_indices) // 64
+  batches = list(data.take(2 * steps).as_numpy_iterator())
   (x, y), (xm, ym) = batches[0]
   assert x.shape == (64, 8, 8, 1) and xm.shape == (50, 8, 8, 1)
   assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
-  # The meta stream outlives the 100-image meta set and only holds meta data.
+  # One epoch = distinct training images with their (noisy) labels.
+  images = source.images("train", split.train_indices)
+  lookup = {arr.tobytes(): label for arr, label in
+            zip(images.as_numpy_iterator(), split.train_labels)}
+  epoch = np.concatenate([b[0][0] for b in batches[:steps]])
+  labels = np.concatenate([b[0][1] for b in batches[:steps]])
+  assert len({im.tobytes() for im in epoch}) == steps * 64
+  assert [lookup[im.tobytes()] for im in epoch] == labels.tolist()
+  # The next epoch is another order of the same images.
+  second = np.concatenate([b[0][0] for b in batches[steps:]])
+  assert not np.array_equal(epoch, second)
+  # The meta stream outlives the 100-image meta set, each pass balanced.
   meta_seen = np.concatenate([b[1][1] for b in batches])
   assert len(meta_seen) > len(split.meta_indices)
   np.testing.assert_array_equal(np.bincount(meta_seen[:100], minlength=10),
                                 [10] * 10)
+  # Resuming at step s yields exactly the batches from s on.
+  resumed = pipeline.train_and_meta(source, split, batch_size=64,
+                                    meta_batch_size=50, seed=0,
+                                    start_step=steps + 3)
+  (rx, ry), (rxm, rym) = next(iter(resumed.as_numpy_iterator()))
+  np.testing.assert_array_equal(rx, batches[steps + 3][0][0])
+  np.testing.assert_array_equal(rym, batches[steps + 3][1][1])
   with pytest.raises(ValueError, match="--batch_size"):
     pipeline.train_and_meta(source, split, batch_size=10**6,
                             meta_batch_size=50, seed=0)

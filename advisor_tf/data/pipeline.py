@@ -1,4 +1,11 @@
-"""tf.data pipelines: the train stream zipped with an endless meta stream."""
+"""tf.data pipelines: the train stream zipped with an endless meta stream.
+
+Both streams are pure functions of (seed, step): epoch e of the train stream
+is the training set in the order `stateless_shuffle(positions, [seed, e])`,
+and the meta stream is an endless concatenation of such shuffles of the meta
+set. A run resumed at global step s therefore sees exactly the batches an
+uninterrupted run would (`start_step=s` skips index batches, not images).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
+_META_STREAM = 1_000_003  # Separates the meta stream's seeds from train's.
 
 
 def labelled(source, split, indices, labels):
@@ -15,28 +23,71 @@ def labelled(source, split, indices, labels):
       tf.data.Dataset.from_tensor_slices(tf.constant(labels, tf.int64)))
 
 
-def train_and_meta(source, split, batch_size, meta_batch_size, seed,
-                   augment=None):
-  """`((x, y), (x_meta, y_meta))` batches for `AdvisorModel.fit`.
+def _shuffled_batches(count, batch_size, seed, offset, whole_epochs):
+  """Endless stream of index batches; each pass over `count` items is a
+  stateless shuffle seeded by (seed, offset + pass)."""
+  positions = tf.range(count, dtype=tf.int64)
 
-  The train stream is reshuffled every epoch and drops its last partial batch
-  (static shapes: one trace of the train step). The meta stream is reshuffled
-  on every pass and repeats forever, so each train batch meets a fresh meta
-  batch; it is never augmented (it is the trusted reference).
-  """
-  n = len(split.train_indices)
+  def one_pass(p):
+    order = tf.random.experimental.stateless_shuffle(
+        positions, seed=tf.stack([tf.cast(seed, tf.int64), offset + p]))
+    if whole_epochs:  # Drop the last partial batch of every epoch.
+      usable = (count // batch_size) * batch_size
+      return tf.data.Dataset.from_tensor_slices(
+          tf.reshape(order[:usable], (-1, batch_size)))
+    return tf.data.Dataset.from_tensor_slices(order)
+
+  stream = tf.data.Dataset.counter().flat_map(one_pass)
+  if not whole_epochs:
+    stream = stream.batch(batch_size, drop_remainder=True)
+  return stream
+
+
+def _load(source, indices, labels, augment=None):
+  indices = tf.constant(np.asarray(indices, np.int64))
+  labels = tf.constant(np.asarray(labels, np.int64))
+  image_at = source.image_loader("train")
+
+  def load(position):
+    image = image_at(tf.gather(indices, position))
+    if augment is not None:
+      image = augment(image)
+    return image, tf.gather(labels, position)
+  return load
+
+
+def check_batch_sizes(split, batch_size, meta_batch_size):
+  n, m = len(split.train_indices), len(split.meta_indices)
   if batch_size > n:
     raise ValueError(f"--batch_size={batch_size} is larger than the training "
                      f"set ({n} examples).")
-  train = labelled(source, "train", split.train_indices, split.train_labels)
-  train = train.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-  if augment is not None:
-    train = train.map(lambda x, y: (augment(x), y), num_parallel_calls=AUTOTUNE)
-  train = train.batch(batch_size, drop_remainder=True)
-  meta = labelled(source, "train", split.meta_indices, split.meta_labels)
-  meta = (meta.shuffle(len(split.meta_indices), seed=seed + 1,
-                       reshuffle_each_iteration=True)
-          .repeat().batch(meta_batch_size, drop_remainder=True))
+  if meta_batch_size > m:
+    raise ValueError(f"--meta_batch_size={meta_batch_size} is larger than the "
+                     f"meta set ({m} examples); lower it or raise "
+                     "--meta_per_class.")
+
+
+def train_and_meta(source, split, batch_size, meta_batch_size, seed,
+                   start_step=0, augment=None):
+  """`((x, y), (x_meta, y_meta))` batches for `AdvisorModel.fit`, endless.
+
+  One step consumes one train batch (full batches only: static shapes, one
+  trace of the train step) and one meta batch. The meta set is never
+  augmented: it is the trusted reference.
+  """
+  check_batch_sizes(split, batch_size, meta_batch_size)
+  n, m = len(split.train_indices), len(split.meta_indices)
+  train = (_shuffled_batches(n, batch_size, seed, 0, True).skip(start_step)
+           .unbatch()
+           .map(_load(source, split.train_indices, split.train_labels,
+                      augment), num_parallel_calls=AUTOTUNE,
+                deterministic=True)
+           .batch(batch_size, drop_remainder=True))
+  meta = (_shuffled_batches(m, meta_batch_size, seed, _META_STREAM, False)
+          .skip(start_step).unbatch()
+          .map(_load(source, split.meta_indices, split.meta_labels),
+               num_parallel_calls=AUTOTUNE, deterministic=True)
+          .batch(meta_batch_size, drop_remainder=True))
   return tf.data.Dataset.zip(train, meta).prefetch(AUTOTUNE)
 
 

@@ -27,6 +27,8 @@ class Source:
     class_names: one name per class.
     load_images: `(split, indices) → tf.data.Dataset` of float32 images, in
       the order of `indices`.
+    image_loader_fn: `split → (index tensor → float32 image tensor)`, random
+      access for the resumable training pipeline.
   """
   name: str
   num_classes: int
@@ -34,12 +36,20 @@ class Source:
   labels: dict
   class_names: tuple
   load_images: Callable[[str, np.ndarray], tf.data.Dataset]
+  image_loader_fn: Callable[[str], Callable]
 
-  def images(self, split, indices):
+  def _check(self, split):
     if split not in self.labels:
       raise ValueError(f"Split {split!r} not in source {self.name!r}; allowed: "
                        f"{sorted(self.labels)}.")
+
+  def images(self, split, indices):
+    self._check(split)
     return self.load_images(split, np.asarray(indices, dtype=np.int64))
+
+  def image_loader(self, split):
+    self._check(split)
+    return self.image_loader_fn(split)
 
 
 def array_source(name, splits, class_names, image_shape=None):
@@ -50,10 +60,15 @@ def array_source(name, splits, class_names, image_shape=None):
   def load(split, indices):
     return tf.data.Dataset.from_tensor_slices(images[split][indices])
 
+  def loader(split):
+    table = tf.constant(images[split])
+    return lambda index: tf.gather(table, index)
+
   shape = image_shape or next(iter(images.values())).shape[1:]
   return Source(name=name, num_classes=len(class_names),
                 image_shape=tuple(shape), labels=labels,
-                class_names=tuple(class_names), load_images=load)
+                class_names=tuple(class_names), load_images=load,
+                image_loader_fn=loader)
 
 
 def digits(data_dir: Optional[str] = None) -> Source:

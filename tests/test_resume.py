@@ -1,0 +1,161 @@
+"""Runs that survive: kill and resume, corrupted checkpoints, refused
+workdirs, non-finite losses."""
+
+import dataclasses
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from advisor_tf import config as config_lib
+from advisor_tf import trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = ["--flagfile=flags/quickstart.cfg", "--epochs=3", "--lr_decay_epochs=2",
+        "--checkpoint_every=4", "--keep_checkpoints=2", "--noexport",
+        "--verbose=0", "--embedding_size=16"]
+
+
+def _cli(workdir, *extra, wait=True):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "advisor_tf.train", *ARGS, f"--workdir={workdir}",
+       *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
+  if wait:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+  return proc
+
+
+def _weights(workdir):
+  reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if "save_counter" not in k and "OPTIMIZER_SLOT" not in k}
+
+
+def _checkpoint_steps(workdir):
+  state = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
+  if not state:
+    return []
+  return [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths]
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+  _cli(tmp_path / "straight")
+  killed = tmp_path / "killed"
+  proc = _cli(killed, wait=False)
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    steps = _checkpoint_steps(killed)
+    if steps and max(steps) >= 8:
+      break
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert proc.returncode == -signal.SIGKILL
+  last = max(_checkpoint_steps(killed))
+  assert last % 17 != 0 and last < 51, "killed mid-epoch, before the end"
+  assert not (killed / "metrics.json").exists()
+  _cli(killed)
+  import json
+  metrics = json.loads((killed / "metrics.json").read_text())
+  assert metrics["resumed_from_step"] >= 8
+  straight, resumed = _weights(tmp_path / "straight"), _weights(killed)
+  assert straight.keys() == resumed.keys()
+  assert any("advisor" in k for k in straight)
+  for key in straight:
+    np.testing.assert_array_equal(straight[key], resumed[key], err_msg=key)
+
+
+def _small(workdir, **overrides):
+  settings = dict(workdir=str(workdir), epochs=2, steps_per_epoch=6,
+                  lr_decay_epochs=(1,), verbose=0, export=False,
+                  embedding_size=8, checkpoint_every=2, keep_checkpoints=3)
+  settings.update(overrides)
+  return dataclasses.replace(config_lib.TrainConfig(), **settings)
+
+
+def test_corrupted_newest_checkpoint_falls_back_to_previous(tmp_path):
+  reference = trainer.train(_small(tmp_path / "ref"))
+  keras.backend.clear_session()
+  config = _small(tmp_path / "run")
+  trainer.train(dataclasses.replace(config, epochs=1, lr_decay_epochs=(1,)))
+  # The first run stopped at step 6 (ckpt 2, 4, 6). Corrupt ckpt-6.
+  ckpt_dir = tmp_path / "run" / "checkpoints"
+  for name in os.listdir(ckpt_dir):
+    if name.startswith("ckpt-6.data"):
+      (ckpt_dir / name).write_bytes(b"\0garbage" * 10)
+  # Same configuration apart from the epochs: allow via a fresh config.json.
+  (tmp_path / "run" / "config.json").write_text(config.to_json())
+  keras.backend.clear_session()
+  metrics = trainer.train(config)
+  assert metrics["resumed_from_step"] == 4
+  assert metrics["train/steps"] == 12
+  ref, got = _weights(tmp_path / "ref"), _weights(tmp_path / "run")
+  for key in ref:
+    np.testing.assert_array_equal(ref[key], got[key], err_msg=key)
+  assert reference["test/top1"] == metrics["test/top1"]
+
+
+def _snapshot(directory):
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[path] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def test_workdir_with_other_configuration_is_refused(tmp_path):
+  config = _small(tmp_path / "run", epochs=1)
+  trainer.train(config)
+  before = _snapshot(tmp_path / "run")
+  keras.backend.clear_session()
+  with pytest.raises(ValueError, match=r"--lr: 0\.05 in the workdir, 0\.1 now"):
+    trainer.train(dataclasses.replace(config, lr=0.1, verbose=1))
+  assert _snapshot(tmp_path / "run") == before
+
+
+def test_nonfinite_loss_stops_with_step_and_keeps_good_state(tmp_path):
+  # A learning rate this large overflows within a few steps.
+  config = _small(tmp_path / "run", lr=1e30, method="ce", momentum=0.0,
+                  checkpoint_every=0)
+  with pytest.raises(FloatingPointError,
+                     match=r"Non-finite training loss .* at a step in \[1, "):
+    trainer.train(config)
+  weights = _weights(tmp_path / "run")
+  assert all(np.isfinite(v).all() for v in weights.values()
+             if np.asarray(v).dtype.kind == "f")
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"imbalance_factor": 0.5}, "--imbalance_factor=0.5 must be >= 1"),
+    ({"noise_rate": 1.0}, r"--noise_rate=1.0 must be in \[0, 1\)"),
+    ({"noise_rate": -0.2}, r"--noise_rate=-0.2 must be in \[0, 1\)"),
+    ({"meta_per_class": 200}, "--meta_per_class"),
+    ({"batch_size": 5000}, "--batch_size=5000 is larger than the training"),
+    ({"meta_batch_size": 101}, "--meta_batch_size=101 is larger than the meta"),
+    ({"method": "mes", "virtual_scope": "bogus"}, "--virtual_scope='bogus'"),
+    ({"method": "ce", "meta_update_every": 2}, "not --method=ce"),
+    ({"strategy": "mirrored", "meta_update_every": 2}, "--strategy=default"),
+    ({"flip_targets": "similar", "noise": "flip3", "dataset": "digits",
+      "lr_schedule": "step", "lr_decay_epochs": (9,)}, "--lr_decay_epochs"),
+])
+def test_bad_input_is_refused_and_workdir_untouched(tmp_path, change,
+                                                    message):
+  config = _small(tmp_path / "run", epochs=1)
+  trainer.train(config)
+  before = _snapshot(tmp_path / "run")
+  keras.backend.clear_session()
+  with pytest.raises(ValueError, match=message):
+    trainer.train(dataclasses.replace(config, **change))
+  assert _snapshot(tmp_path / "run") == before
