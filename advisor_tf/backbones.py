@@ -74,6 +74,55 @@ def cifar_resnet(input_shape, depth=32, widths=(16, 32, 64), name="resnet32"):
   return keras.Model(inputs, features, name=name)
 
 
+def _projection_block(x, filters, stride, name):
+  """BasicBlock with a 1×1 conv + BN projection shortcut (ResNet-18/10)."""
+  shortcut = x
+  y = _conv(filters, stride, f"{name}_conv1")(x)
+  y = layers.ReLU(name=f"{name}_relu1")(_bn(f"{name}_bn1")(y))
+  y = _bn(f"{name}_bn2")(_conv(filters, 1, f"{name}_conv2")(y))
+  if stride != 1 or x.shape[-1] != filters:
+    shortcut = _bn(f"{name}_proj_bn")(
+        _conv(filters, stride, f"{name}_proj", kernel_size=1)(x))
+  return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")(
+      [y, shortcut]))
+
+
+def basic_resnet(input_shape, blocks, imagenet_stem, name,
+                 widths=(64, 128, 256, 512)):
+  """ResNet of BasicBlocks: ResNet-18 with a CIFAR stem (3×3 conv), ResNet-10
+  with the ImageNet stem (7×7/2 conv + 3×3/2 max-pool), as in the long-tail
+  literature (Liu et al. 2019's ResNet-10 for ImageNet-LT)."""
+  inputs = keras.Input(shape=input_shape, name="image")
+  if imagenet_stem:
+    x = _conv(widths[0], 2, "stem_conv", kernel_size=7)(inputs)
+    x = layers.ReLU(name="stem_relu")(_bn("stem_bn")(x))
+    x = layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+  else:
+    x = _conv(widths[0], 1, "stem_conv")(inputs)
+    x = layers.ReLU(name="stem_relu")(_bn("stem_bn")(x))
+  for stage, (filters, count) in enumerate(zip(widths, blocks)):
+    for block in range(count):
+      stride = 2 if stage > 0 and block == 0 else 1
+      x = _projection_block(x, filters, stride,
+                            f"stage{stage + 1}_block{block + 1}")
+  features = layers.GlobalAveragePooling2D(name="pool")(x)
+  return keras.Model(inputs, features, name=name)
+
+
+def keras_application(constructor, input_shape, name, weights=None):
+  """A `keras.applications` ResNet without its top, average-pooled.
+
+  `weights`: None (random init) or the path of a local weights file (e.g.
+  the ImageNet `*_weights_tf_dim_ordering_tf_kernels_notop.h5`; nothing here
+  downloads them).
+  """
+  if weights is not None and not __import__("os").path.isfile(weights):
+    raise ValueError(f"--pretrained_weights={weights}: file not found.")
+  body = constructor(include_top=False, weights=weights,
+                     input_shape=input_shape, pooling="avg")
+  return keras.Model(body.inputs, body.outputs, name=name)
+
+
 def small_cnn(input_shape, widths=(32, 64, 128), name="small_cnn"):
   """Three conv-BN-ReLU layers (stride 1, 2, 2) and global pooling.
 
@@ -96,15 +145,29 @@ def linear_head(feature_dim, num_classes, name="head"):
 
 
 BACKBONES = {
-    "resnet32": lambda shape: cifar_resnet(shape, depth=32),
-    "small_cnn": small_cnn,
+    "small_cnn": lambda shape, weights=None: small_cnn(shape),
+    "resnet32": lambda shape, weights=None: cifar_resnet(shape, depth=32),
+    "resnet18": lambda shape, weights=None: basic_resnet(
+        shape, (2, 2, 2, 2), imagenet_stem=False, name="resnet18"),
+    "resnet10": lambda shape, weights=None: basic_resnet(
+        shape, (1, 1, 1, 1), imagenet_stem=True, name="resnet10"),
+    "resnet50": lambda shape, weights=None: keras_application(
+        keras.applications.ResNet50, shape, "resnet50", weights),
+    "resnet152": lambda shape, weights=None: keras_application(
+        keras.applications.ResNet152, shape, "resnet152", weights),
 }
+# Backbones whose pretrained weights can come from a local file.
+PRETRAINABLE = ("resnet50", "resnet152")
 
 
 # Layer-name prefixes of each backbone's last stage (--virtual_scope=last_stage).
 LAST_STAGE = {
     "resnet32": ("stage3_",),
     "small_cnn": ("conv3", "bn3"),
+    "resnet18": ("stage4_",),
+    "resnet10": ("stage4_",),
+    "resnet50": ("conv5_",),
+    "resnet152": ("conv5_",),
 }
 
 
@@ -112,11 +175,15 @@ def last_stage_prefixes(backbone):
   return LAST_STAGE.get(backbone)
 
 
-def build_classifier(backbone, input_shape, num_classes):
+def build_classifier(backbone, input_shape, num_classes, weights=None):
   """Returns `(backbone_model, head_model)` for a registered backbone name."""
   if backbone not in BACKBONES:
-    raise ValueError(f"Unknown backbone {backbone!r}; allowed: "
-                     f"{sorted(BACKBONES)}.")
-  body = BACKBONES[backbone](tuple(input_shape))
+    raise ValueError(f"--backbone={backbone!r} is not allowed; choose one of: "
+                     f"{', '.join(sorted(BACKBONES))}.")
+  if weights is not None and backbone not in PRETRAINABLE:
+    raise ValueError(f"--pretrained_weights applies to {PRETRAINABLE}, not "
+                     f"--backbone={backbone}; use --init_checkpoint to start "
+                     "from a previous run.")
+  body = BACKBONES[backbone](tuple(input_shape), weights=weights)
   head = linear_head(body.output_shape[-1], num_classes)
   return body, head

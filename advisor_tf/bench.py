@@ -53,6 +53,10 @@ _STRATEGY = flags.DEFINE_enum("strategy", "default",
                               ["default", "mirrored", "multi_worker"],
                               "tf.distribute strategy.")
 _JSON = flags.DEFINE_string("json", None, "Write the results here.")
+_BREAKDOWN = flags.DEFINE_string(
+    "breakdown", None, "Also time the phases of this method's step (a "
+    "profile of where the time goes): forward, forward+backward, meta "
+    "forward+backward, hypergradient, whole step.")
 
 
 def _peak_mib(device_is_gpu):
@@ -81,8 +85,9 @@ def run(methods, scopes, backbone, input_size, channels, num_classes,
           (rng.random((meta_batch_size,) + shape, np.float32),
            rng.integers(0, num_classes, meta_batch_size)))
   dataset = tf.data.Dataset.from_tensors(data).repeat()
-  variants = [("ce", "all")] + [(m, s) for m in methods if m != "ce"
-                                for s in scopes]
+  variants = [("ce", "all")] + [
+      (m, s) for m in methods if m != "ce"
+      for s in (scopes if m in model_lib.ADVISOR_MODES else ["all"])]
   runners = []
   for method, scope in variants:
     mem_before = _peak_mib(gpu)
@@ -94,7 +99,8 @@ def run(methods, scopes, backbone, input_size, channels, num_classes,
       model = model_lib.AdvisorModel(
           body, head, mode=method, seed=0, virtual_scope=scope,
           last_stage_prefixes=backbones.last_stage_prefixes(backbone),
-          meta_update_every=meta_update_every)
+          meta_update_every=meta_update_every,
+          class_counts=[batch_size] * num_classes)
       optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
       advisor_optimizer = keras.optimizers.Adam(1e-4)
       if precision == "mixed_float16":
@@ -142,6 +148,58 @@ def run(methods, scopes, backbone, input_size, channels, num_classes,
           "steps_timed": steps * rounds}
 
 
+def breakdown(method, backbone, input_size, channels, num_classes, batch_size,
+              meta_batch_size, repeats=5):
+  """Median seconds of each phase of one step, one device, float32."""
+  import keras
+  import tensorflow as tf
+  from advisor_tf import backbones
+  from advisor_tf import model as model_lib
+
+  rng = np.random.default_rng(0)
+  shape = (input_size, input_size, channels)
+  x = tf.constant(rng.random((batch_size,) + shape, np.float32))
+  y = tf.constant(rng.integers(0, num_classes, batch_size))
+  xm = tf.constant(rng.random((meta_batch_size,) + shape, np.float32))
+  ym = tf.constant(rng.integers(0, num_classes, meta_batch_size))
+  keras.utils.set_random_seed(0)
+  body, head = backbones.build_classifier(backbone, shape, num_classes)
+  model = model_lib.AdvisorModel(body, head, mode=method, seed=0)
+  model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+  variables = model.classifier_variables
+
+  def grads_on(images, labels):
+    with tf.GradientTape() as tape:
+      logits = model.head(model.backbone(images, training=True))
+      loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+          labels, logits, from_logits=True))
+    return tape.gradient(loss, variables)
+
+  phases = {
+      "train forward": tf.function(lambda: model.backbone(x, training=True),
+                                   autograph=False),
+      "train forward+backward": tf.function(lambda: grads_on(x, y),
+                                            autograph=False),
+      "meta forward+backward": tf.function(lambda: grads_on(xm, ym),
+                                           autograph=False),
+      "hypergradient (steps 1-3)": tf.function(
+          lambda: model.meta_gradient(x, y, xm, ym)[0], autograph=False),
+      "whole step": tf.function(lambda: model.train_step(((x, y), (xm, ym))),
+                                autograph=False),
+  }
+  out = {}
+  for name, fn in phases.items():
+    for _ in range(2):
+      tf.nest.map_structure(np.asarray, fn())
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      tf.nest.map_structure(np.asarray, fn())
+      times.append(time.perf_counter() - start)
+    out[name] = round(float(np.median(times)), 4)
+  return out
+
+
 def _sync(logs):
   # Reading a value waits for the step to finish.
   return float(np.asarray(logs["loss"]))
@@ -179,6 +237,13 @@ def main(argv):
                _JIT.value, _PRECISION.value, _STRATEGY.value,
                _META_EVERY.value)
   print(table(report))
+  if _BREAKDOWN.value:
+    report["breakdown"] = {"method": _BREAKDOWN.value, "seconds": breakdown(
+        _BREAKDOWN.value, _BACKBONE.value, _INPUT.value, _CHANNELS.value,
+        _CLASSES.value, _BATCH.value, _META_BATCH.value)}
+    print(f"Where the time of a {_BREAKDOWN.value} step goes (median s):")
+    for name, sec in report["breakdown"]["seconds"].items():
+      print(f"  {name:28s} {sec:.4f}")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(report, f, indent=2)

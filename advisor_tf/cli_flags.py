@@ -22,7 +22,17 @@ _D = config_lib.TrainConfig()
 
 # Data.
 flags.DEFINE_enum("dataset", _D.dataset, sorted(SOURCES), "Dataset to train on.")
-flags.DEFINE_string("data_dir", _D.data_dir, "Where the dataset files are.")
+flags.DEFINE_string("data_dir", _D.data_dir,
+                    "Where the dataset is: tfds data_dir for cifar10/100; the "
+                    "manual-download folder for clothing1m, imagenet_lt, "
+                    "places_lt; your folder for image_folder / image_csv.")
+flags.DEFINE_integer("image_size", _D.image_size,
+                     "Side of the images fed to the model (file datasets; "
+                     "default 224 for clothing1m/imagenet_lt/places_lt, 32 "
+                     "for image_folder/image_csv).", lower_bound=8)
+flags.DEFINE_bool("augment", _D.augment,
+                  "Augment training images (CIFAR: pad-4 crop + flip; "
+                  "ImageNet-style data: random 224 crop of 256 + flip).")
 flags.DEFINE_enum("noise", _D.noise, NOISE_TYPES, "Synthetic label noise model.")
 flags.DEFINE_float("noise_rate", _D.noise_rate,
                    "Noise probability p in [0, 1).", lower_bound=0.0,
@@ -34,8 +44,9 @@ flags.DEFINE_float("imbalance_factor", _D.imbalance_factor,
                    "Long-tail imbalance factor n_max/n_min (1 = balanced).",
                    lower_bound=1.0)
 flags.DEFINE_integer("meta_per_class", _D.meta_per_class,
-                     "Clean meta images per class, taken from train.",
-                     lower_bound=1)
+                     "Clean meta images per class, taken from train before "
+                     "corruption, or from the dataset's own meta/val split "
+                     "(0: all of that split).", lower_bound=0)
 # Method.
 flags.DEFINE_enum("method", _D.method, MODES, "Training method.")
 flags.DEFINE_integer("embedding_size", _D.embedding_size,
@@ -44,9 +55,23 @@ flags.DEFINE_float("rho", _D.rho, "MES Bernoulli probability ρ.",
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float("advisor_lr", _D.advisor_lr, "Advisor Adam learning rate.",
                    lower_bound=0.0)
+flags.DEFINE_float("eql_threshold", _D.eql_threshold,
+                   "Equalization loss: classes with a smaller share of the "
+                   "training images than this get no discouraging gradient.")
+flags.DEFINE_float("focal_gamma", _D.focal_gamma, "Focal loss γ.",
+                   lower_bound=0.0)
 # Classifier and optimisation.
 flags.DEFINE_enum("backbone", _D.backbone, sorted(BACKBONES), "Backbone.")
+flags.DEFINE_string("pretrained_weights", _D.pretrained_weights,
+                    "Local weights file for resnet50/resnet152 (e.g. the "
+                    "ImageNet notop .h5); nothing is downloaded.")
+flags.DEFINE_string("init_checkpoint", _D.init_checkpoint,
+                    "Start the classifier from a previous run's checkpoints "
+                    "folder (or a checkpoint prefix).")
 flags.DEFINE_integer("epochs", _D.epochs, "Training epochs.", lower_bound=1)
+flags.DEFINE_integer("train_steps", _D.train_steps,
+                     "Train for this many iterations instead of --epochs "
+                     "(schedules then run over iterations).", lower_bound=1)
 flags.DEFINE_integer("steps_per_epoch", _D.steps_per_epoch,
                      "Steps per epoch (default: one pass over train).",
                      lower_bound=1)
@@ -65,6 +90,9 @@ flags.DEFINE_enum("lr_schedule", _D.lr_schedule, config_lib.LR_SCHEDULES,
 flags.DEFINE_list("lr_decay_epochs", [str(e) for e in _D.lr_decay_epochs],
                   "Epochs at which the step schedule multiplies the learning "
                   "rate by --lr_decay_factor.")
+flags.DEFINE_list("lr_decay_steps", [],
+                  "Iterations at which the step schedule decays (instead of "
+                  "--lr_decay_epochs).")
 flags.DEFINE_float("lr_decay_factor", _D.lr_decay_factor, "Step decay factor.",
                    lower_bound=0.0)
 # Speed and scale.
@@ -107,9 +135,10 @@ def _int_list(flag_name, values):
         "integers.") from None
 
 
-flags.register_validator(
-    "lr_decay_epochs", lambda v: bool(_int_list("lr_decay_epochs", v)) or True,
-    message="--lr_decay_epochs must be a comma-separated list of integers.")
+for _name in ("lr_decay_epochs", "lr_decay_steps"):
+  flags.register_validator(
+      _name, lambda v, n=_name: bool(_int_list(n, v)) or True,
+      message=f"--{_name} must be a comma-separated list of integers.")
 
 
 def to_config(values=None) -> config_lib.TrainConfig:
@@ -118,7 +147,11 @@ def to_config(values=None) -> config_lib.TrainConfig:
   kwargs = {}
   for field in dataclasses.fields(config_lib.TrainConfig):
     value = values[field.name].value
-    if field.name == "lr_decay_epochs":
+    if field.name in ("lr_decay_epochs", "lr_decay_steps"):
       value = _int_list(field.name, value)
     kwargs[field.name] = value
   return config_lib.TrainConfig(**kwargs).validate()
+
+flags.DEFINE_bool("dry_run", False,
+                  "Validate the configuration and print it resolved, without "
+                  "reading data or building the model.")

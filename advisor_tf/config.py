@@ -11,16 +11,18 @@ import dataclasses
 import json
 
 from advisor_tf.backbones import BACKBONES
+from advisor_tf.data.sources import SOURCES
 from advisor_tf.data.noise import FLIP_TARGET_RULES, NOISE_TYPES
 from advisor_tf.distribute import STRATEGIES
-from advisor_tf.model import MODES, VIRTUAL_SCOPES
+from advisor_tf.model import ADVISOR_MODES, MODES, VIRTUAL_SCOPES
 
 LR_SCHEDULES = ("constant", "step", "cosine")
 JIT_CHOICES = ("auto", "true", "false")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # Fields that may change when a run resumes in the same workdir: how the run
 # is executed or reported, not what it computes.
-RUN_ONLY_FIELDS = ("workdir", "data_dir", "verbose", "export",
+RUN_ONLY_FIELDS = ("workdir", "data_dir", "verbose", "export", "init_checkpoint",
+                   "pretrained_weights",
                    "eval_batch_size", "checkpoint_every", "keep_checkpoints",
                    "jit_compile")
 
@@ -31,6 +33,8 @@ class TrainConfig:
   # Data.
   dataset: str = "digits"
   data_dir: str | None = None
+  image_size: int | None = None
+  augment: bool = True
   noise: str = "flip"
   noise_rate: float = 0.4
   flip_targets: str = "random"
@@ -41,9 +45,14 @@ class TrainConfig:
   embedding_size: int = 100
   rho: float = 0.9
   advisor_lr: float = 1e-4
+  eql_threshold: float = 0.01
+  focal_gamma: float = 2.0
   # Classifier and optimisation.
   backbone: str = "small_cnn"
+  pretrained_weights: str | None = None
+  init_checkpoint: str | None = None
   epochs: int = 30
+  train_steps: int | None = None
   steps_per_epoch: int | None = None
   batch_size: int = 64
   meta_batch_size: int = 50
@@ -52,6 +61,7 @@ class TrainConfig:
   weight_decay: float = 5e-4
   lr_schedule: str = "step"
   lr_decay_epochs: tuple = (20, 25)
+  lr_decay_steps: tuple = ()
   lr_decay_factor: float = 0.1
   # Speed and scale.
   virtual_scope: str = "all"
@@ -72,6 +82,7 @@ class TrainConfig:
   def validate(self):
     """Raises ValueError naming the flag and what is allowed."""
     _choice("method", self.method, MODES)
+    _choice("dataset", self.dataset, tuple(sorted(SOURCES)))
     _choice("noise", self.noise, NOISE_TYPES)
     _choice("flip_targets", self.flip_targets, FLIP_TARGET_RULES)
     _choice("backbone", self.backbone, tuple(BACKBONES))
@@ -86,10 +97,14 @@ class TrainConfig:
     if self.meta_update_every > 1 and self.strategy != "default":
       raise ValueError("--meta_update_every > 1 needs --strategy=default (one "
                        "replica).")
-    if self.method == "ce" and (self.virtual_scope != "all" or
-                                self.meta_update_every != 1):
+    if self.method not in ADVISOR_MODES and (self.virtual_scope != "all" or
+                                             self.meta_update_every != 1):
       raise ValueError("--virtual_scope and --meta_update_every apply to the "
-                       "advisor methods, not --method=ce.")
+                       f"advisor methods ({', '.join(ADVISOR_MODES)}), not "
+                       f"--method={self.method}.")
+    if self.focal_gamma < 0 or not 0 < self.eql_threshold < 1:
+      raise ValueError("--focal_gamma must be >= 0 and --eql_threshold in "
+                       "(0, 1).")
     if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
       raise ValueError("--checkpoint_every must be >= 0 (0: epoch ends only) "
                        "and --keep_checkpoints >= 1.")
@@ -104,10 +119,9 @@ class TrainConfig:
                  "eval_batch_size"):
       if getattr(self, name) < 1:
         raise ValueError(f"--{name}={getattr(self, name)} must be >= 1.")
-    if self.meta_per_class < 1:
-      raise ValueError(f"--meta_per_class={self.meta_per_class} must be >= 1: "
-                       "every method trains on the same split, and the advisor "
-                       "methods need a clean meta set.")
+    if self.meta_per_class < 0:
+      raise ValueError(f"--meta_per_class={self.meta_per_class} must be >= 1 "
+                       "(or 0: all of a dataset's own meta split).")
     if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
       raise ValueError(f"--steps_per_epoch={self.steps_per_epoch} must be >= 1 "
                        "or unset (one pass over the training set).")
@@ -116,7 +130,13 @@ class TrainConfig:
         raise ValueError(f"--{name}={getattr(self, name)} must be > 0.")
     if self.weight_decay < 0 or not 0 <= self.momentum < 1:
       raise ValueError("--weight_decay must be >= 0 and --momentum in [0, 1).")
-    if self.lr_schedule == "step" and any(
+    if self.train_steps is not None and self.train_steps < 1:
+      raise ValueError(f"--train_steps={self.train_steps} must be >= 1.")
+    if self.lr_decay_steps and self.lr_schedule != "step":
+      raise ValueError("--lr_decay_steps needs --lr_schedule=step.")
+    if self.image_size is not None and self.image_size < 8:
+      raise ValueError(f"--image_size={self.image_size} must be >= 8.")
+    if self.lr_schedule == "step" and not self.lr_decay_steps and any(
         e < 1 or e > self.epochs for e in self.lr_decay_epochs):
       raise ValueError(f"--lr_decay_epochs={list(self.lr_decay_epochs)} must "
                        f"lie in [1, --epochs={self.epochs}].")

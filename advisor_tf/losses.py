@@ -108,3 +108,35 @@ class MetaEqualizationSoftmax(keras.losses.Loss):
 def bernoulli(shape, rho, seed):
   """{0, 1} float32 draws with P(1) = rho; rho = 1 gives ones exactly."""
   return ops.cast(keras.random.uniform(shape, seed=seed) < rho, "float32")
+
+
+# ------------------------------------------------------------- baselines
+def balanced_softmax(labels, logits, class_counts):
+  """Balanced Softmax (Ren et al., BALMS, NeurIPS 2020): cross-entropy of
+  `logits + log n_c`, the softmax re-weighted by the training class prior."""
+  logits = to_loss_precision(logits)
+  prior = ops.log(ops.maximum(ops.cast(class_counts, logits.dtype), 1.0))
+  return keras.losses.sparse_categorical_crossentropy(
+      labels, logits + prior, from_logits=True)
+
+
+def equalization_softmax(labels, logits, class_counts, threshold, beta=None):
+  """Softmax Equalization Loss (Tan et al., CVPR 2020) with its hand-made
+  frequency threshold: classes whose share of the training images is below
+  `threshold` (T_λ(f_k) = 1) get no discouraging gradient from other classes'
+  examples. MES replaces this T_λ by the advisor's learned s_k."""
+  counts = ops.cast(class_counts, "float32")
+  rare = ops.cast(counts / ops.sum(counts) < threshold, "float32")
+  batch = ops.shape(logits)[0]
+  suppression = ops.broadcast_to(rare[None, :], (batch, ops.shape(rare)[0]))
+  return meta_equalization_softmax(labels, logits, suppression, beta)
+
+
+def focal(labels, logits, gamma):
+  """Focal loss (Lin et al., ICCV 2017): −(1 − p_y)^γ log p_y."""
+  logits = to_loss_precision(logits)
+  log_p = ops.log_softmax(logits, axis=-1)
+  onehot = ops.one_hot(ops.cast(labels, "int32"), ops.shape(logits)[-1],
+                       dtype=logits.dtype)
+  log_py = ops.sum(onehot * log_p, axis=-1)
+  return -ops.power(1.0 - ops.exp(log_py), gamma) * log_py

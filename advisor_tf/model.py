@@ -26,7 +26,10 @@ from keras import ops
 from advisor_tf import layers as adv_layers
 from advisor_tf import losses as adv_losses
 
-MODES = ("ce", "mwnet", "mfrw", "mes", "mfrw_mes")
+ADVISOR_MODES = ("mwnet", "mfrw", "mes", "mfrw_mes")
+BASELINE_MODES = ("ce", "balanced_softmax", "eql", "focal")
+MODES = ("ce", "mwnet", "mfrw", "mes", "mfrw_mes", "balanced_softmax", "eql",
+         "focal")
 VIRTUAL_SCOPES = ("all", "last_stage", "head")
 
 
@@ -116,6 +119,9 @@ class AdvisorModel(keras.Model):
     last_stage_prefixes: backbone layer-name prefixes forming its last stage.
     meta_update_every: update the advisor every k-th step only (k = 1: every
       step, the exact method); the other steps are plain actual steps.
+    class_counts: training images per class (`balanced_softmax`, `eql`).
+    eql_threshold: frequency threshold λ of `eql`.
+    focal_gamma: γ of `focal`.
 
   `call(x)` is the plain classifier: the advisor is used only in `train_step`,
   which consumes `((x, y), (x_meta, y_meta))` batches.
@@ -129,8 +135,17 @@ class AdvisorModel(keras.Model):
 
   def __init__(self, backbone, head, mode="mfrw_mes", advisor=None,
                embedding_size=100, rho=0.9, seed=None, virtual_scope="all",
-               last_stage_prefixes=None, meta_update_every=1, **kwargs):
+               last_stage_prefixes=None, meta_update_every=1,
+               class_counts=None, eql_threshold=0.01, focal_gamma=2.0,
+               **kwargs):
     super().__init__(**kwargs)
+    if mode in ("balanced_softmax", "eql") and class_counts is None:
+      raise ValueError(f"mode {mode!r} needs class_counts (training images "
+                       "per class).")
+    self.class_counts = (None if class_counts is None
+                         else [int(c) for c in class_counts])
+    self.eql_threshold = float(eql_threshold)
+    self.focal_gamma = float(focal_gamma)
     if mode not in MODES:
       raise ValueError(f"Unknown mode {mode!r}; allowed: {', '.join(MODES)}.")
     if virtual_scope not in VIRTUAL_SCOPES:
@@ -156,12 +171,16 @@ class AdvisorModel(keras.Model):
     self.num_classes = int(head.output_shape[-1])
     self.uses_mask = mode in ("mfrw", "mfrw_mes")
     self.uses_mes = mode in ("mes", "mfrw_mes")
+    if self.class_counts is not None and len(self.class_counts) != \
+        int(head.output_shape[-1]):
+      raise ValueError(f"class_counts has {len(self.class_counts)} entries, "
+                       f"the head {int(head.output_shape[-1])} classes.")
     # Under a mixed-precision policy the advisor computes in the variables'
     # precision (float32), not in float16/bfloat16.
     advisor_dtype = keras.config.dtype_policy().variable_dtype
     if advisor is None and mode == "mwnet":
       advisor = adv_layers.MetaWeightNet(name="advisor", dtype=advisor_dtype)
-    elif advisor is None and mode != "ce":
+    elif advisor is None and mode in ADVISOR_MODES:
       advisor = adv_layers.AdvisorNetwork(
           self.feature_dim, self.num_classes, self.embedding_size,
           feature_mask=self.uses_mask, class_weights=self.uses_mes,
@@ -172,7 +191,7 @@ class AdvisorModel(keras.Model):
     self.weight_decay = 0.0
     self.advisor_optimizer = None
     names = ["loss", "accuracy"]
-    if self.mode != "ce":
+    if self.mode in ADVISOR_MODES:
       names += ["meta_loss", "advisor_grad_norm"]
     if self.mode == "mwnet":
       names.append("example_weight_mean")
@@ -319,8 +338,19 @@ class AdvisorModel(keras.Model):
       losses = _per_example_ce(labels, logits)
     return losses, stats, head_updates
 
-  def _beta(self, batch_size):
-    if not self.uses_mes or self.rho >= 1.0:
+  def _baseline_losses(self, labels, logits, ce):
+    if self.mode == "balanced_softmax":
+      return adv_losses.balanced_softmax(labels, logits, self.class_counts)
+    if self.mode == "eql":
+      return adv_losses.equalization_softmax(
+          labels, logits, self.class_counts, self.eql_threshold,
+          self._beta(ops.shape(logits)[0], force=True))
+    if self.mode == "focal":
+      return adv_losses.focal(labels, logits, self.focal_gamma)
+    return ce
+
+  def _beta(self, batch_size, force=False):
+    if not (self.uses_mes or force) or self.rho >= 1.0:
       return None
     return adv_losses.bernoulli((batch_size, self.num_classes), self.rho,
                                 self._seed_generator)
@@ -375,7 +405,8 @@ class AdvisorModel(keras.Model):
       `self.advisor.trainable_variables`.
     """
     if self.advisor is None:
-      raise ValueError("mode 'ce' has no advisor, hence no meta-gradient.")
+      raise ValueError(f"mode {self.mode!r} has no advisor, hence no "
+                       "meta-gradient.")
     y = ops.reshape(ops.cast(y, "int32"), (-1,))
     y_meta = ops.reshape(ops.cast(y_meta, "int32"), (-1,))
     with tf.GradientTape() as meta_tape:
@@ -451,7 +482,7 @@ class AdvisorModel(keras.Model):
         logits, _ = self._head_forward(head_w, features)
         ce = _per_example_ce(y, logits)
       if self.advisor is None:
-        losses, head_updates = ce, None
+        losses, head_updates = self._baseline_losses(y, logits, ce), None
       else:
         # Actual train with the advice recomputed at the updated θ′.
         losses, advisor_stats, head_updates = self._train_losses(
@@ -520,6 +551,8 @@ class AdvisorModel(keras.Model):
         "virtual_scope": self.virtual_scope,
         "last_stage_prefixes": self.last_stage_prefixes,
         "meta_update_every": self.meta_update_every,
+        "class_counts": self.class_counts,
+        "eql_threshold": self.eql_threshold, "focal_gamma": self.focal_gamma,
     }
 
   @classmethod

@@ -25,6 +25,9 @@ def main(argv):
     config = cli_flags.to_config()
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  if flags.FLAGS.dry_run:
+    print(config.to_json())
+    return
   from advisor_tf import trainer
   try:
     metrics = trainer.train(config, flags_text=flags.FLAGS.flags_into_string())

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from advisor_tf import backbones
 from advisor_tf import distribute
+from advisor_tf import evaluation
 from advisor_tf import model as model_lib
 from advisor_tf.data import noise as noise_lib
 from advisor_tf.data import pipeline
@@ -32,16 +33,23 @@ from advisor_tf.data import sources
 
 def prepare_data(config):
   """Returns `(source, split)` for a configuration."""
-  source = sources.load(config.dataset, config.data_dir)
+  source = sources.load(config.dataset, config.data_dir, config.image_size)
   protocol = protocols.Protocol(
       noise=config.noise, noise_rate=config.noise_rate,
       flip_targets=config.flip_targets,
       imbalance_factor=config.imbalance_factor,
       meta_per_class=config.meta_per_class)
-  split = protocols.apply(protocol, source.labels["train"], source.num_classes,
-                          config.seed,
-                          similar=noise_lib.SIMILAR_CLASSES.get(source.name))
+  meta_from = source.meta_split
+  split = protocols.apply(
+      protocol, source.labels["train"], source.num_classes, config.seed,
+      similar=noise_lib.SIMILAR_CLASSES.get(source.name),
+      meta_labels=None if meta_from == "train" else source.labels[meta_from],
+      meta_from=meta_from)
   return source, split
+
+
+def total_steps(config, steps_per_epoch):
+  return config.train_steps or config.epochs * steps_per_epoch
 
 
 def learning_rate(config, steps_per_epoch):
@@ -50,22 +58,26 @@ def learning_rate(config, steps_per_epoch):
     return config.lr
   if config.lr_schedule == "cosine":
     return keras.optimizers.schedules.CosineDecay(
-        config.lr, decay_steps=config.epochs * steps_per_epoch)
-  boundaries = [e * steps_per_epoch for e in sorted(config.lr_decay_epochs)]
+        config.lr, decay_steps=total_steps(config, steps_per_epoch))
+  boundaries = (sorted(config.lr_decay_steps) or
+                [e * steps_per_epoch for e in sorted(config.lr_decay_epochs)])
   values = [config.lr * config.lr_decay_factor ** i
             for i in range(len(boundaries) + 1)]
   return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
 
-def build_model(config, source, steps_per_epoch):
+def build_model(config, source, steps_per_epoch, class_counts=None):
   """The compiled `AdvisorModel`; call under the run's strategy scope."""
-  body, head = backbones.build_classifier(config.backbone, source.image_shape,
-                                          source.num_classes)
+  body, head = backbones.build_classifier(
+      config.backbone, source.image_shape, source.num_classes,
+      weights=config.pretrained_weights)
   model = model_lib.AdvisorModel(
       body, head, mode=config.method, embedding_size=config.embedding_size,
       rho=config.rho, seed=config.seed, virtual_scope=config.virtual_scope,
       last_stage_prefixes=backbones.last_stage_prefixes(config.backbone),
-      meta_update_every=config.meta_update_every)
+      meta_update_every=config.meta_update_every,
+      class_counts=class_counts, eql_threshold=config.eql_threshold,
+      focal_gamma=config.focal_gamma)
   jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
   optimizer = keras.optimizers.SGD(learning_rate(config, steps_per_epoch),
                                    momentum=config.momentum)
@@ -148,6 +160,19 @@ def restore_latest(checkpoint, manager):
   return None
 
 
+def initialise_classifier(model, path):
+  """Loads backbone and head weights from another run's checkpoint (its
+  `checkpoints/` folder or one checkpoint prefix); the advisor and the
+  optimizers start fresh."""
+  prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
+  if not prefix or not tf.io.gfile.glob(prefix + ".index"):
+    raise ValueError(f"--init_checkpoint={path}: no checkpoint there.")
+  source = tf.train.Checkpoint(model=tf.train.Checkpoint(
+      backbone=model.backbone, head=model.head))
+  source.restore(prefix).expect_partial().assert_existing_objects_matched()
+  logging.warning("Initialised the classifier from %s.", prefix)
+
+
 def _check_workdir(config):
   """Refuses to resume a workdir that holds another configuration."""
   path = os.path.join(config.workdir, "config.json")
@@ -165,18 +190,14 @@ def _check_workdir(config):
         "--flagfile).")
 
 
-def evaluate(model, source, split_name, batch_size):
-  """Top-1 and per-class accuracy (percent) of the classifier on a split."""
-  labels = source.labels[split_name]
+def evaluate(model, source, split_name, batch_size, train_counts=None):
+  """The `evaluation.report` of the classifier on a split, keys prefixed
+  `split/`."""
   logits = model.predict(pipeline.evaluation(source, split_name, batch_size),
                          verbose=0)
-  predictions = np.argmax(logits, axis=-1)
-  correct = predictions == labels
-  per_class = [float(100.0 * correct[labels == c].mean())
-               if np.any(labels == c) else float("nan")
-               for c in range(source.num_classes)]
-  return {f"{split_name}/top1": float(100.0 * correct.mean()),
-          f"{split_name}/per_class_accuracy": per_class}
+  result = evaluation.report(logits, source.labels[split_name],
+                             source.num_classes, train_counts)
+  return {f"{split_name}/{k}": v for k, v in result.items()}
 
 
 def export_classifier(model, path):
@@ -221,7 +242,8 @@ def train(config, flags_text=None):
 def _train(config, source, split, steps):
   strategy = distribute.get_strategy(config.strategy)
   with strategy.scope():
-    model = build_model(config, source, steps)
+    model = build_model(config, source, steps,
+                        class_counts=split.class_counts(source.num_classes))
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=model.optimizer,
         advisor=model.advisor or tf.train.Checkpoint(),
@@ -234,6 +256,8 @@ def _train(config, source, split, steps):
   start = int(model.optimizer.iterations.numpy())
   if restored:
     logging.warning("Resuming from %s (step %d).", restored, start)
+  elif config.init_checkpoint:
+    initialise_classifier(model, config.init_checkpoint)
 
   log_dir = os.path.join(config.workdir, "tensorboard")
   with tf.summary.create_file_writer(
@@ -247,25 +271,29 @@ def _train(config, source, split, steps):
   def fit(first_step, first_epoch, last_epoch, steps_per_epoch):
     data = pipeline.train_and_meta(source, split, config.batch_size,
                                    config.meta_batch_size, config.seed,
-                                   start_step=first_step)
+                                   start_step=first_step,
+                                   augment=config.augment)
     model.fit(data, epochs=last_epoch, initial_epoch=first_epoch,
               steps_per_epoch=steps_per_epoch, validation_data=validation,
               callbacks=callbacks, verbose=config.verbose)
 
-  epoch, done = divmod(start, steps)
-  if done and epoch < config.epochs:  # Finish the interrupted epoch first.
-    fit(start, epoch, epoch + 1, steps - done)
-    epoch += 1
-  if epoch < config.epochs:
-    fit(epoch * steps, epoch, config.epochs, steps)
+  resumed_from, last = start, total_steps(config, steps)
+  while start < last:
+    epoch, done = divmod(start, steps)
+    if done or last - start < steps:  # A resumed or a final partial epoch.
+      fit(start, epoch, epoch + 1, min(steps - done, last - start))
+    else:
+      fit(start, epoch, epoch + (last - start) // steps, steps)
+    start = int(model.optimizer.iterations.numpy())
 
   metrics = {"method": config.method, "dataset": config.dataset,
              "train/examples": int(len(split.train_indices)),
              "meta/examples": int(len(split.meta_indices)),
              "train/realised_noise_rate": split.noise_rate,
              "train/steps": int(model.optimizer.iterations.numpy()),
-             "resumed_from_step": start}
-  metrics.update(evaluate(model, source, "test", config.eval_batch_size))
+             "resumed_from_step": resumed_from}
+  metrics.update(evaluate(model, source, "test", config.eval_batch_size,
+                          split.class_counts(source.num_classes)))
   with open(os.path.join(config.workdir, "metrics.json"), "w") as f:
     json.dump(metrics, f, indent=2)
   if config.export:

@@ -50,7 +50,7 @@ def test_quickstart_flow_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("flag,message", [
-    ("--method=bogus", "<ce|mwnet|mfrw|mes|mfrw_mes>"),
+    ("--method=bogus", "<ce|mwnet|mfrw|mes|mfrw_mes|balanced_softmax|eql|focal>"),
     ("--noise_rate=1.0", "noise_rate"),
     ("--lr_decay_epochs=5,x", "lr_decay_epochs"),
     ("--lr_decay_epochs=99", "--lr_decay_epochs"),

@@ -43,15 +43,17 @@ def _shuffled_batches(count, batch_size, seed, offset, whole_epochs):
   return stream
 
 
-def _load(source, indices, labels, augment=None):
+def _load(source, split_name, indices, labels, seed=None, transform=None):
+  """`(counter, position) → (image, label)`; `transform(image, seed)` gets
+  a stateless seed made of the run seed and the global example counter."""
   indices = tf.constant(np.asarray(indices, np.int64))
   labels = tf.constant(np.asarray(labels, np.int64))
-  image_at = source.image_loader("train")
+  image_at = source.image_loader(split_name)
 
-  def load(position):
+  def load(counter, position):
     image = image_at(tf.gather(indices, position))
-    if augment is not None:
-      image = augment(image)
+    if transform is not None:
+      image = transform(image, tf.stack([tf.cast(seed, tf.int64), counter]))
     return image, tf.gather(labels, position)
   return load
 
@@ -68,24 +70,34 @@ def check_batch_sizes(split, batch_size, meta_batch_size):
 
 
 def train_and_meta(source, split, batch_size, meta_batch_size, seed,
-                   start_step=0, augment=None):
+                   start_step=0, augment=True):
   """`((x, y), (x_meta, y_meta))` batches for `AdvisorModel.fit`, endless.
 
   One step consumes one train batch (full batches only: static shapes, one
-  trace of the train step) and one meta batch. The meta set is never
-  augmented: it is the trusted reference.
+  trace of the train step) and one meta batch. Training images get the
+  source's `train_transform` when `augment`; the meta set is never
+  augmented (it is the trusted reference) but, where the source's train
+  loader stores larger images for random crops, meta images from the train
+  split are centre-cropped by the same transform's deterministic part.
   """
   check_batch_sizes(split, batch_size, meta_batch_size)
   n, m = len(split.train_indices), len(split.meta_indices)
+  transform = source.train_transform if augment else None
   train = (_shuffled_batches(n, batch_size, seed, 0, True).skip(start_step)
-           .unbatch()
-           .map(_load(source, split.train_indices, split.train_labels,
-                      augment), num_parallel_calls=AUTOTUNE,
-                deterministic=True)
+           .unbatch().enumerate(start=start_step * batch_size)
+           .map(_load(source, "train", split.train_indices,
+                      split.train_labels, seed, transform),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
            .batch(batch_size, drop_remainder=True))
+  meta_transform = None
+  if split.meta_from == "train" and source.train_transform is not None:
+    height, width = source.image_shape[:2]
+    meta_transform = lambda image, _: tf.image.resize_with_crop_or_pad(  # noqa: E731
+        image, height, width)
   meta = (_shuffled_batches(m, meta_batch_size, seed, _META_STREAM, False)
-          .skip(start_step).unbatch()
-          .map(_load(source, split.meta_indices, split.meta_labels),
+          .skip(start_step).unbatch().enumerate()
+          .map(_load(source, split.meta_from, split.meta_indices,
+                     split.meta_labels, seed, meta_transform),
                num_parallel_calls=AUTOTUNE, deterministic=True)
           .batch(meta_batch_size, drop_remainder=True))
   return tf.data.Dataset.zip(train, meta).prefetch(AUTOTUNE)

@@ -33,6 +33,7 @@ class Split:
   meta_indices: np.ndarray
   meta_labels: np.ndarray
   transition: np.ndarray
+  meta_from: str = "train"        # the source split meta_indices refer to
 
   @property
   def noise_rate(self):
@@ -61,6 +62,29 @@ def meta_split(labels, per_class, rng, num_classes):
   return meta, rest
 
 
+def pick_per_class(labels, per_class, rng, num_classes, where):
+  """`per_class` indices of each class from a separate trusted split
+  (`per_class=0`: all of it)."""
+  labels = np.asarray(labels)
+  if per_class == 0:
+    chosen = np.arange(len(labels))
+  else:
+    chosen = []
+    for c in range(num_classes):
+      members = np.flatnonzero(labels == c)
+      if len(members) < per_class:
+        raise ValueError(f"Class {c} has {len(members)} examples in the "
+                         f"{where} split; --meta_per_class={per_class} needs "
+                         f"{per_class}.")
+      chosen.append(rng.choice(members, size=per_class, replace=False))
+    chosen = np.sort(np.concatenate(chosen))
+  absent = sorted(set(range(num_classes)) - set(labels[chosen].tolist()))
+  if absent:
+    raise ValueError(f"Class {absent[0]} is absent from the meta set (the "
+                     f"{where} split); every class needs trusted examples.")
+  return chosen
+
+
 def long_tail_counts(available, imbalance_factor):
   """Per-class counts int(n_max · (1/IF)^(c/(C−1))), capped by what exists."""
   available = np.asarray(available)
@@ -84,11 +108,30 @@ def long_tail(indices, labels, imbalance_factor, rng, num_classes):
   return np.sort(np.concatenate(keep))
 
 
-def apply(protocol, labels, num_classes, seed, similar=None):
-  """Meta split → long tail → noise, all from one seed. Returns a `Split`."""
+def apply(protocol, labels, num_classes, seed, similar=None,
+          meta_labels=None, meta_from="train"):
+  """Meta split → long tail → noise, all from one seed. Returns a `Split`.
+
+  With `meta_labels` (a source's own trusted split, named `meta_from`), the
+  meta set is picked from it and the whole training split stays for training.
+  """
   labels = np.asarray(labels, dtype=np.int64)
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"Training labels must lie in 0..{num_classes - 1}; found "
+                     f"{labels.min()}..{labels.max()}.")
   rng = np.random.default_rng(seed)
-  meta, rest = meta_split(labels, protocol.meta_per_class, rng, num_classes)
+  if meta_labels is None:
+    if protocol.meta_per_class < 1:
+      raise ValueError("--meta_per_class=0 (all of the dataset's own meta "
+                       "split) needs a dataset that ships a meta split.")
+    meta, rest = meta_split(labels, protocol.meta_per_class, rng, num_classes)
+    meta_labels_out = labels[meta]
+  else:
+    meta_labels = np.asarray(meta_labels, dtype=np.int64)
+    meta = pick_per_class(meta_labels, protocol.meta_per_class, rng,
+                          num_classes, meta_from)
+    meta_labels_out = meta_labels[meta]
+    rest = np.arange(len(labels))
   if protocol.imbalance_factor > 1:
     rest = long_tail(rest, labels, protocol.imbalance_factor, rng, num_classes)
   rest = rng.permutation(rest)
@@ -97,4 +140,5 @@ def apply(protocol, labels, num_classes, seed, similar=None):
       rule=protocol.flip_targets, similar=similar)
   noisy, clean = noise_lib.corrupt(labels[rest], matrix, rng)
   return Split(train_indices=rest, train_labels=noisy, train_clean_labels=clean,
-               meta_indices=meta, meta_labels=labels[meta], transition=matrix)
+               meta_indices=meta, meta_labels=meta_labels_out,
+               transition=matrix, meta_from=meta_from)

@@ -1,77 +1,158 @@
 """Where images and labels come from. Every source exposes the same interface.
 
-A source holds the label arrays of its splits and makes a `tf.data.Dataset`
-of images for any list of indices; the protocols (meta split, long tail,
-noise) only ever touch labels and indices, so a new benchmark slots in by
-implementing `Source` and registering a loader in `SOURCES`.
+A source holds the label arrays of its splits and a random-access image
+loader per split; the protocols (meta split, long tail, noise) only ever
+touch labels and indices, so a benchmark slots in by building a `Source` and
+registering a loader in `SOURCES`.
+
+Splits: `train` and `test` always; `meta` when the data ships its own trusted
+set (Clothing1M's clean validation set, a user's meta folder), `val` where
+the protocol takes the meta set from validation data (ImageNet-LT, Places-LT).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import os
 from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465),
+              "cifar100": (0.5071, 0.4865, 0.4409)}
+CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616),
+             "cifar100": (0.2673, 0.2564, 0.2762)}
+
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """A labelled image dataset with `train` and `test` splits.
+  """A labelled image dataset.
 
   Attributes:
     name: registry name; also selects the look-alike table for `similar` flips.
     num_classes: C.
-    image_shape: `(H, W, channels)` of the images `images()` yields.
+    image_shape: `(H, W, channels)` of the images the loaders yield.
     labels: split name → int64 label array.
     class_names: one name per class.
-    load_images: `(split, indices) → tf.data.Dataset` of float32 images, in
-      the order of `indices`.
-    image_loader_fn: `split → (index tensor → float32 image tensor)`, random
-      access for the resumable training pipeline.
+    image_loader_fn: `split → (int64 index tensor → float32 image tensor)`.
+    meta_split: the split the trusted meta set comes from (`train`: taken out
+      of the training data before corruption).
+    train_transform: `(image, seed) → image`, the stateless augmentation of
+      training images (None: none). The train split's loader yields what it
+      expects (e.g. 256×256 for a random 224 crop).
   """
   name: str
   num_classes: int
   image_shape: tuple
   labels: dict
   class_names: tuple
-  load_images: Callable[[str, np.ndarray], tf.data.Dataset]
   image_loader_fn: Callable[[str], Callable]
+  meta_split: str = "train"
+  train_transform: Optional[Callable] = None
 
   def _check(self, split):
     if split not in self.labels:
       raise ValueError(f"Split {split!r} not in source {self.name!r}; allowed: "
                        f"{sorted(self.labels)}.")
 
-  def images(self, split, indices):
-    self._check(split)
-    return self.load_images(split, np.asarray(indices, dtype=np.int64))
-
   def image_loader(self, split):
     self._check(split)
     return self.image_loader_fn(split)
 
+  def images(self, split, indices):
+    """Images of `split` at `indices`, in that order, as a tf.data.Dataset."""
+    loader = self.image_loader(split)
+    return tf.data.Dataset.from_tensor_slices(
+        np.asarray(indices, dtype=np.int64)).map(
+            loader, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-def array_source(name, splits, class_names, image_shape=None):
-  """A source over in-memory arrays: `splits` maps split → (images, labels)."""
-  images = {k: np.asarray(v[0], dtype=np.float32) for k, v in splits.items()}
-  labels = {k: np.asarray(v[1], dtype=np.int64) for k, v in splits.items()}
 
-  def load(split, indices):
-    return tf.data.Dataset.from_tensor_slices(images[split][indices])
+def _normalizer(mean, std):
+  if mean is None:
+    return lambda x: x
+  mean = tf.constant(mean, tf.float32)
+  std = tf.constant(std, tf.float32)
+  return lambda x: (x - mean) / std
+
+
+def array_source(name, splits, class_names, mean=None, std=None,
+                 meta_split="train", train_transform=None):
+  """A source over in-memory arrays: `splits` maps split → (images, labels).
+
+  uint8 images are scaled to [0, 1]; then `(x - mean) / std` when given.
+  """
+  images = {k: np.asarray(v[0]) for k, v in splits.items()}
+  labels = {k: np.asarray(v[1], dtype=np.int64).reshape(-1)
+            for k, v in splits.items()}
+  normalize = _normalizer(mean, std)
 
   def loader(split):
     table = tf.constant(images[split])
-    return lambda index: tf.gather(table, index)
+    scale = 255.0 if images[split].dtype == np.uint8 else 1.0
 
-  shape = image_shape or next(iter(images.values())).shape[1:]
+    def load(index):
+      return normalize(tf.cast(tf.gather(table, index), tf.float32) / scale)
+    return load
+
+  shape = next(iter(images.values())).shape[1:]
   return Source(name=name, num_classes=len(class_names),
                 image_shape=tuple(shape), labels=labels,
-                class_names=tuple(class_names), load_images=load,
-                image_loader_fn=loader)
+                class_names=tuple(class_names), image_loader_fn=loader,
+                meta_split=meta_split, train_transform=train_transform)
 
 
-def digits(data_dir: Optional[str] = None) -> Source:
+def file_source(name, splits, class_names, image_size, mean=IMAGENET_MEAN,
+                std=IMAGENET_STD, meta_split="train", resize_to=None):
+  """A source over image files: `splits` maps split → (paths, labels).
+
+  Images are decoded as RGB, resized (shorter side to `resize_to`, then a
+  centre crop of `image_size`; or straight to `image_size`), scaled to
+  [0, 1] and normalised. With `resize_to`, training images keep a
+  `resize_to` square centre crop and are randomly cropped to `image_size`
+  (and flipped) by the train transform; with no `resize_to`, they are
+  randomly flipped.
+  """
+  paths = {k: np.asarray(v[0]) for k, v in splits.items()}
+  labels = {k: np.asarray(v[1], dtype=np.int64) for k, v in splits.items()}
+  normalize = _normalizer(mean, std)
+  height, width = image_size
+
+  def decode(path, crop):
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                               expand_animations=False)
+    image = tf.cast(image, tf.float32) / 255.0
+    if resize_to:
+      shape = tf.cast(tf.shape(image)[:2], tf.float32)
+      scale = resize_to / tf.reduce_min(shape)
+      image = tf.image.resize(image, tf.cast(tf.round(shape * scale), tf.int32))
+    else:
+      image = tf.image.resize(image, crop)
+    image = tf.image.resize_with_crop_or_pad(image, *crop)
+    image.set_shape(crop + (3,))
+    return normalize(image)
+
+  def loader(split):
+    table = tf.constant(paths[split])
+    crop = ((resize_to, resize_to) if resize_to and split == "train"
+            else (height, width))
+    return lambda index: decode(tf.gather(table, index), crop)
+
+  from advisor_tf.data import augment
+  transform = (augment.crop_flip(height) if resize_to
+               else augment.flip())
+  return Source(name=name, num_classes=len(class_names),
+                image_shape=(height, width, 3), labels=labels,
+                class_names=tuple(class_names), image_loader_fn=loader,
+                meta_split=meta_split, train_transform=transform)
+
+
+# ----------------------------------------------------------------- datasets
+def digits(data_dir: Optional[str] = None, **_) -> Source:
   """scikit-learn's bundled handwritten digits: 1 797 8×8 images, 10 classes.
 
   Offline (the data ships inside scikit-learn). Pixel values 0–16 are scaled
@@ -92,10 +173,268 @@ def digits(data_dir: Optional[str] = None) -> Source:
                       class_names=[str(d) for d in range(10)])
 
 
-SOURCES = {"digits": digits}
+def _tfds(name, data_dir):
+  """CIFAR-10/100 through tensorflow-datasets, never downloading."""
+  import tensorflow_datasets as tfds
+  try:
+    splits = tfds.load(name, split=["train", "test"], data_dir=data_dir,
+                       download=False, as_supervised=True)
+    (x_train, y_train), (x_test, y_test) = [_to_arrays(d) for d in splits]
+    names = tfds.builder(name, data_dir=data_dir).info.features[
+        "label"].names
+  except (AssertionError, tfds.core.registered.DatasetNotFoundError,
+          FileNotFoundError, tf.errors.NotFoundError) as e:
+    raise ValueError(
+        f"--dataset={name}: no prepared tfds data under --data_dir="
+        f"{data_dir or '~/tensorflow_datasets'} and this tool never "
+        f"downloads. On a machine with internet run `python -c \"import "
+        f"tensorflow_datasets as tfds; tfds.load('{name}', "
+        f"data_dir='DIR')\"` and copy DIR/{name} here, then pass "
+        f"--data_dir=DIR. ({type(e).__name__}: {str(e)[:200]})") from None
+  from advisor_tf.data import augment
+  return array_source(name, {"train": (x_train, y_train),
+                             "test": (x_test, y_test)}, class_names=names,
+                      mean=CIFAR_MEAN[name], std=CIFAR_STD[name],
+                      train_transform=augment.pad_crop_flip())
 
 
-def load(name, data_dir=None) -> Source:
+def _to_arrays(dataset):
+  images, labels = [], []
+  for x, y in dataset.batch(4096).as_numpy_iterator():
+    images.append(x)
+    labels.append(y)
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def cifar10(data_dir=None, **_):
+  return _tfds("cifar10", data_dir)
+
+
+def cifar100(data_dir=None, **_):
+  return _tfds("cifar100", data_dir)
+
+
+def _require_dir(flag, path):
+  if not path or not os.path.isdir(path):
+    raise ValueError(f"--{flag}={path!r} is not a directory.")
+
+
+def _read_list(path, root, what):
+  """`relative/path label` lines → (absolute paths, labels)."""
+  if not os.path.isfile(path):
+    raise ValueError(f"{what}: list file {path} is missing.")
+  paths, labels = [], []
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      parts = line.split()
+      if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+        raise ValueError(f"{path}:{number}: expected 'path label', got "
+                         f"{line.strip()!r}.")
+      paths.append(os.path.join(root, parts[0]))
+      labels.append(int(parts[1]))
+  return np.asarray(paths), np.asarray(labels, np.int64)
+
+
+def clothing1m(data_dir=None, image_size=224, **_):
+  """Clothing1M from its manual download: `noisy_label_kv.txt`,
+  `clean_label_kv.txt` (`path label`) and the key lists
+  `noisy_train_key_list.txt`, `clean_val_key_list.txt` (the meta set),
+  `clean_test_key_list.txt`, all in `--data_dir` beside `images/`.
+  """
+  _require_dir("data_dir", data_dir)
+  kv = {}
+  for name in ("noisy_label_kv.txt", "clean_label_kv.txt"):
+    paths, labels = _read_list(os.path.join(data_dir, name), data_dir,
+                               "Clothing1M")
+    kv[name] = dict(zip(paths, labels))
+  splits = {}
+  for split, keys, table in (("train", "noisy_train_key_list.txt",
+                              "noisy_label_kv.txt"),
+                             ("meta", "clean_val_key_list.txt",
+                              "clean_label_kv.txt"),
+                             ("test", "clean_test_key_list.txt",
+                              "clean_label_kv.txt")):
+    list_path = os.path.join(data_dir, keys)
+    if not os.path.isfile(list_path):
+      raise ValueError(f"Clothing1M: key list {list_path} is missing.")
+    with open(list_path) as f:
+      files = [os.path.join(data_dir, line.strip()) for line in f
+               if line.strip()]
+    missing = [p for p in files if p not in kv[table]]
+    if missing:
+      raise ValueError(f"Clothing1M: {missing[0]} (from {keys}) has no label "
+                       f"in {table}.")
+    splits[split] = (np.asarray(files),
+                     np.asarray([kv[table][p] for p in files]))
+  names = ("T-shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie",
+           "Windbreaker", "Jacket", "Downcoat", "Suit", "Shawl", "Dress",
+           "Vest", "Underwear")
+  return file_source("clothing1m", splits, names, (image_size, image_size),
+                     meta_split="meta", resize_to=256)
+
+
+def _long_tail_lists(prefix, name, num_classes, data_dir, image_size):
+  _require_dir("data_dir", data_dir)
+  splits = {split: _read_list(os.path.join(data_dir, f"{prefix}_{split}.txt"),
+                              data_dir, name)
+            for split in ("train", "val", "test")}
+  for split, (_, labels) in splits.items():
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+      raise ValueError(f"{prefix}_{split}.txt: label {bad[0]} is outside "
+                       f"0..{num_classes - 1}.")
+  return file_source(name, splits, [str(c) for c in range(num_classes)],
+                     (image_size, image_size), meta_split="val",
+                     resize_to=int(image_size * 256 / 224))
+
+
+def imagenet_lt(data_dir=None, image_size=224, **_):
+  """ImageNet-LT: `ImageNet_LT_{train,val,test}.txt` (`path label`) with the
+  ImageNet images under `--data_dir`; the meta set is taken from val."""
+  return _long_tail_lists("ImageNet_LT", "imagenet_lt", 1000, data_dir,
+                          image_size)
+
+
+def places_lt(data_dir=None, image_size=224, **_):
+  """Places-LT: `Places_LT_{train,val,test}.txt` with the Places-365 images
+  under `--data_dir`; the meta set is taken from val."""
+  return _long_tail_lists("Places_LT", "places_lt", 365, data_dir, image_size)
+
+
+def _check_image(path):
+  from PIL import Image
+  try:
+    with Image.open(path) as image:
+      image.verify()
+  except Exception as e:  # noqa: BLE001 — any unreadable file is reported.
+    raise ValueError(f"{path}: not a readable image ({type(e).__name__}: "
+                     f"{e}).") from None
+
+
+def _folder_split(root, class_names, what):
+  paths, labels = [], []
+  present = sorted(d for d in os.listdir(root)
+                   if os.path.isdir(os.path.join(root, d)))
+  unknown = sorted(set(present) - set(class_names))
+  if unknown:
+    raise ValueError(f"{os.path.join(root, unknown[0])}: class folder not in "
+                     f"the training classes {list(class_names)} ({what}).")
+  for label, name in enumerate(class_names):
+    folder = os.path.join(root, name)
+    files = sorted(f for f in os.listdir(folder)) if os.path.isdir(
+        folder) else []
+    files = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not files and what == "meta":
+      raise ValueError(f"Class {name!r} has no image in the meta set "
+                       f"({folder}); every class needs trusted examples.")
+    for f in files:
+      paths.append(os.path.join(folder, f))
+      labels.append(label)
+  return paths, labels
+
+
+def image_folder(data_dir=None, image_size=32, **_):
+  """Your own images: `--data_dir` holds `train/`, `test/` and (optional)
+  `meta/`, each with one sub-folder per class (train's sub-folders define the
+  classes). Without `meta/`, the meta set is taken out of train."""
+  _require_dir("data_dir", data_dir)
+  train_root = os.path.join(data_dir, "train")
+  _require_dir("data_dir (its train/ folder)", train_root)
+  class_names = sorted(d for d in os.listdir(train_root)
+                       if os.path.isdir(os.path.join(train_root, d)))
+  if len(class_names) < 2:
+    raise ValueError(f"{train_root}: needs at least two class folders.")
+  splits = {}
+  for split in ("train", "test", "meta"):
+    root = os.path.join(data_dir, split)
+    if not os.path.isdir(root):
+      if split == "test":
+        raise ValueError(f"{root}: the test folder is missing.")
+      continue
+    splits[split] = _folder_split(root, class_names, split)
+  return _checked_file_source("image_folder", splits, class_names, image_size)
+
+
+def _read_csv(path, class_names, what):
+  paths, labels = [], []
+  root = os.path.dirname(os.path.abspath(path))
+  with open(path, newline="") as f:
+    for number, row in enumerate(csv.reader(f), 1):
+      if not row or (number == 1 and row[:2] == ["path", "label"]):
+        continue
+      if len(row) != 2:
+        raise ValueError(f"{path}:{number}: expected 'path,label', got {row}.")
+      file, label = row[0].strip(), row[1].strip()
+      if label not in class_names:
+        raise ValueError(f"{path}:{number}: label {label!r} is outside the "
+                         f"class list {list(class_names)}.")
+      paths.append(os.path.join(root, file))
+      labels.append(class_names.index(label))
+  if what == "meta":
+    absent = sorted(set(range(len(class_names))) - set(labels))
+    if absent:
+      raise ValueError(f"{path}: class {class_names[absent[0]]!r} is absent "
+                       "from the meta set; every class needs trusted "
+                       "examples.")
+  return paths, labels
+
+
+def image_csv(data_dir=None, image_size=32, **_):
+  """Your own images listed in CSVs of `path,label` (paths relative to the
+  CSV): `--data_dir` holds `train.csv`, `test.csv`, optional `meta.csv` and
+  optional `classes.txt` (one class per line; default: the sorted labels of
+  train.csv)."""
+  _require_dir("data_dir", data_dir)
+  train_csv = os.path.join(data_dir, "train.csv")
+  if not os.path.isfile(train_csv):
+    raise ValueError(f"{train_csv} is missing.")
+  classes_txt = os.path.join(data_dir, "classes.txt")
+  if os.path.isfile(classes_txt):
+    with open(classes_txt) as f:
+      class_names = [line.strip() for line in f if line.strip()]
+  else:
+    with open(train_csv, newline="") as f:
+      class_names = sorted({row[1].strip() for row in csv.reader(f)
+                            if len(row) == 2 and row[:2] != ["path", "label"]})
+  splits = {}
+  for split in ("train", "test", "meta"):
+    path = os.path.join(data_dir, f"{split}.csv")
+    if not os.path.isfile(path):
+      if split == "test":
+        raise ValueError(f"{path} is missing.")
+      continue
+    splits[split] = _read_csv(path, class_names, split)
+  return _checked_file_source("image_csv", splits, class_names, image_size)
+
+
+def _checked_file_source(name, splits, class_names, image_size):
+  for split, (paths, _) in splits.items():
+    if not paths:
+      raise ValueError(f"The {split} split of --data_dir has no images.")
+    for path in paths:
+      if not os.path.isfile(path):
+        raise ValueError(f"{path}: file is missing ({split} split).")
+      _check_image(path)
+  if "meta" in splits and "test" in splits:
+    leaked = set(splits["meta"][0]) & set(splits["test"][0])
+    if leaked:
+      raise ValueError(f"{sorted(leaked)[0]}: the same image is in the meta "
+                       "set and in the test set.")
+  return file_source(name, splits, class_names, (image_size, image_size),
+                     meta_split="meta" if "meta" in splits else "train")
+
+
+SOURCES = {"digits": digits, "cifar10": cifar10, "cifar100": cifar100,
+           "clothing1m": clothing1m, "imagenet_lt": imagenet_lt,
+           "places_lt": places_lt, "image_folder": image_folder,
+           "image_csv": image_csv}
+
+
+def load(name, data_dir=None, image_size=None) -> Source:
   if name not in SOURCES:
-    raise ValueError(f"Unknown dataset {name!r}; allowed: {sorted(SOURCES)}.")
-  return SOURCES[name](data_dir)
+    raise ValueError(f"--dataset={name!r} is not allowed; choose one of: "
+                     f"{', '.join(sorted(SOURCES))}.")
+  kwargs = {"image_size": image_size} if image_size else {}
+  return SOURCES[name](data_dir, **kwargs)

@@ -31,13 +31,19 @@ _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds 0 .. seeds-1.", lower_bound=1)
 _EPOCHS = flags.DEFINE_integer("epochs", 30, "Epochs per run.", lower_bound=1)
 _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Keep each run here (default: a temp dir).")
+_SCOPE = flags.DEFINE_enum("virtual_scope", "all", ["all", "last_stage", "head"],
+                           "Virtual scope of the advisor methods.")
+_META_EVERY = flags.DEFINE_integer("meta_update_every", 1,
+                                   "Advisor update period of the advisor "
+                                   "methods.", lower_bound=1)
 
 BASE = config_lib.TrainConfig(dataset="digits", noise="flip",
                               flip_targets="random", backbone="small_cnn",
                               verbose=0, export=False)
 
 
-def run(methods, rates, seeds, epochs, root):
+def run(methods, rates, seeds, epochs, root, virtual_scope="all",
+        meta_update_every=1):
   from advisor_tf import trainer
   import keras
   results = {m: {} for m in methods}
@@ -50,6 +56,9 @@ def run(methods, rates, seeds, epochs, root):
             epochs=epochs, lr_decay_epochs=(int(epochs * 2 / 3),
                                             int(epochs * 5 / 6)),
             workdir=os.path.join(root, f"{method}_p{rate}_s{seed}"))
+        if method != "ce":
+          config = dataclasses.replace(config, virtual_scope=virtual_scope,
+                                       meta_update_every=meta_update_every)
         top1 = trainer.train(config)["test/top1"]
         results[method].setdefault(str(rate), []).append(top1)
         logging.warning("%s p=%s seed=%d: %.2f", method, rate, seed, top1)
@@ -76,11 +85,12 @@ def main(argv):
   rates = [f"{float(r):.1f}" for r in _RATES.value]
   with tempfile.TemporaryDirectory() as tmp:
     results = run(_METHODS.value, rates, _SEEDS.value, _EPOCHS.value,
-                  _WORKDIR.value or tmp)
+                  _WORKDIR.value or tmp, _SCOPE.value, _META_EVERY.value)
   with open(_OUT.value, "w") as f:
     json.dump(results, f, indent=2)
   print("Digits, Flip noise (random targets), test top-1 % "
-        f"(mean ± std over {_SEEDS.value} seeds):")
+        f"(mean ± std over {_SEEDS.value} seeds; virtual_scope="
+        f"{_SCOPE.value}, meta_update_every={_META_EVERY.value}):")
   print(table(results))
 
 
