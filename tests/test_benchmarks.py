@@ -1,0 +1,309 @@
+"""Benchmark datasets, user data, augmentation, backbones, baselines,
+evaluation and every flagfile on generated data."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import flags
+from PIL import Image
+
+from advisor_tf import backbones, cli_flags, evaluation, losses, trainer
+from advisor_tf.data import augment, protocols, sources
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _png(path, size=12, seed=0):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  rng = np.random.default_rng(seed)
+  Image.fromarray(rng.integers(0, 255, (size, size, 3), np.uint8)).save(path)
+  return path
+
+
+def _folder(root, classes=("cat", "dog", "fox"), per_class=6,
+            splits=("train", "meta", "test")):
+  for split in splits:
+    for c, name in enumerate(classes):
+      for i in range(per_class):
+        _png(os.path.join(root, split, name, f"{i}.png"), seed=c * 100 + i)
+  return root
+
+
+# ----------------------------------------------------------------- loaders
+def test_tfds_cifar_loads_with_mock_data_and_fails_fast_without():
+  with tfds.testing.mock_data(num_examples=40):
+    source = sources.load("cifar100")
+  assert source.num_classes == 100 and source.image_shape == (32, 32, 3)
+  assert len(source.labels["train"]) == 40
+  image = next(iter(source.images("train", [3]).as_numpy_iterator()))
+  assert image.dtype == np.float32 and -3 < image.min() < image.max() < 3
+  with pytest.raises(ValueError, match="never downloads.*--data_dir"):
+    sources.load("cifar10", "/nonexistent/tfds")
+
+
+def test_image_folder_with_trusted_meta_folder(tmp_path):
+  source = sources.load("image_folder", str(_folder(tmp_path)), image_size=16)
+  assert source.class_names == ("cat", "dog", "fox")
+  assert source.meta_split == "meta" and source.image_shape == (16, 16, 3)
+  split = protocols.apply(protocols.Protocol(meta_per_class=2),
+                          source.labels["train"], 3, seed=0,
+                          meta_labels=source.labels["meta"], meta_from="meta")
+  assert split.meta_from == "meta" and len(split.train_indices) == 18
+  np.testing.assert_array_equal(np.bincount(split.meta_labels), [2, 2, 2])
+  image = next(iter(source.images("test", [0]).as_numpy_iterator()))
+  assert image.shape == (16, 16, 3)
+
+
+def test_image_folder_errors_name_the_file(tmp_path):
+  root = _folder(tmp_path / "a")
+  for f in glob.glob(os.path.join(root, "meta", "fox", "*")):
+    os.remove(f)
+  with pytest.raises(ValueError, match=r"Class 'fox' has no image in the meta"):
+    sources.load("image_folder", str(root))
+  root = _folder(tmp_path / "b")
+  bad = os.path.join(root, "train", "dog", "3.png")
+  with open(bad, "wb") as f:
+    f.write(b"not an image")
+  with pytest.raises(ValueError, match=f"{bad}: not a readable image"):
+    sources.load("image_folder", str(root))
+  root = _folder(tmp_path / "c")
+  os.makedirs(os.path.join(root, "test", "wolf"))
+  with pytest.raises(ValueError, match="wolf: class folder not in"):
+    sources.load("image_folder", str(root))
+
+
+def test_image_csv_errors_and_meta_test_overlap(tmp_path):
+  root = _folder(tmp_path, splits=("train",))
+  rows = [f"train/{c}/{i}.png,{c}" for c in ("cat", "dog", "fox")
+          for i in range(6)]
+  (tmp_path / "train.csv").write_text("path,label\n" + "\n".join(rows))
+  (tmp_path / "test.csv").write_text("\n".join(rows[:4]))
+  (tmp_path / "meta.csv").write_text("\n".join(rows[::6]))
+  with pytest.raises(ValueError, match="same image is in the meta set and in"):
+    sources.load("image_csv", str(root))
+  (tmp_path / "meta.csv").write_text("\n".join(rows[5::6]))
+  source = sources.load("image_csv", str(root))
+  assert len(source.labels["meta"]) == 3
+  (tmp_path / "meta.csv").write_text(rows[1] + "\ntrain/cat/2.png,wolf\n")
+  with pytest.raises(ValueError, match=r"meta.csv:2: label 'wolf' is outside"):
+    sources.load("image_csv", str(root))
+  (tmp_path / "meta.csv").write_text(rows[1] + "\n")
+  with pytest.raises(ValueError, match="class 'dog' is absent from the meta"):
+    sources.load("image_csv", str(root))
+
+
+def _lists(root, prefix, num_classes, per_class=1, size=12):
+  for split in ("train", "val", "test"):
+    lines = []
+    for c in range(num_classes):
+      for i in range(per_class):
+        rel = f"{split}/{c}_{i}.png"
+        if not os.path.exists(os.path.join(root, rel)):
+          _png(os.path.join(root, rel), size=size, seed=c)
+        lines.append(f"{rel} {c}")
+    (root / f"{prefix}_{split}.txt").write_text("\n".join(lines))
+
+
+def _clothing(root):
+  images = {"noisy": 30, "clean_val": 28, "clean_test": 14}
+  kv = {"noisy_label_kv.txt": [], "clean_label_kv.txt": []}
+  for kind, n in images.items():
+    keys = []
+    for i in range(n):
+      rel = f"images/{kind}_{i}.png"
+      _png(os.path.join(root, rel), size=20, seed=i)
+      keys.append(rel)
+      table = "noisy_label_kv.txt" if kind == "noisy" else "clean_label_kv.txt"
+      kv[table].append(f"{rel} {i % 14}")
+    name = {"noisy": "noisy_train_key_list.txt",
+            "clean_val": "clean_val_key_list.txt",
+            "clean_test": "clean_test_key_list.txt"}[kind]
+    (root / name).write_text("\n".join(keys))
+  for name, lines in kv.items():
+    (root / name).write_text("\n".join(lines))
+
+
+def test_clothing1m_and_long_tail_lists(tmp_path):
+  (tmp_path / "c1m").mkdir()
+  _clothing(tmp_path / "c1m")
+  source = sources.load("clothing1m", str(tmp_path / "c1m"), image_size=16)
+  assert source.num_classes == 14 and source.meta_split == "meta"
+  assert len(source.labels["train"]) == 30
+  train_image = source.image_loader("train")(tf.constant(0, tf.int64))
+  assert train_image.shape == (256, 256, 3)  # random 16-crops come later
+  assert source.train_transform(train_image, tf.constant([0, 1],
+                                                         tf.int64)).shape == (
+                                                             16, 16, 3)
+  (tmp_path / "lt").mkdir()
+  _lists(tmp_path / "lt", "Places_LT", 365)
+  source = sources.load("places_lt", str(tmp_path / "lt"), image_size=16)
+  assert source.meta_split == "val" and source.num_classes == 365
+  (tmp_path / "lt" / "Places_LT_test.txt").write_text("test/0_0.png 400")
+  with pytest.raises(ValueError, match="label 400 is outside 0..364"):
+    sources.load("places_lt", str(tmp_path / "lt"))
+
+
+# ------------------------------------------------------------ augmentation
+def test_augmentations_shapes_ranges_and_determinism():
+  image = tf.random.stateless_uniform((32, 32, 3), (1, 2))
+  seed = tf.constant([7, 9], tf.int64)
+  out = augment.pad_crop_flip()(image, seed)
+  assert out.shape == (32, 32, 3) and out.dtype == tf.float32
+  assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 1.0
+  np.testing.assert_array_equal(out, augment.pad_crop_flip()(image, seed))
+  others = [augment.pad_crop_flip()(image, tf.constant([7, s], tf.int64))
+            for s in range(10, 20)]
+  assert any(not np.array_equal(out, o) for o in others)
+  big = tf.random.stateless_uniform((256, 256, 3), (3, 4))
+  crop = augment.crop_flip(224)(big, seed)
+  assert crop.shape == (224, 224, 3)
+  assert augment.flip()(image, seed).shape == (32, 32, 3)
+
+
+# --------------------------------------------------------------- backbones
+@pytest.mark.parametrize("name,shape,feature", [
+    ("small_cnn", (8, 8, 1), 128), ("resnet32", (32, 32, 3), 64),
+    ("resnet18", (32, 32, 3), 512), ("resnet10", (64, 64, 3), 512),
+    ("resnet50", (32, 32, 3), 2048)])
+def test_backbone_feature_sizes(name, shape, feature):
+  body, head = backbones.build_classifier(name, shape, 10)
+  assert body.output_shape == (None, feature)
+  assert head.output_shape == (None, 10)
+  if name == "resnet32":  # He et al.'s CIFAR ResNet-32: 0.46 M parameters.
+    total = body.count_params() + head.count_params()
+    assert 0.45e6 < total < 0.475e6
+  assert any(l.name.startswith(backbones.LAST_STAGE[name])
+             for l in body.layers)
+
+
+def test_resnet152_and_pretrained_weights_errors():
+  body, _ = backbones.build_classifier("resnet152", (32, 32, 3), 5)
+  assert body.output_shape == (None, 2048)
+  with pytest.raises(ValueError, match="file not found"):
+    backbones.build_classifier("resnet50", (32, 32, 3), 5,
+                               weights="/nonexistent.h5")
+  with pytest.raises(ValueError, match="--init_checkpoint"):
+    backbones.build_classifier("resnet32", (32, 32, 3), 5, weights="x.h5")
+
+
+# --------------------------------------------------------------- baselines
+def test_balanced_softmax_hand_value():
+  # logits 0, counts (1, 3): p_0 = 1/(1+3) → loss ln 4.
+  got = losses.balanced_softmax(np.array([0]), np.zeros((1, 2)),
+                                np.array([1, 3]))
+  np.testing.assert_allclose(got, [np.log(4.0)], rtol=1e-6)
+
+
+def test_equalization_softmax_hand_value():
+  # counts (90, 10): class 1 is rare below λ = 0.2, so for a class-0 example
+  # its logit is dropped from the denominator: loss = −z_0 + log e^{z_0} = 0.
+  logits = np.array([[1.0, 3.0]])
+  got = losses.equalization_softmax(np.array([0]), logits, [90, 10], 0.2)
+  np.testing.assert_allclose(got, [0.0], atol=1e-6)
+  # For the rare class's own example nothing is dropped: plain CE.
+  got = losses.equalization_softmax(np.array([1]), logits, [90, 10], 0.2)
+  np.testing.assert_allclose(got, [np.log(1 + np.exp(-2.0))], rtol=1e-6)
+
+
+def test_focal_hand_value():
+  # p_y = 1/2 with γ = 2: (1/2)² · ln 2.
+  got = losses.focal(np.array([1]), np.zeros((1, 2)), 2.0)
+  np.testing.assert_allclose(got, [0.25 * np.log(2.0)], rtol=1e-6)
+
+
+# -------------------------------------------------------------- evaluation
+def test_evaluation_report_hand_values():
+  logits = np.array([[3, 2, 1], [1, 3, 2], [1, 2, 3], [3, 1, 2]], float)
+  labels = np.array([0, 2, 1, 1])
+  report = evaluation.report(logits, labels, 3, train_counts=[500, 50, 5])
+  # Predictions (argmax): 0, 1, 2, 0 against labels 0, 2, 1, 1.
+  assert report["top1"] == 25.0 and report["top3"] == 100.0
+  assert evaluation.report(logits, labels, 3, ks=(2,))["top2"] == 75.0
+  assert report["per_class_accuracy"] == [100.0, 0.0, 0.0]
+  assert report["many_shot"] == 100.0 and report["medium_shot"] == 0.0
+  assert report["few_shot"] == 0.0
+  assert report["confusion_matrix"] == [[1, 0, 0], [1, 0, 1], [0, 1, 0]]
+
+
+# ------------------------------------------------ flagfiles on mock data
+FLAGFILES = sorted(os.path.basename(p) for p in
+                   glob.glob(os.path.join(ROOT, "flags", "*.cfg")))
+
+
+@pytest.mark.parametrize("flagfile", FLAGFILES)
+def test_every_flagfile_parses_and_runs_two_steps(flagfile, tmp_path):
+  argv = ["train", f"--flagfile={os.path.join(ROOT, 'flags', flagfile)}",
+          f"--workdir={tmp_path / 'run'}", "--train_steps=2", "--epochs=1",
+          "--lr_decay_epochs=1", "--batch_size=4", "--meta_batch_size=4",
+          "--noexport", "--verbose=0", "--embedding_size=8",
+          "--nodeterministic"]
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(argv)
+  try:
+    config = cli_flags.to_config()
+  finally:
+    flags.FLAGS.unparse_flags()
+  data = tmp_path / "data"
+  data.mkdir()
+  heavy = config.backbone in ("resnet10", "resnet50", "resnet152")
+  overrides = {"lr_decay_steps": (1,)} if config.lr_schedule == "step" else {}
+  if heavy:  # Backbones are covered above; keep two CPU steps short.
+    overrides.update(backbone="small_cnn", image_size=16)
+  if config.dataset == "clothing1m":
+    _clothing(data)
+  elif config.dataset == "imagenet_lt":
+    _lists(data, "ImageNet_LT", 1000)
+    overrides.update(meta_per_class=1)
+  elif config.dataset == "places_lt":
+    _lists(data, "Places_LT", 365)
+    overrides.update(meta_per_class=1)
+  import dataclasses
+  config = dataclasses.replace(config, data_dir=str(data), **overrides)
+  keras.backend.clear_session()
+  with tfds.testing.mock_data(num_examples=2000):
+    metrics = trainer.train(config)
+  assert metrics["train/steps"] == 2
+  assert 0.0 <= metrics["test/top1"] <= 100.0
+
+
+def test_dry_run_prints_and_writes_nothing(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "advisor_tf.train",
+       "--flagfile=flags/cifar_lt.cfg", f"--workdir={tmp_path / 'run'}",
+       "--dataset=cifar100", "--imbalance_factor=200", "--dry_run"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert result.returncode == 0, result.stderr[-2000:]
+  resolved = json.loads(result.stdout)
+  assert resolved["dataset"] == "cifar100"
+  assert resolved["imbalance_factor"] == 200.0
+  assert resolved["lr_decay_epochs"] == [160, 180]
+  assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_cli_checkpoint_and_export(tmp_path):
+  import dataclasses
+  from advisor_tf import config as config_lib
+  from advisor_tf.evaluation import evaluate_run
+  config = dataclasses.replace(
+      config_lib.TrainConfig(), workdir=str(tmp_path / "run"), epochs=1,
+      steps_per_epoch=3, lr_decay_epochs=(1,), verbose=0, embedding_size=8)
+  metrics = trainer.train(config)
+  keras.backend.clear_session()
+  from_ckpt = evaluate_run(str(tmp_path / "run"), "test", "checkpoint")
+  from_export = evaluate_run(str(tmp_path / "run"), "test", "saved_model")
+  assert from_ckpt["top1"] == pytest.approx(metrics["test/top1"])
+  assert from_export["top1"] == pytest.approx(metrics["test/top1"])
+  assert {"top3", "top5", "confusion_matrix", "few_shot"} <= set(from_ckpt)
+  train_report = evaluate_run(str(tmp_path / "run"), "train", "checkpoint")
+  assert len(train_report["per_class_accuracy"]) == 10
+  with pytest.raises(ValueError, match="--split='val' is not a split"):
+    evaluate_run(str(tmp_path / "run"), "val")
