@@ -58,3 +58,24 @@ def batches(num_classes=5, n=12, m=10, seed=0, dtype="float32"):
           rng.integers(0, num_classes, n),
           rng.random((m, 8, 8, 1)).astype(dtype),
           rng.integers(0, num_classes, m))
+
+
+def directional_check(model, x, y, xm, ym, direction, eps=1e-5):
+  """(analytic, central-difference) derivative of L_meta along `direction`
+  (one array per advisor variable); the advisor is restored afterwards."""
+  grads, _ = model.meta_gradient(x, y, xm, ym)
+  variables = model.advisor.trainable_variables
+  original = [v.numpy() for v in variables]
+
+  def meta_loss_at(step):
+    for v, o, d in zip(variables, original, direction):
+      v.assign(o + step * d)
+    value = float(model.meta_gradient(x, y, xm, ym)[1])
+    for v, o in zip(variables, original):
+      v.assign(o)
+    return value
+
+  numeric = (meta_loss_at(eps) - meta_loss_at(-eps)) / (2 * eps)
+  analytic = sum(float(np.sum(np.asarray(g) * d))
+                 for g, d in zip(grads, direction))
+  return analytic, numeric

@@ -112,3 +112,19 @@ def test_digits_pipeline_zips_train_and_endless_meta():
   with pytest.raises(ValueError, match="--batch_size"):
     pipeline.train_and_meta(source, split, batch_size=10**6,
                             meta_batch_size=50, seed=0)
+
+
+def test_cifar100_similar_targets_are_superclass_mates():
+  table = noise.SIMILAR_CLASSES["cifar100"]
+  assert len(noise.CIFAR100_CLASSES) == 100 == len(set(noise.CIFAR100_CLASSES))
+  assert sorted(table) == list(range(100))
+  names = noise.CIFAR100_CLASSES
+  groups = [set(g.split()) for g in noise.CIFAR100_SUPERCLASSES]
+  for c, targets in table.items():
+    group = next(g for g in groups if names[c] in g)
+    assert {names[t] for t in targets} == group - {names[c]}
+  t = noise.transition_matrix("flip3", 0.6, 100, np.random.default_rng(0),
+                              rule="similar", similar=table)
+  apple = names.index("apple")
+  assert {names[j] for j in np.flatnonzero(t[apple]) if j != apple} <= {
+      "mushroom", "orange", "pear", "sweet_pepper"}

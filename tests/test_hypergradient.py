@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import batches, tiny_model
+from conftest import batches, directional_check, tiny_model
 
 
 @pytest.mark.parametrize("mode", ["mwnet", "mfrw", "mes", "mfrw_mes"])
@@ -15,24 +15,10 @@ def test_hypergradient_matches_finite_differences(mode):
   grads, _ = model.meta_gradient(x, y, xm, ym)
   variables = model.advisor.trainable_variables
   assert len(grads) == len(variables)
-  original = [v.numpy() for v in variables]
   rng = np.random.default_rng(0)
-
-  def meta_loss_at(direction, eps):
-    for v, o, d in zip(variables, original, direction):
-      v.assign(o + eps * d)
-    value = float(model.meta_gradient(x, y, xm, ym)[1])
-    for v, o in zip(variables, original):
-      v.assign(o)
-    return value
-
-  eps = 1e-5
   for _ in range(3):  # Random directions through all of θ.
     direction = [rng.standard_normal(v.shape) for v in variables]
-    numeric = (meta_loss_at(direction, eps) -
-               meta_loss_at(direction, -eps)) / (2 * eps)
-    analytic = sum(float(np.sum(g.numpy() * d))
-                   for g, d in zip(grads, direction))
+    analytic, numeric = directional_check(model, x, y, xm, ym, direction)
     assert abs(numeric) > 1e-8  # The direction actually moves L_meta.
     assert abs(analytic - numeric) / abs(numeric) < 1e-4
 

@@ -159,3 +159,86 @@ def test_bad_input_is_refused_and_workdir_untouched(tmp_path, change,
   with pytest.raises(ValueError, match=message):
     trainer.train(dataclasses.replace(config, **change))
   assert _snapshot(tmp_path / "run") == before
+
+
+def _user_data(root):
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for split in ("train", "meta", "test"):
+    for name in ("ant", "bee"):
+      for i in range(12 if split == "train" else 3):
+        path = root / split / name / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), np.uint8)).save(path)
+  return root
+
+
+def _break_missing_meta_class(root):
+  for f in (root / "meta" / "bee").iterdir():
+    f.unlink()
+
+
+def _break_corrupt_image(root):
+  (root / "train" / "ant" / "4.png").write_bytes(b"\x89PNG broken")
+
+
+def _break_meta_in_test(root):
+  import shutil
+  shutil.rmtree(root / "test")
+  shutil.copytree(root / "meta", root / "test")
+
+
+@pytest.mark.parametrize("breakage,message", [
+    (_break_missing_meta_class, "Class 'bee' has no image in the meta set"),
+    (_break_corrupt_image, r"train/ant/4.png: not a readable image"),
+    (_break_meta_in_test, "same image is in the meta set and in the test"),
+])
+def test_bad_dataset_files_are_named_and_workdir_untouched(tmp_path, breakage,
+                                                           message):
+  data = _user_data(tmp_path / "data")
+  config = _small(tmp_path / "run", epochs=1, dataset="image_folder",
+                  data_dir=str(data), image_size=8, batch_size=4,
+                  meta_batch_size=2, meta_per_class=1, noise="none",
+                  noise_rate=0.0)
+  trainer.train(config)
+  before = _snapshot(tmp_path / "run")
+  breakage(data)
+  keras.backend.clear_session()
+  with pytest.raises(ValueError, match=message):
+    trainer.train(config)
+  assert _snapshot(tmp_path / "run") == before
+
+
+def test_exported_model_with_wrong_input_shape_is_refused(tmp_path):
+  from advisor_tf.evaluation import evaluate_run
+  data = _user_data(tmp_path / "data")
+  config = _small(tmp_path / "run", epochs=1, dataset="image_folder",
+                  data_dir=str(data), image_size=8, batch_size=4,
+                  meta_batch_size=2, meta_per_class=1, export=True)
+  trainer.train(config)
+  # The same run's config, but images now resized to 12: the export takes 8.
+  import json
+  saved = json.loads((tmp_path / "run" / "config.json").read_text())
+  saved["image_size"] = 12
+  (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match=r"takes images of shape \(8, 8, 3\)"):
+    evaluate_run(str(tmp_path / "run"), "test", "saved_model")
+
+
+def test_user_image_folder_from_the_cli(tmp_path):
+  data = _user_data(tmp_path / "data")
+  proc = subprocess.run(
+      [sys.executable, "-m", "advisor_tf.train", "--dataset=image_folder",
+       f"--data_dir={data}", "--image_size=8", "--method=mfrw_mes",
+       "--noise=none", "--noise_rate=0", "--meta_per_class=0", "--epochs=1",
+       "--batch_size=4",
+       "--meta_batch_size=2", "--lr_decay_epochs=1", "--embedding_size=8",
+       "--verbose=0", f"--workdir={tmp_path / 'run'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  import json
+  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  assert metrics["meta/examples"] == 6  # Its own meta folder: all 3 per class.
+  assert metrics["train/examples"] == 24
+  assert (tmp_path / "run" / "saved_model" / "saved_model.pb").exists()

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from advisor_tf import backbones
-from conftest import batches, tiny_model
+from conftest import batches, directional_check, tiny_model
 
 
 def _dataset(n=16, m=10, batch=4, meta_batch=5, seed=0):
@@ -66,23 +66,11 @@ def test_restricted_virtual_step_hypergradient(scope):
                      last_stage_prefixes=backbones.last_stage_prefixes(
                          "small_cnn"))
   x, y, xm, ym = batches(dtype="float64")
-  grads, _ = model.meta_gradient(x, y, xm, ym)
-  variables = model.advisor.trainable_variables
-  original = [v.numpy() for v in variables]
   direction = [np.random.default_rng(1).standard_normal(v.shape)
-               for v in variables]
-
-  def loss_at(eps):
-    for v, o, d in zip(variables, original, direction):
-      v.assign(o + eps * d)
-    value = float(model.meta_gradient(x, y, xm, ym)[1])
-    for v, o in zip(variables, original):
-      v.assign(o)
-    return value
-
-  numeric = (loss_at(1e-5) - loss_at(-1e-5)) / 2e-5
-  analytic = sum(float(np.sum(g * d)) for g, d in zip(grads, direction))
+               for v in model.advisor.trainable_variables]
+  analytic, numeric = directional_check(model, x, y, xm, ym, direction)
   assert abs(analytic - numeric) / abs(numeric) < 1e-4
+  grads, _ = model.meta_gradient(x, y, xm, ym)
   # The restricted step is a different (cheaper) approximation than "all".
   full = tiny_model("mfrw_mes")
   full_grads, _ = full.meta_gradient(x, y, xm, ym)

@@ -13,6 +13,55 @@ import numpy as np
 NOISE_TYPES = ("none", "flip", "flip2", "flip3", "symmetric")
 FLIP_TARGET_RULES = ("random", "similar")
 
+# CIFAR-100's fine labels (tfds / Krizhevsky order) and its 20 superclasses.
+CIFAR100_CLASSES = (
+    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl "
+    "boy bridge bus butterfly camel can castle caterpillar cattle chair "
+    "chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur "
+    "dolphin elephant flatfish forest fox girl hamster house kangaroo "
+    "keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree "
+    "motorcycle mountain mouse mushroom oak_tree orange orchid otter "
+    "palm_tree pear pickup_truck pine_tree plain plate poppy porcupine "
+    "possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk "
+    "skyscraper snail snake spider squirrel streetcar sunflower "
+    "sweet_pepper table tank telephone television tiger tractor train trout "
+    "tulip turtle wardrobe whale willow_tree wolf woman worm").split()
+CIFAR100_SUPERCLASSES = (
+    "beaver dolphin otter seal whale",                 # aquatic mammals
+    "aquarium_fish flatfish ray shark trout",          # fish
+    "orchid poppy rose sunflower tulip",               # flowers
+    "bottle bowl can cup plate",                       # food containers
+    "apple mushroom orange pear sweet_pepper",         # fruit and vegetables
+    "clock keyboard lamp telephone television",        # household electrical
+    "bed chair couch table wardrobe",                  # household furniture
+    "bee beetle butterfly caterpillar cockroach",      # insects
+    "bear leopard lion tiger wolf",                    # large carnivores
+    "bridge castle house road skyscraper",             # large man-made outdoor
+    "cloud forest mountain plain sea",                 # large natural outdoor
+    "camel cattle chimpanzee elephant kangaroo",       # large omni/herbivores
+    "fox porcupine possum raccoon skunk",              # medium-sized mammals
+    "crab lobster snail spider worm",                  # non-insect invertebrates
+    "baby boy girl man woman",                         # people
+    "crocodile dinosaur lizard snake turtle",          # reptiles
+    "hamster mouse rabbit shrew squirrel",             # small mammals
+    "maple_tree oak_tree palm_tree pine_tree willow_tree",  # trees
+    "bicycle bus motorcycle pickup_truck train",       # vehicles 1
+    "lawn_mower rocket streetcar tank tractor",        # vehicles 2
+)
+
+
+def _superclass_table():
+  """Each CIFAR-100 class → the other four of its superclass (the next ones
+  in the group, cyclically, so flip targets spread over the group)."""
+  index = {name: i for i, name in enumerate(CIFAR100_CLASSES)}
+  table = {}
+  for group in CIFAR100_SUPERCLASSES:
+    members = [index[name] for name in group.split()]
+    for k, c in enumerate(members):
+      table[c] = tuple(members[(k + j) % 5] for j in range(1, 5))
+  return table
+
+
 # Look-alike classes per dataset, most similar first. A class absent from a
 # table keeps its label under `similar` flips (as in DivideMix / ieg, where
 # only the listed CIFAR-10 classes flip).
@@ -29,6 +78,7 @@ SIMILAR_CLASSES = {
         3: (5,),  # cat → dog
         5: (3,),  # dog → cat
     },
+    "cifar100": _superclass_table(),  # the other classes of the superclass
 }
 
 

@@ -346,15 +346,24 @@ def image_folder(data_dir=None, image_size=32, **_):
                        if os.path.isdir(os.path.join(train_root, d)))
   if len(class_names) < 2:
     raise ValueError(f"{train_root}: needs at least two class folders.")
+  splits = _user_splits(lambda split: os.path.join(data_dir, split),
+                        os.path.isdir,
+                        lambda root, split: _folder_split(root, class_names,
+                                                          split))
+  return _checked_file_source("image_folder", splits, class_names, image_size)
+
+
+def _user_splits(location, exists, read):
+  """train, test (both required) and meta (optional) of a user dataset."""
   splits = {}
   for split in ("train", "test", "meta"):
-    root = os.path.join(data_dir, split)
-    if not os.path.isdir(root):
-      if split == "test":
-        raise ValueError(f"{root}: the test folder is missing.")
+    where = location(split)
+    if not exists(where):
+      if split != "meta":
+        raise ValueError(f"{where}: the {split} split is missing.")
       continue
-    splits[split] = _folder_split(root, class_names, split)
-  return _checked_file_source("image_folder", splits, class_names, image_size)
+    splits[split] = read(where, split)
+  return splits
 
 
 def _read_csv(path, class_names, what):
@@ -398,14 +407,10 @@ def image_csv(data_dir=None, image_size=32, **_):
     with open(train_csv, newline="") as f:
       class_names = sorted({row[1].strip() for row in csv.reader(f)
                             if len(row) == 2 and row[:2] != ["path", "label"]})
-  splits = {}
-  for split in ("train", "test", "meta"):
-    path = os.path.join(data_dir, f"{split}.csv")
-    if not os.path.isfile(path):
-      if split == "test":
-        raise ValueError(f"{path} is missing.")
-      continue
-    splits[split] = _read_csv(path, class_names, split)
+  splits = _user_splits(lambda split: os.path.join(data_dir, f"{split}.csv"),
+                        os.path.isfile,
+                        lambda path, split: _read_csv(path, class_names,
+                                                      split))
   return _checked_file_source("image_csv", splits, class_names, image_size)
 
 
