@@ -30,10 +30,11 @@ def _png(path, size=12, seed=0):
 
 def _folder(root, classes=("cat", "dog", "fox"), per_class=6,
             splits=("train", "meta", "test")):
-  for split in splits:
+  for s, split in enumerate(splits):
     for c, name in enumerate(classes):
       for i in range(per_class):
-        _png(os.path.join(root, split, name, f"{i}.png"), seed=c * 100 + i)
+        _png(os.path.join(root, split, name, f"{i}.png"),
+             seed=s * 10000 + c * 100 + i)
   return root
 
 

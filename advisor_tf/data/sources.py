@@ -423,10 +423,17 @@ def _checked_file_source(name, splits, class_names, image_size):
         raise ValueError(f"{path}: file is missing ({split} split).")
       _check_image(path)
   if "meta" in splits and "test" in splits:
-    leaked = set(splits["meta"][0]) & set(splits["test"][0])
-    if leaked:
-      raise ValueError(f"{sorted(leaked)[0]}: the same image is in the meta "
-                       "set and in the test set.")
+    # The same file, or a copy of it (same bytes), in both sets.
+    import hashlib
+
+    def digest(path):
+      with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
+    test = {digest(p): p for p in splits["test"][0]}
+    for path in splits["meta"][0]:
+      if digest(path) in test:
+        raise ValueError(f"{path}: the same image is in the meta set and in "
+                         f"the test set ({test[digest(path)]}).")
   return file_source(name, splits, class_names, (image_size, image_size),
                      meta_split="meta" if "meta" in splits else "train")
 
