@@ -366,7 +366,7 @@ class AdvisorModel(keras.Model):
     with tf.GradientTape() as virtual_tape:
       virtual_tape.watch(weights)
       features, body_updates = self._backbone_forward(body_w, x)
-      logits, _ = self._head_forward(head_w, features)
+      logits, head_updates = self._head_forward(head_w, features)
       ce = _per_example_ce(y, logits)  # L_pre = stop_gradient(ce) in Ψ.
       losses, _, _ = self._train_losses(head_w, features, logits, ce, y, beta)
       scaled_virtual_loss = _scale_loss(self.optimizer, ops.mean(losses))
@@ -395,7 +395,8 @@ class AdvisorModel(keras.Model):
     meta_features, _ = self._backbone_forward(fast_body, x_meta)
     meta_logits, _ = self._head_forward(fast_head, meta_features)
     meta_loss = ops.mean(_per_example_ce(y_meta, meta_logits))
-    return meta_loss, (weights, features, logits, ce, body_updates)
+    return meta_loss, (weights, features, logits, ce, body_updates,
+                       head_updates)
 
   def meta_gradient(self, x, y, x_meta, y_meta):
     """∇θ L_meta for one batch pair, changing no state (BatchNorm included).
@@ -458,7 +459,7 @@ class AdvisorModel(keras.Model):
                                                      beta)
           scaled_meta = self._scaled_meta_loss(meta_loss)
         # The actual step reuses the train-batch forward: same w, same x.
-        weights, features, logits, ce, body_updates = shared
+        weights, features, logits, ce, body_updates, plain_head_updates = shared
         actual_tape.watch(weights)
         grads = self._advisor_gradients(meta_tape, scaled_meta)
         norm = _global_norm(grads)
@@ -479,7 +480,7 @@ class AdvisorModel(keras.Model):
         actual_tape.watch(weights)
         body_w, head_w = self._split(weights)
         features, body_updates = self._backbone_forward(body_w, x)
-        logits, _ = self._head_forward(head_w, features)
+        logits, plain_head_updates = self._head_forward(head_w, features)
         ce = _per_example_ce(y, logits)
       if self.advisor is None:
         losses, head_updates = self._baseline_losses(y, logits, ce), None
@@ -503,8 +504,10 @@ class AdvisorModel(keras.Model):
     ok = self._finite(self.optimizer, loss, _global_norm(grads))
     _apply_if(ok, self.optimizer, grads, variables)
     self._commit(self.backbone, body_updates, ok)
-    if head_updates is not None:
-      self._commit(self.head, head_updates, ok)
+    # The head's statistics (if it has any) come from the forward the actual
+    # loss used: on the attended feature under MFRW, else on the plain one.
+    self._commit(self.head, head_updates if head_updates is not None
+                 else plain_head_updates, ok)
     self._trackers["nonfinite_loss"].update_state(
         ops.cast(ops.logical_not(ok), "float32"))
     self._trackers["nonfinite_meta"].update_state(

@@ -113,3 +113,30 @@ def test_rejects_unknown_mode_and_loss():
     type(model)(model.backbone, model.head, mode="bogus")
   with pytest.raises(ValueError, match="loss"):
     model.compile(optimizer="sgd", loss="mse")
+
+
+@pytest.mark.parametrize("mode", ["ce", "mwnet", "mes"])
+def test_head_batchnorm_statistics_follow_the_plain_forward(mode):
+  from advisor_tf import backbones
+  from advisor_tf.model import AdvisorModel
+
+  def build():
+    keras.utils.set_random_seed(0)
+    body = backbones.small_cnn((8, 8, 1), widths=(4, 4, 8))
+    inputs = keras.Input((8,))
+    head = keras.Model(inputs, keras.layers.Dense(5)(
+        keras.layers.BatchNormalization(momentum=0.5)(inputs)))
+    model = AdvisorModel(body, head, mode=mode, rho=1.0, embedding_size=6)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    return model
+
+  model, reference = build(), build()
+  x, y, xm, ym = batches()
+  _step(model, x, y, xm, ym)
+  reference.head(reference.backbone(x, training=True), training=True)
+  moving = model.head.non_trainable_variables
+  assert len(moving) == 2
+  for got, want in zip(moving, reference.head.non_trainable_variables):
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5,
+                               atol=1e-6)
+  assert not np.allclose(moving[0].numpy(), 0.0)  # The mean did move.
