@@ -18,7 +18,6 @@ import os
 
 from absl import logging
 import keras
-import numpy as np
 import tensorflow as tf
 
 from advisor_tf import backbones
