@@ -33,6 +33,13 @@ flags.DEFINE_integer("image_size", _D.image_size,
 flags.DEFINE_bool("augment", _D.augment,
                   "Augment training images (CIFAR: pad-4 crop + flip; "
                   "ImageNet-style data: random 224 crop of 256 + flip).")
+flags.DEFINE_bool("autoaugment", _D.autoaugment,
+                  "Add AutoAugment's CIFAR-10 policy after the standard "
+                  "augmentation (RGB data; thesis Table 3.2).")
+flags.DEFINE_integer("cutout", _D.cutout,
+                     "Side in pixels of the Cutout square erased from every "
+                     "training image, after AutoAugment (0: off; 16 for "
+                     "CIFAR, thesis Table 3.2).", lower_bound=0)
 flags.DEFINE_enum("noise", _D.noise, NOISE_TYPES, "Synthetic label noise model.")
 flags.DEFINE_float("noise_rate", _D.noise_rate,
                    "Noise probability p in [0, 1).", lower_bound=0.0,

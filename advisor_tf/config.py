@@ -35,6 +35,8 @@ class TrainConfig:
   data_dir: str | None = None
   image_size: int | None = None
   augment: bool = True
+  autoaugment: bool = False
+  cutout: int = 0
   noise: str = "flip"
   noise_rate: float = 0.4
   flip_targets: str = "random"

@@ -44,6 +44,8 @@ def prepare_data(config):
       similar=noise_lib.SIMILAR_CLASSES.get(source.name),
       meta_labels=None if meta_from == "train" else source.labels[meta_from],
       meta_from=meta_from)
+  # Refuse impossible augmentation settings before anything is written.
+  pipeline.strong_transform(source, config.autoaugment, config.cutout)
   return source, split
 
 
@@ -271,7 +273,9 @@ def _train(config, source, split, steps):
     data = pipeline.train_and_meta(source, split, config.batch_size,
                                    config.meta_batch_size, config.seed,
                                    start_step=first_step,
-                                   augment=config.augment)
+                                   augment=config.augment,
+                                   autoaugment=config.autoaugment,
+                                   cutout=config.cutout)
     model.fit(data, epochs=last_epoch, initial_epoch=first_epoch,
               steps_per_epoch=steps_per_epoch, validation_data=validation,
               callbacks=callbacks, verbose=config.verbose)

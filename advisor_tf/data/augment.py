@@ -5,6 +5,7 @@ generator that lives outside the data pipeline, which would break that.)"""
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 
@@ -32,4 +33,238 @@ def flip():
   """Random horizontal flip only."""
   def transform(image, seed):
     return tf.image.stateless_random_flip_left_right(image, seed)
+  return transform
+
+
+# ------------------------------------------------------- AutoAugment, Cutout
+# These work on whole batches (after the per-image crop and flip): the 25
+# sub-policies become per-image operation codes and magnitudes, and each
+# operation runs once per batch on the images that drew it, with no control
+# flow. (Per-image `tf.switch_case` over the policy ran ~10× slower in
+# tf.data: function bodies of branches are not optimised like the map body.)
+# AutoAugment's CIFAR-10 policy (Cubuk et al., CVPR 2019, appendix table),
+# with the magnitude scales of the PyTorch CIFAR10Policy that the
+# long-tailed CIFAR literature (BALMS, PaCo, the thesis' Table 3.2
+# comparisons) trains with: level m ∈ 0..9 indexes 10 evenly spaced values
+# of each operation's range; geometric and enhance operations take a random
+# sign; geometric operations fill with grey (128/255).
+# Each entry: (op1, probability1, level1, op2, probability2, level2).
+CIFAR10_POLICY = (
+    ("invert", 0.1, 7, "contrast", 0.2, 6),
+    ("rotate", 0.7, 2, "translate_x", 0.3, 9),
+    ("sharpness", 0.8, 1, "sharpness", 0.9, 3),
+    ("shear_y", 0.5, 8, "translate_y", 0.7, 9),
+    ("autocontrast", 0.5, 8, "equalize", 0.9, 2),
+    ("shear_y", 0.2, 7, "posterize", 0.3, 7),
+    ("color", 0.4, 3, "brightness", 0.6, 7),
+    ("sharpness", 0.3, 9, "brightness", 0.7, 9),
+    ("equalize", 0.6, 5, "equalize", 0.5, 1),
+    ("contrast", 0.6, 7, "sharpness", 0.6, 5),
+    ("color", 0.7, 7, "translate_x", 0.5, 8),
+    ("equalize", 0.3, 7, "autocontrast", 0.4, 8),
+    ("translate_y", 0.4, 3, "sharpness", 0.2, 6),
+    ("brightness", 0.9, 6, "color", 0.2, 8),
+    ("solarize", 0.5, 2, "invert", 0.0, 3),
+    ("equalize", 0.2, 0, "autocontrast", 0.6, 0),
+    ("equalize", 0.2, 8, "equalize", 0.6, 4),
+    ("color", 0.9, 9, "equalize", 0.6, 6),
+    ("autocontrast", 0.8, 4, "solarize", 0.2, 8),
+    ("brightness", 0.1, 3, "color", 0.7, 0),
+    ("solarize", 0.4, 5, "autocontrast", 0.9, 3),
+    ("translate_y", 0.9, 9, "translate_y", 0.7, 9),
+    ("autocontrast", 0.9, 2, "solarize", 0.8, 3),
+    ("equalize", 0.8, 8, "invert", 0.1, 3),
+    ("translate_y", 0.7, 9, "autocontrast", 0.9, 1),
+)
+_GREY = 128.0 / 255.0
+_LEVELS = 10
+_OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y",
+        "rotate", "color", "contrast", "brightness", "sharpness", "posterize",
+        "solarize", "autocontrast", "equalize", "invert")
+
+
+def _levels(low, high):
+  """The 10 magnitudes of an operation, level 0 → low, level 9 → high."""
+  return tf.linspace(tf.constant(low, tf.float32), high, _LEVELS)
+
+
+def _blend(degenerate, images, factor):
+  """PIL ImageEnhance: factor 0 → `degenerate`, 1 → the image, clipped."""
+  return tf.clip_by_value(degenerate + factor * (images - degenerate),
+                          0.0, 1.0)
+
+
+def _sharpness_degenerate(images):
+  kernel = tf.constant([[1., 1., 1.], [1., 5., 1.], [1., 1., 1.]]) / 13.0
+  kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
+  smooth = tf.nn.depthwise_conv2d(images, kernel, [1, 1, 1, 1], "VALID")
+  # PIL keeps the one-pixel border unsmoothed.
+  border = tf.pad(tf.zeros_like(smooth), [[0, 0], [1, 1], [1, 1], [0, 0]],
+                  constant_values=1.0)
+  return tf.pad(smooth, [[0, 0], [1, 1], [1, 1], [0, 0]]) + images * border
+
+
+def _posterize(images, bits):
+  shift = (8 - bits)[:, None, None, None]
+  q = tf.cast(tf.round(images * 255.0), tf.int32)
+  q = tf.bitwise.left_shift(tf.bitwise.right_shift(q, shift), shift)
+  return tf.cast(q, tf.float32) / 255.0
+
+
+def autocontrast(images):
+  """PIL ImageOps.autocontrast per image and channel: min → 0, max → 1
+  (constant channels unchanged)."""
+  low = tf.reduce_min(images, axis=[1, 2], keepdims=True)
+  high = tf.reduce_max(images, axis=[1, 2], keepdims=True)
+  spread = high - low
+  stretched = (images - low) / tf.where(spread > 0, spread, 1.0)
+  return tf.where(spread > 0, stretched, images)
+
+
+def equalize(images):
+  """PIL ImageOps.equalize per image and channel on 256 levels, vectorised
+  over the batch (one bincount; no per-image loop)."""
+  batch, height, width, channels = (tf.shape(images)[i] for i in range(4))
+  q = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.int32)
+  planes = tf.reshape(tf.transpose(q, [0, 3, 1, 2]), [batch * channels, -1])
+  offsets = tf.range(batch * channels)[:, None] * 256
+  hist = tf.reshape(tf.math.bincount(planes + offsets,
+                                     minlength=batch * channels * 256,
+                                     maxlength=batch * channels * 256),
+                    [batch * channels, 256])
+  # PIL: step = (pixels − count of the brightest present level) // 255.
+  present = tf.cast(hist > 0, tf.int32) * tf.range(256)[None]
+  top = tf.reduce_max(present, axis=1)
+  step = (height * width - tf.gather(hist, top, batch_dims=1)) // 255
+  before = tf.cumsum(hist, axis=1, exclusive=True)
+  safe = tf.maximum(step, 1)[:, None]
+  lut = tf.minimum((before + safe // 2) // safe, 255)
+  mapped = tf.gather(lut, planes, batch_dims=1)
+  mapped = tf.where((step > 0)[:, None], mapped, planes)
+  out = tf.reshape(mapped, [batch, channels, height, width])
+  return tf.cast(tf.transpose(out, [0, 2, 3, 1]), tf.float32) / 255.0
+
+
+def _affine(images, name, magnitude):
+  """The geometric operation `name` with per-image `magnitude`; output pixel
+  (x, y) reads input (a0 x + a1 y + a2, b0 x + b1 y + b2)."""
+  size = tf.cast(tf.shape(images)[1:3], tf.float32)
+  one, zero = tf.ones_like(magnitude), tf.zeros_like(magnitude)
+  if name == "rotate":  # about the centre
+    theta = magnitude * (3.141592653589793 / 180.0)
+    c, s = tf.cos(theta), tf.sin(theta)
+    cy, cx = (size[0] - 1) / 2.0, (size[1] - 1) / 2.0
+    row = [c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy]
+  else:
+    row = {"shear_x": [one, magnitude, zero, zero, one, zero],
+           "shear_y": [one, zero, zero, magnitude, one, zero],
+           "translate_x": [one, zero, magnitude * size[1], zero, one, zero],
+           "translate_y": [one, zero, zero, zero, one, magnitude * size[0]],
+           }[name]
+  return keras.ops.image.affine_transform(
+      images, tf.stack(row + [zero, zero], axis=1), interpolation="nearest",
+      fill_mode="constant", fill_value=_GREY)
+
+
+def _operation(name, images, level, sign):
+  """AutoAugment operation `name` on a batch, image i at `level[i]` (0..9)
+  with sign `sign[i]` (±1, used by the symmetric operations)."""
+  pick = lambda low, high: tf.gather(_levels(low, high), level)  # noqa: E731
+  if name in ("shear_x", "shear_y"):
+    return _affine(images, name, pick(0.0, 0.3) * sign)
+  if name in ("translate_x", "translate_y"):
+    return _affine(images, name, pick(0.0, 150.0 / 331.0) * sign)
+  if name == "rotate":
+    return _affine(images, name, pick(0.0, 30.0) * sign)
+  if name in ("color", "contrast", "brightness", "sharpness"):
+    factor = (1.0 + pick(0.0, 0.9) * sign)[:, None, None, None]
+    if name == "color":
+      degenerate = tf.image.rgb_to_grayscale(images)
+    elif name == "contrast":
+      degenerate = tf.reduce_mean(tf.image.rgb_to_grayscale(images),
+                                  axis=[1, 2, 3], keepdims=True)
+    elif name == "brightness":
+      degenerate = tf.zeros_like(images)
+    else:
+      degenerate = _sharpness_degenerate(images)
+    return _blend(degenerate, images, factor)
+  if name == "posterize":
+    return _posterize(images, tf.cast(tf.round(pick(8.0, 4.0)), tf.int32))
+  if name == "solarize":
+    threshold = (pick(256.0, 0.0) / 255.0)[:, None, None, None]
+    return tf.where(images < threshold, images, 1.0 - images)
+  if name == "autocontrast":
+    return autocontrast(images)
+  if name == "equalize":
+    return equalize(images)
+  if name == "invert":
+    return 1.0 - images
+  raise ValueError(f"Unknown AutoAugment operation {name!r}.")
+
+
+def _apply(images, op, level, sign):
+  """Image i gets operation `_OPS[op[i]]` (0: none). Each operation runs
+  only on the images that drew it (gather, apply, scatter back)."""
+  level = tf.cast(level, tf.int32)
+  for code, name in enumerate(_OPS[1:], start=1):
+    where = tf.where(tf.equal(op, code))
+    chosen = where[:, 0]
+    out = _operation(name, tf.gather(images, chosen), tf.gather(level, chosen),
+                     tf.gather(sign, chosen))
+    images = tf.tensor_scatter_nd_update(images, where, out)
+  return images
+
+
+def autoaugment(images, seed, policy=CIFAR10_POLICY):
+  """AutoAugment on a batch of [0, 1] images: per image, one sub-policy of
+  `policy` drawn uniformly, each of its two operations applied with its
+  probability. All draws are stateless in `seed` (the batch's seed)."""
+  count = tf.shape(images)[0]
+  table = tf.constant([[_OPS.index(a), p, m, _OPS.index(b), q, n]
+                       for a, p, m, b, q, n in policy], tf.float32)
+  draws = tf.random.stateless_uniform(
+      [count, 5], tf.random.experimental.stateless_fold_in(seed, 17))
+  index = tf.minimum(tf.cast(draws[:, 0] * len(policy), tf.int32),
+                     len(policy) - 1)
+  rows = tf.gather(table, index)
+  signs = tf.where(draws[:, 3:5] < 0.5, -1.0, 1.0)
+  for slot in range(2):
+    op, prob, level = (rows[:, 3 * slot + k] for k in range(3))
+    op = tf.where(draws[:, 1 + slot] < prob, tf.cast(op, tf.int32), 0)
+    images = _apply(images, op, level, signs[:, slot])
+  return images
+
+
+def cutout(images, seed, size):
+  """One `size`×`size` square per image, centre drawn uniformly over the
+  image and clipped at the borders, set to 0 (DeVries & Taylor 2017)."""
+  shape = tf.shape(images)
+  centres = tf.random.stateless_uniform(
+      [shape[0], 2], tf.random.experimental.stateless_fold_in(seed, 29),
+      maxval=tf.int32.max, dtype=tf.int32) % shape[1:3][None]
+  top = centres[:, 0, None, None] - size // 2
+  left = centres[:, 1, None, None] - size // 2
+  rows = tf.range(shape[1])[None, :, None]
+  cols = tf.range(shape[2])[None, None, :]
+  inside = ((rows >= top) & (rows < top + size) &
+            (cols >= left) & (cols < left + size))
+  return tf.where(inside[..., None], tf.zeros_like(images), images)
+
+
+def strong(mean=None, std=None, use_autoaugment=True, cutout_size=16):
+  """`(batch of images, batch seed) → images`: the strong-augmentation recipe
+  of the long-tailed CIFAR literature, applied after the per-image
+  pad-crop-flip: AutoAugment (CIFAR-10 policy), then Cutout, on [0, 1]
+  pixels. The source's images arrive normalised by (mean, std); this undoes
+  that around the pixel operations and re-applies it."""
+  mean = tf.constant(mean if mean is not None else 0.0, tf.float32)
+  std = tf.constant(std if std is not None else 1.0, tf.float32)
+
+  def transform(images, seed):
+    images = images * std + mean
+    if use_autoaugment:
+      images = autoaugment(tf.clip_by_value(images, 0.0, 1.0), seed)
+    if cutout_size:
+      images = cutout(images, seed, cutout_size)
+    return (images - mean) / std
   return transform

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from advisor_tf.data import augment as augment_lib
+
 AUTOTUNE = tf.data.AUTOTUNE
 _META_STREAM = 1_000_003  # Separates the meta stream's seeds from train's.
 
@@ -69,13 +71,31 @@ def check_batch_sizes(split, batch_size, meta_batch_size):
                      "--meta_per_class.")
 
 
+def strong_transform(source, autoaugment=False, cutout=0):
+  """The batch-level `(images, batch seed) → images` strong augmentation
+  (AutoAugment and/or Cutout), or None; checks it suits the source."""
+  if not (autoaugment or cutout):
+    return None
+  if autoaugment and source.image_shape[-1] != 3:
+    raise ValueError(f"--autoaugment needs RGB images; --dataset="
+                     f"{source.name} has {source.image_shape[-1]} channel(s).")
+  if cutout >= min(source.image_shape[:2]):
+    raise ValueError(f"--cutout={cutout} must be smaller than the image side "
+                     f"({min(source.image_shape[:2])} for --dataset="
+                     f"{source.name}).")
+  return augment_lib.strong(source.pixel_mean, source.pixel_std,
+                            use_autoaugment=autoaugment, cutout_size=cutout)
+
+
 def train_and_meta(source, split, batch_size, meta_batch_size, seed,
-                   start_step=0, augment=True):
+                   start_step=0, augment=True, autoaugment=False, cutout=0):
   """`((x, y), (x_meta, y_meta))` batches for `AdvisorModel.fit`, endless.
 
   One step consumes one train batch (full batches only: static shapes, one
   trace of the train step) and one meta batch. Training images get the
-  source's `train_transform` when `augment`; the meta set is never
+  source's `train_transform` when `augment`, then, per batch, AutoAugment's
+  CIFAR policy when `autoaugment` and Cutout of `cutout` pixels when > 0
+  (seeded by run seed and step, so resumes match); the meta set is never
   augmented (it is the trusted reference) but, where the source's train
   loader stores larger images for random crops, meta images from the train
   split are centre-cropped by the same transform's deterministic part.
@@ -83,12 +103,18 @@ def train_and_meta(source, split, batch_size, meta_batch_size, seed,
   check_batch_sizes(split, batch_size, meta_batch_size)
   n, m = len(split.train_indices), len(split.meta_indices)
   transform = source.train_transform if augment else None
+  batch_transform = strong_transform(source, autoaugment, cutout)
   train = (_shuffled_batches(n, batch_size, seed, 0, True).skip(start_step)
            .unbatch().enumerate(start=start_step * batch_size)
            .map(_load(source, "train", split.train_indices,
                       split.train_labels, seed, transform),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
            .batch(batch_size, drop_remainder=True))
+  if batch_transform is not None:  # Seeded by (run seed, global step).
+    train = train.enumerate(start=start_step).map(
+        lambda step, batch: (batch_transform(batch[0], tf.stack(
+            [tf.cast(seed, tf.int64), step])), batch[1]),
+        num_parallel_calls=AUTOTUNE, deterministic=True)
   meta_transform = None
   if split.meta_from == "train" and source.train_transform is not None:
     height, width = source.image_shape[:2]

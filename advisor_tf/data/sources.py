@@ -45,6 +45,9 @@ class Source:
     train_transform: `(image, seed) → image`, the stateless augmentation of
       training images (None: none). The train split's loader yields what it
       expects (e.g. 256×256 for a random 224 crop).
+    pixel_mean, pixel_std: the per-channel normalisation the loaders applied
+      to [0, 1] pixels (None: none), so pixel-level augmentations
+      (AutoAugment, Cutout) can work on pixels.
   """
   name: str
   num_classes: int
@@ -54,6 +57,8 @@ class Source:
   image_loader_fn: Callable[[str], Callable]
   meta_split: str = "train"
   train_transform: Optional[Callable] = None
+  pixel_mean: Optional[tuple] = None
+  pixel_std: Optional[tuple] = None
 
   def _check(self, split):
     if split not in self.labels:
@@ -103,7 +108,8 @@ def array_source(name, splits, class_names, mean=None, std=None,
   return Source(name=name, num_classes=len(class_names),
                 image_shape=tuple(shape), labels=labels,
                 class_names=tuple(class_names), image_loader_fn=loader,
-                meta_split=meta_split, train_transform=train_transform)
+                meta_split=meta_split, train_transform=train_transform,
+                pixel_mean=mean, pixel_std=std)
 
 
 def file_source(name, splits, class_names, image_size, mean=IMAGENET_MEAN,
@@ -148,7 +154,8 @@ def file_source(name, splits, class_names, image_size, mean=IMAGENET_MEAN,
   return Source(name=name, num_classes=len(class_names),
                 image_shape=(height, width, 3), labels=labels,
                 class_names=tuple(class_names), image_loader_fn=loader,
-                meta_split=meta_split, train_transform=transform)
+                meta_split=meta_split, train_transform=transform,
+                pixel_mean=mean, pixel_std=std)
 
 
 # ----------------------------------------------------------------- datasets
