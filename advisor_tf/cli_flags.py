@@ -131,6 +131,10 @@ flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every,
                      lower_bound=0)
 flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints,
                      "How many recent checkpoints to keep.", lower_bound=1)
+flags.DEFINE_integer("telemetry_examples", _D.telemetry_examples,
+                     "Training examples the advisor telemetry probes every "
+                     "epoch (TensorBoard `advisor/*`, advisor_trace.jsonl); "
+                     "0: off.", lower_bound=0)
 
 
 def _int_list(flag_name, values):
@@ -146,6 +150,19 @@ for _name in ("lr_decay_epochs", "lr_decay_steps"):
   flags.register_validator(
       _name, lambda v, n=_name: bool(_int_list(n, v)) or True,
       message=f"--{_name} must be a comma-separated list of integers.")
+
+
+def config_from_flagfile(path, **overrides):
+  """The `TrainConfig` a flagfile gives (as the CLI would parse it), with
+  field `overrides`; for notebooks and tests. Leaves absl's FLAGS unparsed."""
+  import dataclasses
+  flags.FLAGS.unparse_flags()
+  try:
+    flags.FLAGS(["advisor_tf", f"--flagfile={path}"])
+    config = to_config()
+  finally:
+    flags.FLAGS.unparse_flags()
+  return dataclasses.replace(config, **overrides)
 
 
 def to_config(values=None) -> config_lib.TrainConfig:

@@ -24,7 +24,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 RUN_ONLY_FIELDS = ("workdir", "data_dir", "verbose", "export", "init_checkpoint",
                    "pretrained_weights",
                    "eval_batch_size", "checkpoint_every", "keep_checkpoints",
-                   "jit_compile")
+                   "jit_compile", "telemetry_examples")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +80,7 @@ class TrainConfig:
   verbose: int = 1
   checkpoint_every: int = 200
   keep_checkpoints: int = 3
+  telemetry_examples: int = 2048
 
   def validate(self):
     """Raises ValueError naming the flag and what is allowed."""
@@ -107,6 +108,9 @@ class TrainConfig:
     if self.focal_gamma < 0 or not 0 < self.eql_threshold < 1:
       raise ValueError("--focal_gamma must be >= 0 and --eql_threshold in "
                        "(0, 1).")
+    if self.telemetry_examples < 0:
+      raise ValueError(f"--telemetry_examples={self.telemetry_examples} must "
+                       "be >= 0 (0: no advisor telemetry).")
     if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
       raise ValueError("--checkpoint_every must be >= 0 (0: epoch ends only) "
                        "and --keep_checkpoints >= 1.")

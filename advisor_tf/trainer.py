@@ -6,7 +6,9 @@ A workdir receives:
   checkpoints/        tf.train checkpoints every --checkpoint_every steps and
                       at epoch ends (model, advisor, both optimizers)
   tensorboard/        Keras TensorBoard logs (train and validation/test curves,
-                      advisor statistics) and the configuration as text
+                      advisor statistics) and the configuration as text;
+                      tensorboard/advisor: W_f / s_k distributions per epoch
+  advisor_trace.jsonl per-epoch advisor summary (telemetry.AdvisorTelemetry)
   metrics.json        test top-1, per-class accuracy, realised noise rate
   saved_model/        the classifier alone, as a SavedModel
 """
@@ -24,6 +26,7 @@ from advisor_tf import backbones
 from advisor_tf import distribute
 from advisor_tf import evaluation
 from advisor_tf import model as model_lib
+from advisor_tf import telemetry
 from advisor_tf.data import noise as noise_lib
 from advisor_tf.data import pipeline
 from advisor_tf.data import protocols
@@ -145,15 +148,19 @@ class Checkpointing(keras.callbacks.Callback):
     self.save()
 
 
-def restore_latest(checkpoint, manager):
+def restore_latest(checkpoint, manager, partial=False):
   """Restores the newest readable checkpoint; returns its path or None.
+  With `partial`, objects of the checkpoint that `checkpoint` lacks (e.g.
+  the optimizers, when only analysing) are expected and not reported.
 
   A newest checkpoint that cannot be read (a partial or corrupted write) is
   reported and skipped in favour of the one before it.
   """
   for path in reversed(manager.checkpoints):
     try:
-      checkpoint.restore(path).assert_existing_objects_matched()
+      status = checkpoint.restore(path).assert_existing_objects_matched()
+      if partial:
+        status.expect_partial()
       return path
     except Exception as e:  # noqa: BLE001 — any unreadable file: fall back.
       logging.warning("Checkpoint %s is unreadable (%s); trying the one "
@@ -267,6 +274,10 @@ def _train(config, source, split, steps):
   callbacks = [keras.callbacks.TensorBoard(log_dir=log_dir),
                Checkpointing(manager, config.checkpoint_every,
                              strategy.num_replicas_in_sync)]
+  if model.advisor is not None and config.telemetry_examples:
+    callbacks.append(telemetry.AdvisorTelemetry(
+        source, split, config.workdir, config.telemetry_examples,
+        config.seed, config.eval_batch_size))
   validation = pipeline.evaluation(source, "test", config.eval_batch_size)
 
   def fit(first_step, first_epoch, last_epoch, steps_per_epoch):

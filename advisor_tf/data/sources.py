@@ -45,6 +45,7 @@ class Source:
     train_transform: `(image, seed) → image`, the stateless augmentation of
       training images (None: none). The train split's loader yields what it
       expects (e.g. 256×256 for a random 224 crop).
+    paths: split → file path per example (file datasets; None otherwise).
     pixel_mean, pixel_std: the per-channel normalisation the loaders applied
       to [0, 1] pixels (None: none), so pixel-level augmentations
       (AutoAugment, Cutout) can work on pixels.
@@ -59,6 +60,7 @@ class Source:
   train_transform: Optional[Callable] = None
   pixel_mean: Optional[tuple] = None
   pixel_std: Optional[tuple] = None
+  paths: Optional[dict] = None
 
   def _check(self, split):
     if split not in self.labels:
@@ -155,7 +157,7 @@ def file_source(name, splits, class_names, image_size, mean=IMAGENET_MEAN,
                 image_shape=(height, width, 3), labels=labels,
                 class_names=tuple(class_names), image_loader_fn=loader,
                 meta_split=meta_split, train_transform=transform,
-                pixel_mean=mean, pixel_std=std)
+                pixel_mean=mean, pixel_std=std, paths=paths)
 
 
 # ----------------------------------------------------------------- datasets

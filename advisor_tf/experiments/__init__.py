@@ -1,0 +1,7 @@
+
+from advisor_tf import config as _config_lib
+
+# The digits experiments' common settings: the quickstart's, quiet, no export.
+BASE = _config_lib.TrainConfig(dataset="digits", noise="flip",
+                               flip_targets="random", backbone="small_cnn",
+                               verbose=0, export=False)

@@ -19,7 +19,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 
-from advisor_tf import config as config_lib  # noqa: E402
+from advisor_tf.experiments import BASE  # noqa: E402
 from advisor_tf.model import MODES  # noqa: E402
 
 _OUT = flags.DEFINE_string("out", "results.json", "Where to write the JSON.")
@@ -37,9 +37,6 @@ _META_EVERY = flags.DEFINE_integer("meta_update_every", 1,
                                    "Advisor update period of the advisor "
                                    "methods.", lower_bound=1)
 
-BASE = config_lib.TrainConfig(dataset="digits", noise="flip",
-                              flip_targets="random", backbone="small_cnn",
-                              verbose=0, export=False)
 
 
 def run(methods, rates, seeds, epochs, root, virtual_scope="all",

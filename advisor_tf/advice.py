@@ -1,0 +1,279 @@
+"""What the advisor says about training examples: its masks `W_f`, its
+softmax suppressions `s_k`, its example weights (Meta-Weight-Net), and the
+label-issue ranking built from them.
+
+Used by the TensorBoard telemetry callback during training, by
+`python -m advisor_tf.analyze` and by the label-issue experiment.
+
+  >>> run = advice.load_run("runs/quickstart")
+  >>> adv = advice.advise(run.model, run.source, run.split)
+  >>> scores = advice.label_issue_scores(adv)   # higher = more suspect
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import weakref
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from advisor_tf import losses as adv_losses
+from advisor_tf.data import pipeline
+
+
+@dataclasses.dataclass
+class Advice:
+  """Per-example advisor outputs over (a part of) the training split.
+
+  Attributes:
+    positions: positions in `split.train_indices` of the examples, in order.
+    given: the (possibly noisy) labels the model trained on.
+    clean: the true labels when the protocol knows them (synthetic noise);
+      for data with real noise they equal `given`.
+    logits: the classifier's logits (inference mode).
+    loss: per-example cross-entropy with the given label (the advisor's
+      loss input).
+    mask: `W_f`, `(N, D)` (modes with MFRW) or None.
+    suppression: `s_k`, `(N, C)` (modes with MES) or None.
+    weight: Meta-Weight-Net's example weight `(N,)` (`mwnet`) or None.
+    advised_loss: the loss the classifier is trained with under this advice
+      (masked features, MES with β = 1, or the weighted loss).
+  """
+  positions: np.ndarray
+  given: np.ndarray
+  clean: np.ndarray
+  logits: np.ndarray
+  loss: np.ndarray
+  mask: Optional[np.ndarray] = None
+  suppression: Optional[np.ndarray] = None
+  weight: Optional[np.ndarray] = None
+  advised_loss: Optional[np.ndarray] = None
+
+  @property
+  def noisy(self):
+    return self.given != self.clean
+
+  @property
+  def predicted(self):
+    return self.logits.argmax(axis=1)
+
+
+def _advise_batch(model, x, y):
+  features = model.backbone(x, training=False)
+  logits = model.head(features, training=False)
+  ce = keras.losses.sparse_categorical_crossentropy(
+      y, ops.cast(logits, "float32"), from_logits=True)
+  out = {"logits": logits, "loss": ce}
+  if model.advisor is None:
+    return out
+  if model.mode == "mwnet":
+    weight = ops.reshape(model.advisor(ce), (-1,))
+    out.update(weight=weight, advised_loss=ops.cast(weight, ce.dtype) * ce)
+    return out
+  advice = model.advisor(features, ce)
+  advised_logits = logits
+  if model.uses_mask:
+    out["mask"] = advice["mask"]
+    advised_logits = model.head(
+        model.reweight(features, advice["mask"], training=True),
+        training=False)
+  if model.uses_mes:
+    out["suppression"] = advice["suppression"]
+    out["advised_loss"] = adv_losses.meta_equalization_softmax(
+        y, advised_logits, advice["suppression"])
+  else:
+    out["advised_loss"] = keras.losses.sparse_categorical_crossentropy(
+        y, ops.cast(advised_logits, "float32"), from_logits=True)
+  return out
+
+
+_STEPS = weakref.WeakKeyDictionary()
+
+
+def advise(model, source, split, positions=None, batch_size=256):
+  """Runs the classifier and its advisor over training examples.
+
+  Args:
+    model: a built `AdvisorModel`.
+    source, split: the run's data (`trainer.prepare_data`).
+    positions: which positions of `split.train_indices` (default: all).
+    batch_size: inference batch size.
+
+  Returns:
+    An `Advice`.
+  """
+  if positions is None:
+    positions = np.arange(len(split.train_indices))
+  positions = np.asarray(positions, np.int64)
+  given = np.asarray(split.train_labels)[positions]
+  data = pipeline.labelled(source, "train",
+                           np.asarray(split.train_indices)[positions],
+                           given).batch(batch_size)
+  step = _STEPS.get(model)
+  if step is None:  # One traced function per model, reused every epoch.
+    ref = weakref.ref(model)  # The cache must not keep the model alive.
+    step = tf.function(lambda x, y: _advise_batch(ref(), x, y),
+                       reduce_retracing=True)
+    _STEPS[model] = step
+  parts = [{k: np.asarray(v) for k, v in step(x, y).items()} for x, y in data]
+  joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  return Advice(positions=positions, given=given,
+                clean=np.asarray(split.train_clean_labels)[positions],
+                **{k: joined.get(k) for k in (
+                    "logits", "loss", "mask", "suppression", "weight",
+                    "advised_loss")})
+
+
+# ------------------------------------------------------------ label issues
+def label_issue_scores(advice, eps=1e-6):
+  """Suspicion scores, higher = more likely mislabelled.
+
+  Returns a dict with `loss` (the plain per-example cross-entropy with the
+  given label: the ranking label-cleaning tools start from) and, for the
+  advisor modes, `advisor`: how strongly the advisor discounts the example,
+  the fraction of its loss that the advice takes away,
+  `1 − (L_advised + ε) / (L + ε)` — `1 − weight` for Meta-Weight-Net; for
+  MFRW/MES the loss under the masked features and the learned suppressions.
+  Also the single signals behind it: `mask` (`1 − mean W_f`) and
+  `suppression` (`Σ_{k≠y} p_k s_k`, the suppression put on the classes the
+  model believes instead of the given one).
+  """
+  scores = {"loss": advice.loss.astype(np.float64)}
+  if advice.advised_loss is None:
+    return scores
+  scores["advisor"] = 1.0 - (advice.advised_loss.astype(np.float64) + eps) / (
+      scores["loss"] + eps)
+  if advice.mask is not None:
+    scores["mask"] = 1.0 - advice.mask.mean(axis=1)
+  if advice.suppression is not None:
+    probs = _softmax(advice.logits)
+    probs[np.arange(len(probs)), advice.given] = 0.0
+    scores["suppression"] = (probs * advice.suppression).sum(axis=1)
+  return scores
+
+
+def _softmax(logits):
+  z = np.asarray(logits, np.float64)
+  z = np.exp(z - z.max(axis=1, keepdims=True))
+  return z / z.sum(axis=1, keepdims=True)
+
+
+def ranking_quality(scores, noisy):
+  """Average precision and precision/recall curve of finding `noisy` by
+  ranking `scores` (None when there is no noisy or no clean example)."""
+  from sklearn.metrics import average_precision_score, precision_recall_curve
+  noisy = np.asarray(noisy, bool)
+  if noisy.all() or not noisy.any():
+    return None
+  precision, recall, _ = precision_recall_curve(noisy, scores)
+  return {"ap": float(average_precision_score(noisy, scores)),
+          "precision": precision, "recall": recall}
+
+
+def write_label_issues(path, advice, scores, source, split, score="advisor"):
+  """Writes the training examples ranked by `scores[score]` as CSV:
+  rank, index (in the source's train split), path (file datasets), given and
+  predicted label (names), score, loss, and the clean label when known."""
+  import csv
+  order = np.argsort(-scores[score], kind="stable")
+  indices = np.asarray(split.train_indices)[advice.positions]
+  paths = getattr(source, "paths", None)
+  names = source.class_names
+  known = bool(advice.noisy.any())
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["rank", "index", "path", "given_label", "predicted_label",
+                     "score", "loss"] + (["clean_label", "noisy"] if known
+                                         else []))
+    for rank, i in enumerate(order, start=1):
+      row = [rank, int(indices[i]),
+             paths["train"][indices[i]] if paths else "",
+             names[advice.given[i]], names[advice.predicted[i]],
+             f"{scores[score][i]:.6g}", f"{advice.loss[i]:.6g}"]
+      if known:
+        row += [names[advice.clean[i]], int(advice.noisy[i])]
+      writer.writerow(row)
+
+
+# ------------------------------------------------------------- class sizes
+def class_suppression(advice, num_classes):
+  """Mean `s_k` per class k over the examples not labelled k (where MES
+  applies it)."""
+  sums = advice.suppression.sum(axis=0) - np.bincount(
+      advice.given, weights=advice.suppression[np.arange(len(advice.given)),
+                                               advice.given],
+      minlength=num_classes)
+  counts = len(advice.given) - np.bincount(advice.given,
+                                           minlength=num_classes)
+  return sums / np.maximum(counts, 1)
+
+
+def suppression_target(class_counts):
+  """What a frequency-based equalization should suppress, per class:
+  `1 − n_k / n_max` (rare → 1, the most common → 0)."""
+  counts = np.asarray(class_counts, np.float64)
+  return 1.0 - counts / counts.max()
+
+
+def eql_thresholds(class_counts, threshold):
+  """The equalization loss's two hand-made threshold functions of the class
+  frequency f_k = n_k / N (Tan et al. 2020): the hard step `T_λ(f) =
+  1[f < λ]` and its smooth exponential-decay variant `exp(−f/λ)`."""
+  counts = np.asarray(class_counts, np.float64)
+  freq = counts / counts.sum()
+  return {"EQL step T_λ": (freq < threshold).astype(np.float64),
+          "EQL exp. decay": np.exp(-freq / threshold)}
+
+
+# ---------------------------------------------------------------- runs
+@dataclasses.dataclass
+class Run:
+  config: object
+  source: object
+  split: object
+  model: object
+  checkpoint: str
+
+
+def read_config(workdir):
+  """The `TrainConfig` saved in a run's workdir."""
+  from advisor_tf import config as config_lib
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise ValueError(f"--workdir={workdir}: no config.json, not a run.")
+  with open(path) as f:
+    saved = json.load(f)
+  for key in ("lr_decay_epochs", "lr_decay_steps"):
+    saved[key] = tuple(saved.get(key, ()))
+  known = {f.name for f in dataclasses.fields(config_lib.TrainConfig)}
+  return config_lib.TrainConfig(**{k: v for k, v in saved.items()
+                                   if k in known})
+
+
+def load_run(workdir, data_dir=None):
+  """Rebuilds a run's data and model and restores its newest checkpoint."""
+  from advisor_tf import trainer
+  config = read_config(workdir)
+  if data_dir:
+    config = dataclasses.replace(config, data_dir=data_dir)
+  source, split = trainer.prepare_data(config)
+  steps = config.steps_per_epoch or (len(split.train_indices)
+                                     // config.batch_size)
+  model = trainer.build_model(
+      config, source, steps,
+      class_counts=split.class_counts(source.num_classes))
+  checkpoint = tf.train.Checkpoint(
+      model=model, advisor=model.advisor or tf.train.Checkpoint())
+  manager = tf.train.CheckpointManager(
+      checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=None)
+  restored = trainer.restore_latest(checkpoint, manager, partial=True)
+  if not restored:
+    raise ValueError(f"--workdir={workdir}: no readable checkpoint in "
+                     f"{os.path.join(workdir, 'checkpoints')}.")
+  return Run(config, source, split, model, restored)

@@ -1,0 +1,316 @@
+"""The thesis' qualitative analyses of a run, as matplotlib figures, and the
+report `python -m advisor_tf.analyze` writes.
+
+Every `plot_*` function takes plain arrays and returns a `Figure`, so the
+notebooks can show them inline; `analyze_run` makes all of them for one run
+and writes PNGs, `report.md`, `report.html`, `label_issues.csv` and
+`summary.json`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only; notebooks display the returned figures.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from advisor_tf import advice as advice_lib  # noqa: E402
+from advisor_tf import evaluation  # noqa: E402
+from advisor_tf import telemetry  # noqa: E402
+from advisor_tf.data import pipeline  # noqa: E402
+
+_NOISY, _CLEAN = "tab:red", "tab:blue"
+
+
+def _noise_colours(ax, points, noisy):
+  if noisy is None or not noisy.any():
+    ax.scatter(points[:, 0], points[:, 1], s=6, c=_CLEAN, alpha=0.6)
+    return
+  for label, members, colour in (("clean label", ~noisy, _CLEAN),
+                                 ("noisy label", noisy, _NOISY)):
+    ax.scatter(points[members, 0], points[members, 1], s=6, c=colour,
+               alpha=0.6, label=f"{label} ({members.sum()})")
+  ax.legend(loc="best", markerscale=3)
+
+
+def plot_mask_pca(mask, noisy=None):
+  """First two principal components of the attention masks `W_f`, coloured
+  noisy / clean (thesis fig. 2.10, 3.8)."""
+  from sklearn.decomposition import PCA
+  points = PCA(n_components=2, random_state=0).fit_transform(mask)
+  fig, ax = plt.subplots(figsize=(6, 5))
+  _noise_colours(ax, points, noisy)
+  ax.set(title="PCA of the attention masks $W_f$", xlabel="PC 1",
+         ylabel="PC 2")
+  fig.tight_layout()
+  return fig
+
+
+def plot_mask_tsne(mask, labels, class_names, components=50, seed=0):
+  """t-SNE of the masks' leading principal components, coloured by (given)
+  class (thesis fig. 2.11, 3.9)."""
+  from sklearn.decomposition import PCA
+  from sklearn.manifold import TSNE
+  reduced = PCA(n_components=min(components, *mask.shape),
+                random_state=seed).fit_transform(mask)
+  perplexity = float(min(30, max(2, (len(mask) - 1) // 3)))
+  points = TSNE(n_components=2, perplexity=perplexity, init="pca",
+                random_state=seed).fit_transform(reduced)
+  fig, ax = plt.subplots(figsize=(7, 6))
+  cmap = plt.get_cmap("tab20" if len(class_names) > 10 else "tab10")
+  for k, name in enumerate(class_names):
+    members = labels == k
+    if members.any():
+      ax.scatter(points[members, 0], points[members, 1], s=6,
+                 color=cmap(k % cmap.N), label=str(name), alpha=0.7)
+  if len(class_names) <= 20:
+    ax.legend(loc="best", fontsize=7, markerscale=2, ncol=2)
+  ax.set(title="t-SNE of the masks' principal components, by given class")
+  fig.tight_layout()
+  return fig
+
+
+def plot_mask_heatmap(mask, noisy, class_name):
+  """Attention masks of examples of one class, one row each, noisy rows
+  marked (thesis fig. 2.12, 3.5, 3.6, 3.10, 3.11)."""
+  fig, ax = plt.subplots(figsize=(8, 0.25 * len(mask) + 1.2))
+  ax.imshow(mask, aspect="auto", cmap="gray", vmin=0.0, vmax=1.0,
+            interpolation="nearest")
+  ax.set_yticks(range(len(mask)))
+  ax.set_yticklabels(["noisy" if n else "clean" for n in noisy], fontsize=6)
+  for tick, n in zip(ax.get_yticklabels(), noisy):
+    tick.set_color(_NOISY if n else "black")
+  ax.set(title=f"$W_f$ of the first {len(mask)} examples labelled "
+               f"{class_name!r} (white = 1)", xlabel="feature")
+  fig.tight_layout()
+  return fig
+
+
+def plot_suppression(trace, class_counts, eql_threshold):
+  """MES suppressions `s_k` against the normalised class sizes over training:
+  the mean absolute error to the target `1 − n_k/n_max` per epoch beside the
+  two hand-made EQL threshold functions, and `s_k` at a few epochs
+  (thesis fig. 3.7, 3.12)."""
+  target = advice_lib.suppression_target(class_counts)
+  epochs = [r["epoch"] for r in trace]
+  learned = np.asarray([r["class_suppression"] for r in trace])
+  fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+  left.plot(epochs, np.abs(learned - target).mean(axis=1), "o-",
+            label="MES (learned $s_k$)")
+  for name, values in advice_lib.eql_thresholds(class_counts,
+                                                eql_threshold).items():
+    left.axhline(np.abs(values - target).mean(), ls="--", color="gray"
+                 if "step" in name else "black", label=f"{name}, λ={eql_threshold}")
+  left.set(xlabel="epoch", ylabel="MAE to $1 - n_k/n_{max}$",
+           title="Fit of the suppression to the class sizes")
+  left.legend()
+  order = np.argsort(-np.asarray(class_counts))
+  right.plot(np.arange(len(order)), target[order], "k-", lw=2,
+             label="$1 - n_k/n_{max}$")
+  picks = sorted({0, len(trace) // 2, len(trace) - 1})
+  for i in picks:
+    right.plot(np.arange(len(order)), learned[i][order], ".-",
+               label=f"$s_k$, epoch {epochs[i]}")
+  right.set(xlabel="class, most to least frequent", ylabel="value",
+            ylim=(-0.05, 1.05), title="Learned $s_k$ per class")
+  right.legend(fontsize=8)
+  fig.tight_layout()
+  return fig
+
+
+def plot_per_class_accuracy(per_class, class_counts):
+  """Test accuracy of each class against its number of training images."""
+  counts = np.asarray(class_counts)
+  accuracy = np.asarray([np.nan if a is None else a for a in per_class])
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  ax.scatter(counts, accuracy, s=14)
+  if counts.max() > 5 * max(counts.min(), 1):
+    ax.set_xscale("log")
+  ax.axvline(evaluation.FEW_SHOT, color="gray", ls=":", lw=1)
+  ax.axvline(evaluation.MANY_SHOT, color="gray", ls=":", lw=1)
+  ax.set(xlabel="training images of the class", ylabel="test accuracy (%)",
+         title="Per-class accuracy against class size", ylim=(-2, 102))
+  fig.tight_layout()
+  return fig
+
+
+def plot_confusion(confusion, class_names):
+  """Row-normalised confusion matrix (rows: true class)."""
+  confusion = np.asarray(confusion, np.float64)
+  rows = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+  size = min(12, 3 + 0.35 * len(class_names))
+  fig, ax = plt.subplots(figsize=(size, size))
+  image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+  if len(class_names) <= 30:
+    ax.set_xticks(range(len(class_names)))
+    ax.set_xticklabels(class_names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(class_names)))
+    ax.set_yticklabels(class_names, fontsize=7)
+  ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (test)")
+  fig.colorbar(image, ax=ax, fraction=0.046)
+  fig.tight_layout()
+  return fig
+
+
+def plot_label_issue_curves(curves):
+  """Precision/recall of finding the corrupted labels, one curve per
+  ranking (`{name: ranking_quality(...)}`)."""
+  fig, ax = plt.subplots(figsize=(5.5, 4.5))
+  for name, quality in curves.items():
+    ax.plot(quality["recall"], quality["precision"],
+            label=f"{name} (AP {quality['ap']:.3f})")
+  ax.set(xlabel="recall of corrupted labels", ylabel="precision",
+         title="Finding the corrupted labels", xlim=(0, 1), ylim=(0, 1.02))
+  ax.legend(loc="lower left")
+  fig.tight_layout()
+  return fig
+
+
+# ------------------------------------------------------------------ report
+def analyze_run(run, out_dir, class_names=None, num_examples=30,
+                max_points=2000, seed=0):
+  """Makes every figure that applies to `run` (an `advice.Run`) and writes
+  the report into `out_dir`. Returns the summary dict (also written as
+  `summary.json`); `summary["figures"]` maps figure names to PNG paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  config, source, split, model = run.config, run.source, run.split, run.model
+  counts = split.class_counts(source.num_classes)
+  adv = advice_lib.advise(model, source, split,
+                          batch_size=config.eval_batch_size)
+  noisy = adv.noisy if adv.noisy.any() else None
+  figures, notes = {}, []
+
+  def save(name, fig, caption):
+    path = os.path.join(out_dir, f"{name}.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    figures[name] = {"path": path, "caption": caption}
+
+  rng = np.random.default_rng(seed)
+  sample = np.sort(rng.permutation(len(adv.given))[:max_points])
+  if adv.mask is not None:
+    save("mask_pca", plot_mask_pca(adv.mask[sample], None if noisy is None
+                                   else noisy[sample]),
+         "PCA of the attention masks W_f of training examples, noisy vs "
+         "clean labels (thesis fig. 2.10, 3.8).")
+    save("mask_tsne", plot_mask_tsne(adv.mask[sample], adv.given[sample],
+                                     source.class_names, seed=seed),
+         "t-SNE of the masks' principal components by given class "
+         "(fig. 2.11, 3.9).")
+    names = class_names or _default_heatmap_classes(counts, source)
+    for name in names:
+      if name not in source.class_names:
+        raise ValueError(f"--classes: {name!r} is not a class of "
+                         f"{config.dataset}; classes: "
+                         f"{', '.join(map(str, source.class_names[:20]))}…")
+      k = list(source.class_names).index(name)
+      members = np.flatnonzero(adv.given == k)[:num_examples]
+      save(f"mask_heatmap_{_slug(name)}",
+           plot_mask_heatmap(adv.mask[members], adv.noisy[members], name),
+           f"W_f of the first {len(members)} training examples labelled "
+           f"{name!r} ({counts[k]} in the class); noisy rows in red "
+           "(fig. 2.12, 3.5, 3.6, 3.10, 3.11).")
+  else:
+    notes.append(f"--method={config.method} learns no attention mask: no "
+                 "PCA, t-SNE or heat-map figures.")
+  trace = telemetry.read_trace(config.workdir)
+  trace = [r for r in trace if "class_suppression" in r]
+  if trace:
+    save("suppression_vs_class_size",
+         plot_suppression(trace, counts, config.eql_threshold),
+         "MES suppressions s_k against the normalised class sizes over "
+         "training, with the EQL threshold functions (fig. 3.7, 3.12).")
+  elif adv.suppression is not None:
+    notes.append("No advisor_trace.jsonl (trained with "
+                 "--telemetry_examples=0?): no s_k-over-training figure.")
+  test = model.predict(pipeline.evaluation(source, "test",
+                                           config.eval_batch_size), verbose=0)
+  metrics = evaluation.report(test, source.labels["test"], source.num_classes,
+                              counts)
+  save("per_class_accuracy",
+       plot_per_class_accuracy(metrics["per_class_accuracy"], counts),
+       "Test accuracy per class against its training images (dotted: the "
+       "few/many-shot limits 20 and 100).")
+  save("confusion", plot_confusion(metrics["confusion_matrix"],
+                                   source.class_names),
+       "Row-normalised test confusion matrix.")
+  scores = advice_lib.label_issue_scores(adv)
+  ranking = "advisor" if "advisor" in scores else "loss"
+  issues_path = os.path.join(out_dir, "label_issues.csv")
+  advice_lib.write_label_issues(issues_path, adv, scores, source, split,
+                                score=ranking)
+  summary = {"workdir": config.workdir, "checkpoint": run.checkpoint,
+             "method": config.method, "dataset": config.dataset,
+             "test_top1": metrics.get("top1"),
+             "train_examples": int(len(adv.given)),
+             "realised_noise_rate": float(adv.noisy.mean()),
+             "label_issue_ranking": ranking, "label_issues_csv": issues_path}
+  if noisy is not None:
+    curves = {name: advice_lib.ranking_quality(scores[name], noisy)
+              for name in ("advisor", "loss") if name in scores}
+    summary.update({f"{name}_ap": q["ap"] for name, q in curves.items()})
+    save("label_issue_precision_recall", plot_label_issue_curves(curves),
+         "Precision/recall of the label-issue ranking for the corrupted "
+         "labels: the advisor's discount against plain loss.")
+  summary["figures"] = figures
+  summary["notes"] = notes
+  with open(os.path.join(out_dir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  _write_markdown(os.path.join(out_dir, "report.md"), summary)
+  _write_html(os.path.join(out_dir, "report.html"), summary)
+  return summary
+
+
+def _default_heatmap_classes(counts, source):
+  """The most and the least frequent class (the thesis shows one common
+  and one rare class)."""
+  order = np.argsort(-np.asarray(counts), kind="stable")
+  return list(dict.fromkeys([source.class_names[order[0]],
+                             source.class_names[order[-1]]]))
+
+
+def _slug(name):
+  return "".join(c if c.isalnum() else "_" for c in str(name))
+
+
+def _headline(summary):
+  lines = [f"- run: `{summary['workdir']}` ({summary['method']} on "
+           f"{summary['dataset']}), checkpoint `{summary['checkpoint']}`",
+           f"- test top-1: {summary['test_top1']:.2f} %",
+           f"- training examples: {summary['train_examples']}, realised "
+           f"noise rate {summary['realised_noise_rate']:.3f}",
+           f"- label issues ranked by `{summary['label_issue_ranking']}` → "
+           f"`label_issues.csv`"]
+  if "advisor_ap" in summary:
+    lines.append(f"- average precision for the corrupted labels: advisor "
+                 f"{summary['advisor_ap']:.3f}, plain loss "
+                 f"{summary['loss_ap']:.3f}")
+  return lines + [f"- note: {n}" for n in summary["notes"]]
+
+
+def _write_markdown(path, summary):
+  lines = ["# advisor_tf run analysis", ""] + _headline(summary) + [""]
+  for name, fig in summary["figures"].items():
+    lines += [f"## {name}", "", fig["caption"], "",
+              f"![{name}]({os.path.basename(fig['path'])})", ""]
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+
+
+def _write_html(path, summary):
+  items = "".join(f"<li>{html.escape(line[2:])}</li>"
+                  for line in _headline(summary))
+  body = [f"<h1>advisor_tf run analysis</h1><ul>{items}</ul>"]
+  for name, fig in summary["figures"].items():
+    body.append(f"<h2>{html.escape(name)}</h2><p>{html.escape(fig['caption'])}"
+                f"</p><img src=\"{html.escape(os.path.basename(fig['path']))}"
+                "\" style=\"max-width:100%\">")
+  with open(path, "w") as f:
+    f.write("<!doctype html><html><head><meta charset=\"utf-8\"><title>"
+            "advisor_tf analysis</title></head><body>" + "".join(body) +
+            "</body></html>")

@@ -1,0 +1,61 @@
+r"""See what the advisor learned in a run: figures, a report and label issues.
+
+  python -m advisor_tf.analyze --workdir=runs/quickstart \
+      [--out=WORKDIR/analysis] [--classes=3,8] [--num_examples=30]
+
+Restores the run's newest checkpoint, runs classifier and advisor over the
+training split and writes into `--out`: PNG figures (PCA and t-SNE of the
+attention masks, mask heat maps, s_k against class sizes over training,
+per-class accuracy against class size, confusion matrix, label-issue
+precision/recall), `report.md`, `report.html`, `label_issues.csv` (training
+examples ranked by how strongly the advisor discounts them) and
+`summary.json`.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run to analyse.")
+_OUT = flags.DEFINE_string("out", None, "Output folder (default "
+                           "WORKDIR/analysis).")
+_CLASSES = flags.DEFINE_list("classes", None,
+                             "Class names for the mask heat maps (default: "
+                             "the most and the least frequent class).")
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 30,
+                                     "Rows of each mask heat map.",
+                                     lower_bound=1)
+_MAX_POINTS = flags.DEFINE_integer("max_points", 2000,
+                                   "Training examples in the PCA / t-SNE "
+                                   "plots (a seeded sample).", lower_bound=10)
+_DATA_DIR = flags.DEFINE_string("data_dir", None,
+                                "Override the run's --data_dir.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  from advisor_tf import advice
+  from advisor_tf import analysis
+  out = _OUT.value or os.path.join(_WORKDIR.value, "analysis")
+  try:
+    run = advice.load_run(_WORKDIR.value, _DATA_DIR.value)
+    summary = analysis.analyze_run(run, out, class_names=_CLASSES.value,
+                                   num_examples=_NUM_EXAMPLES.value,
+                                   max_points=_MAX_POINTS.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  for line in analysis._headline(summary):
+    print(line)
+  print(f"→ {os.path.join(out, 'report.html')} ({len(summary['figures'])} "
+        "figures)")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,226 @@
+"""Seeing what the advisor does: label-issue scores and report, telemetry,
+the analysis figures and CLI, the label-issue experiment, the notebooks."""
+
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from advisor_tf import advice, analysis, telemetry, trainer
+from advisor_tf.experiments import BASE
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _advice(**fields):
+  base = dict(positions=np.arange(4), given=np.array([0, 1, 1, 0]),
+              clean=np.array([0, 1, 0, 0]),
+              logits=np.log(np.array([[.8, .2], [.3, .7], [.9, .1],
+                                      [.6, .4]])),
+              loss=np.array([0.2, 0.4, 2.0, 0.5]))
+  base.update(fields)
+  return advice.Advice(**base)
+
+
+# ---------------------------------------------------------- label issues
+def test_advisor_score_is_the_fraction_of_loss_the_advice_removes():
+  adv = _advice(mask=np.array([[1., 1.], [.5, .5], [.2, 0.], [1., .5]]),
+                suppression=np.array([[0., 1.], [.5, 0.], [1., 0.],
+                                      [0., .5]]),
+                advised_loss=np.array([0.2, 0.3, 0.5, 0.5]))
+  scores = advice.label_issue_scores(adv, eps=0.0)
+  np.testing.assert_allclose(scores["loss"], [0.2, 0.4, 2.0, 0.5])
+  np.testing.assert_allclose(scores["advisor"], [0.0, 0.25, 0.75, 0.0])
+  np.testing.assert_allclose(scores["mask"], [0.0, 0.5, 0.9, 0.25])
+  # Σ_{k≠y} p_k s_k: the suppression on the classes believed instead.
+  np.testing.assert_allclose(scores["suppression"],
+                             [.2 * 1., .3 * .5, .9 * 1., .4 * .5])
+
+
+def test_meta_weight_net_score_is_one_minus_the_weight():
+  weight = np.array([1.0, 0.5, 0.1, 0.8])
+  adv = _advice(weight=weight, advised_loss=weight * np.array(
+      [0.2, 0.4, 2.0, 0.5]))
+  np.testing.assert_allclose(advice.label_issue_scores(adv, eps=0.0)[
+      "advisor"], 1.0 - weight, rtol=1e-12)
+  assert set(advice.label_issue_scores(_advice())) == {"loss"}  # CE run.
+
+
+def test_ranking_quality_average_precision():
+  noisy = np.array([False, False, True, True])
+  assert advice.ranking_quality([0.1, 0.2, 0.9, 0.8], noisy)["ap"] == 1.0
+  # Ranked clean, noisy, noisy, clean: AP = (1/2 + 2/3) / 2.
+  mixed = advice.ranking_quality([0.9, 0.1, 0.8, 0.2], noisy)
+  assert mixed["ap"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+  assert advice.ranking_quality([1, 2, 3, 4], np.zeros(4, bool)) is None
+
+
+def test_class_suppression_and_eql_thresholds_by_hand():
+  adv = _advice(suppression=np.array([[0.2, 0.6], [0.4, 0.0], [0.8, 0.0],
+                                      [0.0, 1.0]]))
+  # Class 0 is suppressed only where the label is not 0: rows 1, 2.
+  np.testing.assert_allclose(advice.class_suppression(adv, 2), [0.6, 0.8])
+  np.testing.assert_allclose(advice.suppression_target([100, 25, 50]),
+                             [0.0, 0.75, 0.5])
+  thresholds = advice.eql_thresholds([90, 9, 1], threshold=0.05)
+  np.testing.assert_allclose(thresholds["EQL step T_λ"], [0, 0, 1])
+  np.testing.assert_allclose(thresholds["EQL exp. decay"],
+                             np.exp(-np.array([.9, .09, .01]) / 0.05))
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+  """A 3-epoch MFRW-MES digits run (Flip p = 0.6) with telemetry."""
+  workdir = str(tmp_path_factory.mktemp("runs") / "mfrw_mes")
+  config = dataclasses.replace(BASE, method="mfrw_mes", noise_rate=0.6,
+                               epochs=3, lr_decay_epochs=(2, 3),
+                               workdir=workdir, export=True,
+                               telemetry_examples=500)
+  trainer.train(config)
+  return workdir
+
+
+def test_telemetry_writes_advisor_histograms_and_a_trace(digits_run):
+  records = telemetry.read_trace(digits_run)
+  assert [r["epoch"] for r in records] == [1, 2, 3]
+  for r in records:
+    assert len(r["class_suppression"]) == 10
+    assert 0.0 <= min(r["class_suppression"]) <= max(
+        r["class_suppression"]) <= 1.0
+    for key in ("mask_mean_noisy", "mask_mean_clean", "label_issue_ap",
+                "loss_ap"):
+      assert 0.0 <= r[key] <= 1.0, key
+  tags = set()
+  log_dir = os.path.join(digits_run, "tensorboard", "advisor")
+  for name in os.listdir(log_dir):
+    for event in tf.compat.v1.train.summary_iterator(
+        os.path.join(log_dir, name)):
+      tags.update(v.tag for v in event.summary.value)
+  for tag in ("advisor/mask_mean", "advisor/mask_mean/noisy",
+              "advisor/mask_mean/clean", "advisor/class_suppression",
+              "advisor/label_issue_ap", "advisor/loss_ap"):
+    assert tag in tags, tag
+
+
+def test_analyze_writes_every_figure_report_and_label_issues(digits_run,
+                                                              tmp_path):
+  out = tmp_path / "analysis"
+  result = subprocess.run(
+      [sys.executable, "-m", "advisor_tf.analyze", f"--workdir={digits_run}",
+       f"--out={out}", "--num_examples=12", "--max_points=300"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((out / "summary.json").read_text())
+  names = set(summary["figures"])
+  assert {"mask_pca", "mask_tsne", "suppression_vs_class_size",
+          "per_class_accuracy", "confusion",
+          "label_issue_precision_recall"} <= names
+  assert sum(n.startswith("mask_heatmap_") for n in names) == 2
+  for figure in summary["figures"].values():
+    assert os.path.getsize(figure["path"]) > 5000
+  report = (out / "report.md").read_text()
+  assert all(f"{n}.png" in report for n in names)
+  assert "<img" in (out / "report.html").read_text()
+  with open(out / "label_issues.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == summary["train_examples"]
+  scores = [float(r["score"]) for r in rows]
+  assert scores == sorted(scores, reverse=True)
+  noisy = np.array([int(r["noisy"]) for r in rows], bool)
+  assert noisy.mean() == pytest.approx(summary["realised_noise_rate"])
+  assert all((r["given_label"] != r["clean_label"]) == bool(int(r["noisy"]))
+             for r in rows)
+
+
+def test_analyze_refuses_a_folder_that_is_not_a_run(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "advisor_tf.analyze", f"--workdir={tmp_path}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert f"--workdir={tmp_path}: no config.json" in result.stderr
+
+
+def test_label_issue_experiment_writes_the_promised_json(tmp_path):
+  out = tmp_path / "ap.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "advisor_tf.experiments.label_issues",
+       f"--out={out}", "--seeds=1", "--epochs=2", "--noce_baseline",
+       f"--figure={tmp_path / 'pr.png'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  data = json.loads(out.read_text())
+  assert data["noise_rate"] == 0.6
+  for key in ("advisor_ap", "loss_ap"):
+    assert 0.0 < data[key] <= 1.0
+  assert (tmp_path / "pr.png").stat().st_size > 5000
+
+
+# -------------------------------------------------------------- notebooks
+def _execute(notebook, env, cwd=ROOT, timeout=900):
+  import nbformat
+  from nbclient import NotebookClient
+  book = nbformat.read(os.path.join(ROOT, "colab", notebook), as_version=4)
+  old = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)  # The kernel inherits the test's environment.
+  try:
+    NotebookClient(book, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": cwd}}).execute()
+  finally:
+    for k, v in old.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+  return book
+
+
+def _figures(summary_path):
+  with open(summary_path) as f:
+    figures = json.load(f)["figures"]
+  assert figures and all(os.path.getsize(v["path"]) > 5000
+                         for v in figures.values())
+  return set(figures)
+
+
+def test_quickstart_and_analysis_notebooks_run_headless(tmp_path):
+  workdir = str(tmp_path / "quick")
+  _execute("quickstart.ipynb", {"ADVISOR_TF_NB_EPOCHS": "2",
+                                "ADVISOR_TF_NB_WORKDIR": workdir})
+  run = os.path.join(workdir, "mfrw_mes")
+  assert {"mask_pca", "confusion"} <= _figures(
+      os.path.join(run, "analysis", "summary.json"))
+  assert os.path.isdir(os.path.join(workdir, "ce", "saved_model"))
+  book = _execute("analysis.ipynb", {"ADVISOR_TF_NB_WORKDIR": run})
+  shown = sum(1 for cell in book.cells if cell.cell_type == "code"
+              for o in cell.get("outputs", [])
+              if "image/png" in o.get("data", {}))
+  assert shown >= 5  # PCA, t-SNE, heat map, s_k, precision/recall.
+  assert {"mask_pca", "mask_tsne", "suppression_vs_class_size",
+          "per_class_accuracy", "confusion",
+          "label_issue_precision_recall"} <= _figures(
+              os.path.join(run, "analysis", "summary.json"))
+
+
+def test_cifar_notebook_runs_on_tfds_mock_data(tmp_path):
+  overrides = {"train_steps": 2, "epochs": 1, "batch_size": 8,
+               "meta_batch_size": 8, "lr_decay_epochs": [1],
+               "lr_decay_steps": [1], "embedding_size": 8, "export": False,
+               "verbose": 0, "deterministic": False,
+               "telemetry_examples": 64, "eval_batch_size": 200}
+  workdir = str(tmp_path / "cifar")
+  book = _execute("reproduce_cifar.ipynb", {
+      "ADVISOR_TF_NB_MOCK": "1", "ADVISOR_TF_NB_WORKDIR": workdir,
+      "ADVISOR_TF_NB_DATA_DIR": str(tmp_path / "tfds"),
+      "ADVISOR_TF_NB_OVERRIDES": json.dumps(overrides)})
+  text = "".join(o.get("text", "") for cell in book.cells
+                 for o in cell.get("outputs", []))
+  assert "mfrw_mes  CIFAR-10 Flip p=0.4: test top-1" in text
+  assert "ce        CIFAR-10 Flip p=0.4: test top-1" in text
+  assert {"mask_pca", "confusion"} <= _figures(
+      os.path.join(workdir, "mfrw_mes_p0.4", "analysis", "summary.json"))
