@@ -13,16 +13,13 @@ import html
 import json
 import os
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")  # Files only; notebooks display the returned figures.
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from advisor_tf import advice as advice_lib  # noqa: E402
-from advisor_tf import evaluation  # noqa: E402
-from advisor_tf import telemetry  # noqa: E402
-from advisor_tf.data import pipeline  # noqa: E402
+from advisor_tf import advice as advice_lib
+from advisor_tf import evaluation
+from advisor_tf import telemetry
+from advisor_tf.data import pipeline
 
 _NOISY, _CLEAN = "tab:red", "tab:blue"
 

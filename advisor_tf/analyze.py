@@ -15,6 +15,7 @@ examples ranked by how strongly the advisor discounts them) and
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MPLBACKEND", "Agg")  # Files only, no display needed.
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402

@@ -104,7 +104,10 @@ def main(argv):
     json.dump(result, f, indent=2)
   if _FIGURE.value:
     from advisor_tf import analysis
-    fig = analysis.plot_label_issue_curves(curves)
+    names = {"advisor": "advisor's discount",
+             "loss": "loss of the same classifier"}
+    fig = analysis.plot_label_issue_curves(
+        {names.get(k, k): v for k, v in curves.items()})
     fig.axes[0].set_title(f"Digits, Flip p = {_RATE.value}: finding the "
                           "corrupted labels (seed 0)", fontsize=9)
     fig.savefig(_FIGURE.value, dpi=110)
