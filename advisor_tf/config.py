@@ -155,6 +155,9 @@ class TrainConfig:
     """Flags whose values differ from a saved config dict (run-only flags
     excepted), as `--name: saved → now` strings."""
     now = json.loads(self.to_json())
+    # A field newer than the saved run had its default value there.
+    defaults = json.loads(TrainConfig().to_json())
+    saved = {**defaults, **saved}
     return [f"--{k}: {saved.get(k)!r} in the workdir, {now[k]!r} now"
             for k in sorted(now) if k not in RUN_ONLY_FIELDS
             and saved.get(k) != now[k]]

@@ -46,21 +46,13 @@ def report(logits, labels, num_classes, train_counts=None, ks=(1, 3, 5)):
 def evaluate_run(workdir, split="test", model="checkpoint", data_dir=None):
   """Returns the evaluation report dict of a run on `split`."""
   import dataclasses
-  import json
   import os
   import tensorflow as tf
-  from advisor_tf import config as config_lib
+  from advisor_tf import advice
   from advisor_tf import trainer
   from advisor_tf.data import pipeline
 
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise ValueError(f"--workdir={workdir}: no config.json, not a run.")
-  with open(path) as f:
-    saved = json.load(f)
-  saved["lr_decay_epochs"] = tuple(saved["lr_decay_epochs"])
-  saved["lr_decay_steps"] = tuple(saved.get("lr_decay_steps", ()))
-  config = config_lib.TrainConfig(**saved)
+  config = advice.read_config(workdir)
   if data_dir:
     config = dataclasses.replace(config, data_dir=data_dir)
   source, split_data = trainer.prepare_data(config)
