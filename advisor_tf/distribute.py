@@ -20,7 +20,9 @@ def get_strategy(name):
     if not tf.config.list_physical_devices("GPU"):
       # CPU replicas: TF's CPU collectives can mis-order the several
       # all-reduces of one meta step; reduce through one device instead.
+      # Every logical CPU device is a replica (one, unless configured).
       return tf.distribute.MirroredStrategy(
+          [d.name for d in tf.config.list_logical_devices("CPU")],
           cross_device_ops=tf.distribute.ReductionToOneDevice())
     return tf.distribute.MirroredStrategy()
   if name == "multi_worker":

@@ -58,12 +58,13 @@ def _scale_cotangent(x, scale):
 def _apply_if(ok, optimizer, grads, variables):
   """Applies the gradients only where `ok` (a scalar bool tensor) holds.
 
-  With several replicas the optimizer's cross-replica sum cannot sit inside a
-  `tf.cond` (TensorFlow refuses `merge_call` there), so the update is applied
-  unconditionally; the training loop still stops at the first non-finite
-  step, and the last periodic checkpoint is the last good state.
+  Under a distribution strategy (even with one replica) the optimizer's
+  cross-replica sum cannot sit inside a `tf.cond` (TensorFlow refuses
+  `merge_call` there), so the update is applied unconditionally; the
+  training loop still stops at the first non-finite step, and the last
+  periodic checkpoint is the last good state.
   """
-  if _num_replicas() > 1:
+  if tf.distribute.has_strategy():
     _apply(optimizer, grads, variables)
     return
 
@@ -236,7 +237,7 @@ class AdvisorModel(keras.Model):
     if self.advisor is not None:
       self.advisor_optimizer = keras.optimizers.get(
           advisor_optimizer or keras.optimizers.Adam(1e-4))
-    if self.meta_update_every > 1 and _num_replicas() > 1:
+    if self.meta_update_every > 1 and tf.distribute.has_strategy():
       raise ValueError(
           f"meta_update_every={self.meta_update_every} needs a single replica "
           "(its conditional advisor update cannot hold the optimizer's "
@@ -253,6 +254,9 @@ class AdvisorModel(keras.Model):
         self.advisor.build((None,))
       else:
         self.advisor.build((None, self.feature_dim), (None,))
+    reweight = getattr(self, "reweight", None)
+    if reweight is not None and not reweight.built:  # Weightless; Keras'
+      reweight.build((None, self.feature_dim))  # distributed fit checks it.
     self.optimizer.build(self.classifier_variables)
     if self.advisor is not None:
       self.advisor_optimizer.build(self.advisor.trainable_variables)

@@ -117,3 +117,20 @@ def test_rerun_of_finished_run_resumes_without_training(tmp_path):
   assert first["resumed_from_step"] == 0
   assert again["resumed_from_step"] == again["train/steps"] == 4
   assert again["test/top1"] == first["test/top1"]
+
+
+def test_a_run_trains_under_mirrored_strategy_on_two_replicas(tmp_path):
+  """The whole trainer (Keras' distributed fit, telemetry, evaluation,
+  export) under MirroredStrategy on the two logical CPUs of conftest."""
+  from advisor_tf import telemetry
+  config = config_lib.TrainConfig(
+      method="mfrw_mes", strategy="mirrored", epochs=1, lr_decay_epochs=(1,),
+      steps_per_epoch=4, workdir=str(tmp_path / "run"), verbose=0,
+      embedding_size=8, telemetry_examples=64)
+  from advisor_tf import distribute
+  assert distribute.get_strategy("mirrored").num_replicas_in_sync == 2
+  metrics = trainer.train(config)
+  assert metrics["train/steps"] == 4
+  assert 0.0 <= metrics["test/top1"] <= 100.0
+  assert len(telemetry.read_trace(config.workdir)) == 1
+  assert os.path.isdir(os.path.join(config.workdir, "saved_model"))
