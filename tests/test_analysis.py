@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from advisor_tf import advice, analysis, telemetry, trainer
+from advisor_tf import advice, telemetry, trainer
 from advisor_tf.experiments import BASE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
