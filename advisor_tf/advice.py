@@ -112,9 +112,9 @@ def advise(model, source, split, positions=None, batch_size=256):
     positions = np.arange(len(split.train_indices))
   positions = np.asarray(positions, np.int64)
   given = np.asarray(split.train_labels)[positions]
-  data = pipeline.labelled(source, "train",
-                           np.asarray(split.train_indices)[positions],
-                           given).batch(batch_size)
+  data = pipeline.unaugmented_train(
+      source, np.asarray(split.train_indices)[positions], given).batch(
+          batch_size)
   step = _STEPS.get(model)
   if step is None:  # One traced function per model, reused every epoch.
     ref = weakref.ref(model)  # The cache must not keep the model alive.

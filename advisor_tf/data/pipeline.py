@@ -25,6 +25,24 @@ def labelled(source, split, indices, labels):
       tf.data.Dataset.from_tensor_slices(tf.constant(labels, tf.int64)))
 
 
+def centre_crop(source):
+  """`(image, seed) → image`: the deterministic part of the train transform,
+  a centre crop to the model's input size (the train loader of ImageNet-style
+  sources yields larger images for random crops; a no-op elsewhere)."""
+  height, width = source.image_shape[:2]
+  return lambda image, _: tf.image.resize_with_crop_or_pad(  # noqa: E731
+      image, height, width)
+
+
+def unaugmented_train(source, indices, labels):
+  """`(image, label)` pairs of training examples as the model sees them
+  without augmentation (for inference on the training set)."""
+  load = _load(source, "train", indices, labels, 0, centre_crop(source))
+  return tf.data.Dataset.range(len(indices)).map(
+      lambda position: load(position, position),
+      num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
 def _shuffled_batches(count, batch_size, seed, offset, whole_epochs):
   """Endless stream of index batches; each pass over `count` items is a
   stateless shuffle seeded by (seed, offset + pass)."""
@@ -117,9 +135,7 @@ def train_and_meta(source, split, batch_size, meta_batch_size, seed,
         num_parallel_calls=AUTOTUNE, deterministic=True)
   meta_transform = None
   if split.meta_from == "train" and source.train_transform is not None:
-    height, width = source.image_shape[:2]
-    meta_transform = lambda image, _: tf.image.resize_with_crop_or_pad(  # noqa: E731
-        image, height, width)
+    meta_transform = centre_crop(source)
   meta = (_shuffled_batches(m, meta_batch_size, seed, _META_STREAM, False)
           .skip(start_step).unbatch().enumerate()
           .map(_load(source, split.meta_from, split.meta_indices,
