@@ -253,6 +253,11 @@ def test_strong_augmentation_flags_reach_the_pipeline_and_refuse_gray():
                                         autoaugment=a, cutout=c)))[0][0]
       for a, c in ((False, 0), (True, 8))]
   assert plain.shape == strong.shape and not np.allclose(plain, strong)
+  # A resumed stream augments its batches exactly as the uninterrupted one.
+  stream = lambda start: pipeline.train_and_meta(  # noqa: E731
+      cifar, split, 8, 4, 0, start_step=start, autoaugment=True, cutout=8)
+  fourth = list(stream(0).take(4))[3][0][0]
+  np.testing.assert_array_equal(next(iter(stream(3)))[0][0], fourth)
   digits = sources.load("digits")
   with pytest.raises(ValueError, match="--autoaugment needs RGB"):
     pipeline.strong_transform(digits, autoaugment=True)

@@ -242,3 +242,18 @@ def test_user_image_folder_from_the_cli(tmp_path):
   assert metrics["meta/examples"] == 6  # Its own meta folder: all 3 per class.
   assert metrics["train/examples"] == 24
   assert (tmp_path / "run" / "saved_model" / "saved_model.pb").exists()
+  # The label-issue report of a user's folder names files; with no known
+  # clean labels there is no precision/recall to report.
+  from advisor_tf import advice, analysis
+  summary = analysis.analyze_run(advice.load_run(str(tmp_path / "run")),
+                                 str(tmp_path / "analysis"), max_points=24)
+  assert "advisor_ap" not in summary
+  assert "label_issue_precision_recall" not in summary["figures"]
+  assert {"mask_pca", "mask_tsne", "confusion"} <= set(summary["figures"])
+  import csv
+  with open(summary["label_issues_csv"]) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 24 and "clean_label" not in rows[0]
+  assert all(os.path.isfile(r["path"]) and
+             os.path.join("train", r["given_label"]) in r["path"]
+             for r in rows)
