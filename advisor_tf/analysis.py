@@ -169,7 +169,7 @@ def plot_label_issue_curves(curves):
 
 
 # ------------------------------------------------------------------ report
-def analyze_run(run, out_dir, class_names=None, num_examples=30,
+def analyze_run(run, out_dir, class_names=None, num_examples=50,
                 max_points=2000, seed=0):
   """Makes every figure that applies to `run` (an `advice.Run`) and writes
   the report into `out_dir`. Returns the summary dict (also written as

@@ -27,7 +27,7 @@ _OUT = flags.DEFINE_string("out", None, "Output folder (default "
 _CLASSES = flags.DEFINE_list("classes", None,
                              "Class names for the mask heat maps (default: "
                              "the most and the least frequent class).")
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 30,
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 50,
                                      "Rows of each mask heat map.",
                                      lower_bound=1)
 _MAX_POINTS = flags.DEFINE_integer("max_points", 2000,

@@ -404,3 +404,26 @@ def test_evaluate_cli_checkpoint_and_export(tmp_path):
   assert len(train_report["per_class_accuracy"]) == 10
   with pytest.raises(ValueError, match="--split='val' is not a split"):
     evaluate_run(str(tmp_path / "run"), "val")
+
+
+def test_every_command_of_the_flagfile_index_parses_and_validates():
+  import re
+  import shlex
+  text = open(os.path.join(ROOT, "flags", "README.md")).read()
+  commands = re.findall(r"`(python -m advisor_tf\.(?:train|analyze) [^`]+)`",
+                        text)
+  assert len(commands) > 150
+  for command in commands:
+    argv = shlex.split(command)[2:]
+    if argv[0] == "advisor_tf.analyze":
+      assert all(a.split("=")[0] in ("--workdir", "--classes",
+                                     "--num_examples") for a in argv[1:])
+      continue
+    argv = [a.replace("--flagfile=flags/", f"--flagfile={ROOT}/flags/")
+            for a in argv]
+    flags.FLAGS.unparse_flags()
+    try:
+      flags.FLAGS(argv)
+      cli_flags.to_config().validate()
+    finally:
+      flags.FLAGS.unparse_flags()
