@@ -256,13 +256,21 @@ def read_config(workdir):
                                    if k in known})
 
 
-def load_run(workdir, data_dir=None):
-  """Rebuilds a run's data and model and restores its newest checkpoint."""
+def load_data(workdir, data_dir=None):
+  """A run's `(config, source, split)`, rebuilt from its `config.json` (same
+  seed, same split); `data_dir` overrides where the data is."""
   from advisor_tf import trainer
   config = read_config(workdir)
   if data_dir:
     config = dataclasses.replace(config, data_dir=data_dir)
   source, split = trainer.prepare_data(config)
+  return config, source, split
+
+
+def restore_model(workdir, config, source, split):
+  """The run's `AdvisorModel` at its newest readable checkpoint; returns
+  `(model, checkpoint path)`."""
+  from advisor_tf import trainer
   steps = config.steps_per_epoch or (len(split.train_indices)
                                      // config.batch_size)
   model = trainer.build_model(
@@ -276,4 +284,11 @@ def load_run(workdir, data_dir=None):
   if not restored:
     raise ValueError(f"--workdir={workdir}: no readable checkpoint in "
                      f"{os.path.join(workdir, 'checkpoints')}.")
+  return model, restored
+
+
+def load_run(workdir, data_dir=None):
+  """Rebuilds a run's data and model and restores its newest checkpoint."""
+  config, source, split = load_data(workdir, data_dir)
+  model, restored = restore_model(workdir, config, source, split)
   return Run(config, source, split, model, restored)

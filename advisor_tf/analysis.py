@@ -19,7 +19,7 @@ import numpy as np
 from advisor_tf import advice as advice_lib
 from advisor_tf import evaluation
 from advisor_tf import telemetry
-from advisor_tf.data import pipeline
+from advisor_tf import trainer
 
 _NOISY, _CLEAN = "tab:red", "tab:blue"
 
@@ -225,10 +225,8 @@ def analyze_run(run, out_dir, class_names=None, num_examples=50,
   elif adv.suppression is not None:
     notes.append("No advisor_trace.jsonl (trained with "
                  "--telemetry_examples=0?): no s_k-over-training figure.")
-  test = model.predict(pipeline.evaluation(source, "test",
-                                           config.eval_batch_size), verbose=0)
-  metrics = evaluation.report(test, source.labels["test"], source.num_classes,
-                              counts)
+  metrics = {k.split("/", 1)[1]: v for k, v in trainer.evaluate(
+      model, source, "test", config.eval_batch_size, counts).items()}
   save("per_class_accuracy",
        plot_per_class_accuracy(metrics["per_class_accuracy"], counts),
        "Test accuracy per class against its training images (dotted: the "

@@ -19,9 +19,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # Files only, no display needed.
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run to analyse.")
+from advisor_tf import cli  # noqa: E402
+
+_WORKDIR, _DATA_DIR = cli.define_run_flags("analyse")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default "
                            "WORKDIR/analysis).")
 _CLASSES = flags.DEFINE_list("classes", None,
@@ -33,25 +34,19 @@ _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 50,
 _MAX_POINTS = flags.DEFINE_integer("max_points", 2000,
                                    "Training examples in the PCA / t-SNE "
                                    "plots (a seeded sample).", lower_bound=10)
-_DATA_DIR = flags.DEFINE_string("data_dir", None,
-                                "Override the run's --data_dir.")
-flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.quiet_logs()
   from advisor_tf import advice
   from advisor_tf import analysis
   out = _OUT.value or os.path.join(_WORKDIR.value, "analysis")
-  try:
+  with cli.usage_errors():
     run = advice.load_run(_WORKDIR.value, _DATA_DIR.value)
     summary = analysis.analyze_run(run, out, class_names=_CLASSES.value,
                                    num_examples=_NUM_EXAMPLES.value,
                                    max_points=_MAX_POINTS.value)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
   for line in analysis._headline(summary):
     print(line)
   print(f"→ {os.path.join(out, 'report.html')} ({len(summary['figures'])} "

@@ -27,8 +27,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
+
+from advisor_tf import cli  # noqa: E402
 
 _BACKBONE = flags.DEFINE_string("backbone", "resnet32", "Backbone name.")
 _INPUT = flags.DEFINE_integer("input_size", 32, "Square input side.")
@@ -221,8 +222,7 @@ def table(report):
 
 def main(argv):
   del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.quiet_logs()
   from advisor_tf.model import MODES, VIRTUAL_SCOPES
   for m in _METHODS.value:
     if m not in MODES:

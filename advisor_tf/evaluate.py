@@ -15,27 +15,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run to evaluate.")
+from advisor_tf import cli  # noqa: E402
+
+_WORKDIR, _DATA_DIR = cli.define_run_flags("evaluate")
 _SPLIT = flags.DEFINE_string("split", "test", "Split of the run's dataset.")
 _MODEL = flags.DEFINE_enum("model", "checkpoint", ["checkpoint", "saved_model"],
                            "Evaluate the newest checkpoint or the export.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None,
-                                "Override the run's --data_dir.")
-flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
+  cli.quiet_logs()
+  with cli.usage_errors():
     from advisor_tf.evaluation import evaluate_run
     result = evaluate_run(_WORKDIR.value, _SPLIT.value, _MODEL.value,
                           _DATA_DIR.value)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
   out = os.path.join(_WORKDIR.value, f"eval_{_SPLIT.value}_{_MODEL.value}.json")
   with open(out, "w") as f:
     json.dump(result, f, indent=2)

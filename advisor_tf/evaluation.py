@@ -45,17 +45,12 @@ def report(logits, labels, num_classes, train_counts=None, ks=(1, 3, 5)):
 
 def evaluate_run(workdir, split="test", model="checkpoint", data_dir=None):
   """Returns the evaluation report dict of a run on `split`."""
-  import dataclasses
   import os
   import tensorflow as tf
   from advisor_tf import advice
-  from advisor_tf import trainer
   from advisor_tf.data import pipeline
 
-  config = advice.read_config(workdir)
-  if data_dir:
-    config = dataclasses.replace(config, data_dir=data_dir)
-  source, split_data = trainer.prepare_data(config)
+  config, source, split_data = advice.load_data(workdir, data_dir)
   if split not in source.labels:
     raise ValueError(f"--split={split!r} is not a split of {config.dataset}; "
                      f"allowed: {', '.join(sorted(source.labels))}.")
@@ -71,18 +66,7 @@ def evaluate_run(workdir, split="test", model="checkpoint", data_dir=None):
                        f"{config.dataset} split gives {source.image_shape}.")
     logits = np.concatenate([served.serve(x).numpy() for x, _ in data])
   else:
-    steps = config.steps_per_epoch or (len(split_data.train_indices)
-                                       // config.batch_size)
-    classifier = trainer.build_model(
-        config, source, steps,
-        class_counts=split_data.class_counts(source.num_classes))
-    checkpoint = tf.train.Checkpoint(model=classifier)
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=None)
-    if not trainer.restore_latest(tf.train.Checkpoint(
-        model=tf.train.Checkpoint(backbone=classifier.backbone,
-                                  head=classifier.head)), manager):
-      raise ValueError(f"{workdir}/checkpoints: no readable checkpoint.")
+    classifier, _ = advice.restore_model(workdir, config, source, split_data)
     logits = classifier.predict(data, verbose=0)
   result = report(
       logits, source.labels[split], source.num_classes,

@@ -11,28 +11,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 
+from advisor_tf import cli  # noqa: E402
 from advisor_tf import cli_flags  # noqa: E402
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Hide TF's INFO chatter.
-  try:
+  cli.quiet_logs()
+  with cli.usage_errors():
     config = cli_flags.to_config()
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
   if flags.FLAGS.dry_run:
     print(config.to_json())
     return
   from advisor_tf import trainer
-  try:
+  with cli.usage_errors():  # Bad configuration, workdir or data.
     metrics = trainer.train(config, flags_text=flags.FLAGS.flags_into_string())
-  except ValueError as e:  # Bad configuration, workdir or data: no traceback.
-    raise app.UsageError(str(e)) from None
   print(f"test top-1 {metrics['test/top1']:.2f}%  (realised noise rate "
         f"{metrics['train/realised_noise_rate']:.3f}); wrote {config.workdir}")
 

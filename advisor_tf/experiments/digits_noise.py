@@ -19,6 +19,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 
+from advisor_tf import cli  # noqa: E402
 from advisor_tf.experiments import BASE  # noqa: E402
 from advisor_tf.model import MODES  # noqa: E402
 
@@ -74,8 +75,7 @@ def table(results):
 
 def main(argv):
   del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Hide TF's INFO chatter.
+  cli.quiet_logs()
   for m in _METHODS.value:
     if m not in MODES:
       raise app.UsageError(f"--methods: {m!r} is not one of {', '.join(MODES)}.")

@@ -26,6 +26,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 
+from advisor_tf import cli  # noqa: E402
 from advisor_tf.experiments import BASE  # noqa: E402
 from advisor_tf.model import ADVISOR_MODES  # noqa: E402
 
@@ -95,8 +96,7 @@ def run(method, rate, seeds, epochs, root, ce_baseline=True):
 
 def main(argv):
   del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.quiet_logs()
   with tempfile.TemporaryDirectory() as tmp:
     result, curves = run(_METHOD.value, _RATE.value, _SEEDS.value,
                          _EPOCHS.value, _WORKDIR.value or tmp, _CE.value)
