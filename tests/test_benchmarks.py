@@ -427,3 +427,16 @@ def test_every_command_of_the_flagfile_index_parses_and_validates():
       cli_flags.to_config().validate()
     finally:
       flags.FLAGS.unparse_flags()
+
+
+def test_augmentation_benchmark_times_every_recipe():
+  proc = subprocess.run(
+      [sys.executable, "-m", "advisor_tf.bench_augment", "--batch_size=8",
+       "--batches=2", "--repeats=1"], cwd=ROOT, capture_output=True,
+      text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout)
+  assert set(result["images_per_s"]) == {"none", "pad_crop_flip",
+                                         "autoaugment_cutout"}
+  assert all(v > 0 for v in result["images_per_s"].values())
+  assert result["time_vs_pad_crop_flip"]["pad_crop_flip"] == 1.0
