@@ -239,9 +239,10 @@ class AdvisorModel(keras.Model):
           advisor_optimizer or keras.optimizers.Adam(1e-4))
     if self.meta_update_every > 1 and tf.distribute.has_strategy():
       raise ValueError(
-          f"meta_update_every={self.meta_update_every} needs a single replica "
-          "(its conditional advisor update cannot hold the optimizer's "
-          "cross-replica sum); use meta_update_every=1 under tf.distribute.")
+          f"meta_update_every={self.meta_update_every} needs the default "
+          "strategy (its conditional advisor update cannot hold the "
+          "optimizer's cross-replica sum); use meta_update_every=1 under "
+          "tf.distribute.")
     self._build_all()
 
   def _build_all(self):
