@@ -101,15 +101,15 @@ class Checkpointing(keras.callbacks.Callback):
   """Checkpoints every `every` steps and at epoch ends; stops the run at the
   first non-finite loss or hypergradient.
 
-  `AdvisorModel` skips a non-finite update (single replica), so the state
+  `AdvisorModel` skips a non-finite update (default strategy), so the state
   saved on the way out is the last good one.
   """
 
-  def __init__(self, manager, every, replicas):
+  def __init__(self, manager, every, skips_nonfinite=True):
     super().__init__()
     self.manager = manager
     self.every = every
-    self.replicas = replicas
+    self.skips_nonfinite = skips_nonfinite  # False under tf.distribute.
     self.last_saved = None
 
   def _step(self):
@@ -131,7 +131,7 @@ class Checkpointing(keras.callbacks.Callback):
     if bad:
       step = self._step()
       first = (self.last_saved or 0) + 1
-      if self.replicas == 1:
+      if self.skips_nonfinite:
         self.save()
         kept = f"the last good state is saved as checkpoint ckpt-{step}"
       else:
@@ -273,7 +273,7 @@ def _train(config, source, split, steps):
     tf.summary.text("config", "```\n" + config.to_json() + "\n```", step=0)
   callbacks = [keras.callbacks.TensorBoard(log_dir=log_dir),
                Checkpointing(manager, config.checkpoint_every,
-                             strategy.num_replicas_in_sync)]
+                             skips_nonfinite=config.strategy == "default")]
   if model.advisor is not None and config.telemetry_examples:
     callbacks.append(telemetry.AdvisorTelemetry(
         source, split, config.workdir, config.telemetry_examples,
