@@ -1,4 +1,4 @@
-"""Losses: Meta Equalization Softmax (MES), in log-space.
+"""Losses: Meta Equalization Softmax (MES), in log-space, and the baselines.
 
 MES (thesis eq. 3.6 and 3.8) replaces the softmax denominator by a weighted sum
 
@@ -7,6 +7,9 @@ MES (thesis eq. 3.6 and 3.8) replaces the softmax denominator by a weighted sum
 where `s_k` in (0, 1) comes from the advisor and `beta_k ~ Bernoulli(rho)`. The
 loss is -log p_y. With s_k = 0 it is softmax cross-entropy; with w_k = 0 the
 class k receives no (discouraging) gradient from the example.
+
+The modes without an advisor train on one of `BASELINE_MODES`; the model asks
+`baseline_loss(mode, ...)` for their per-example loss.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ def to_loss_precision(x):
   if x.dtype in ("float16", "bfloat16") or "int" in str(x.dtype):
     return ops.cast(x, "float32")
   return x
+
+
+def cross_entropy(labels, logits):
+  """Per-example softmax cross-entropy, in at least float32."""
+  return keras.losses.sparse_categorical_crossentropy(
+      labels, to_loss_precision(logits), from_logits=True)
 
 
 def meta_equalization_softmax(labels, logits, suppression, beta=None):
@@ -140,3 +149,39 @@ def focal(labels, logits, gamma):
                        dtype=logits.dtype)
   log_py = ops.sum(onehot * log_p, axis=-1)
   return -ops.power(1.0 - ops.exp(log_py), gamma) * log_py
+
+
+BASELINE_MODES = ("ce", "balanced_softmax", "eql", "focal")
+
+
+def baseline_loss(mode, labels, logits, class_counts=None, eql_threshold=0.01,
+                  focal_gamma=2.0, beta=None):
+  """Per-example training loss of a mode without an advisor.
+
+  Args:
+    mode: one of `BASELINE_MODES`: `ce` (softmax cross-entropy),
+      `balanced_softmax`, `eql` (softmax equalization loss) or `focal`.
+    labels: int tensor `(batch,)`.
+    logits: `(batch, classes)`.
+    class_counts: training images per class (`balanced_softmax`, `eql`).
+    eql_threshold: frequency threshold λ of `eql`.
+    focal_gamma: γ of `focal`.
+    beta: optional Bernoulli draws `(batch, classes)` of `eql`; `None` means
+      all ones (ρ = 1).
+
+  Returns:
+    `(batch,)` losses.
+  """
+  if mode not in BASELINE_MODES:
+    raise ValueError(f"Unknown baseline {mode!r}; allowed: "
+                     f"{', '.join(BASELINE_MODES)}.")
+  if mode in ("balanced_softmax", "eql") and class_counts is None:
+    raise ValueError(f"baseline {mode!r} needs class_counts.")
+  if mode == "balanced_softmax":
+    return balanced_softmax(labels, logits, class_counts)
+  if mode == "eql":
+    return equalization_softmax(labels, logits, class_counts, eql_threshold,
+                                beta)
+  if mode == "focal":
+    return focal(labels, logits, focal_gamma)
+  return cross_entropy(labels, logits)

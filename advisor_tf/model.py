@@ -1,23 +1,37 @@
 """`AdvisorModel`: a classifier trained with a meta-learned advisor, in `fit()`.
 
 One training iteration (thesis 2.4.4 / 3.4.4; DESIGN.md "The method,
-precisely"), for a train batch (x, y) and a clean meta batch (x_m, y_m):
+precisely"), for a train batch (x, y), a clean meta batch (x_m, y_m), classifier
+weights w = (wb, wc), advisor weights θ, learning rates α (classifier) and η
+(advisor; the thesis calls it β, a letter MES uses for its Bernoulli draws).
+Each step is one method of `AdvisorModel`, which `train_step` calls in order:
 
-1. Loss pre-calculation: f = Φb(x; wb), L_pre = CE(Φc(f), y), no gradient.
-2. Virtual train: ŵ(θ) = w − α ∇w L_train(w, θ), plain SGD at the classifier's
-   current learning rate, differentiable in θ (nested tapes).
-3. Meta train: θ ← advisor optimizer step on ∇θ CE(Φ(x_m; ŵ(θ)), y_m).
-4. Actual train: the real classifier steps on L_train(w, θ′).
+  1. Loss pre-calculation  `train_forward`   f = Φb(x; wb), L_pre = CE(Φc(f), y)
+  2. Virtual train         `virtual_step`    ŵ(θ) = w − α ∇w L_train(w, θ)  (2.3)
+  3. Meta train            `meta_step`       θ′ = θ − η ∇θ L_meta(ŵ(θ))     (2.4)
+  4. Actual train          `actual_step`     w′ = w − α ∇w L_train(w, θ′)   (2.5)
 
-The backbone forward on the train batch is computed once and shared by all
-three uses (pre-calculation, virtual step, actual step): the weights and the
-input are the same, so the values are too. Every forward goes through
-`stateless_call`, so BatchNorm statistics are returned rather than written;
-the model writes the ones from the real train batch once per iteration and
+L_train, the advised per-example loss, is `_train_loss` (the modes without an
+advisor take theirs from `losses.baseline_loss`); L_meta is `_meta_loss`.
+
+The forward of step 1 is computed once and shared by steps 2 and 4 (same
+weights, same input, same values): it is a `TrainForward`, whose persistent
+tape each later step re-enters to differentiate its own loss. Every forward goes
+through `stateless_call`, so BatchNorm statistics are returned rather than
+written; the model writes those of the real train batch once per iteration and
 discards those of the virtual and meta passes.
+
+With `advice="lagged"` step 4 uses the advice of step 2 (θ, not θ′): its
+gradient is the virtual step's, so the actual backward is skipped.
+
+The plumbing the steps share — loss scaling for float16, averaging over
+replicas, the non-finite guard, BatchNorm commits — is in the module-level
+helpers before the class; the named tuples the steps hand on come first.
 """
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import keras
 import tensorflow as tf
@@ -27,15 +41,59 @@ from advisor_tf import layers as adv_layers
 from advisor_tf import losses as adv_losses
 
 ADVISOR_MODES = ("mwnet", "mfrw", "mes", "mfrw_mes")
-BASELINE_MODES = ("ce", "balanced_softmax", "eql", "focal")
+BASELINE_MODES = adv_losses.BASELINE_MODES
 MODES = ("ce", "mwnet", "mfrw", "mes", "mfrw_mes", "balanced_softmax", "eql",
          "focal")
 VIRTUAL_SCOPES = ("all", "last_stage", "head")
+ADVICE_MODES = ("exact", "lagged")
 
 
-def _per_example_ce(labels, logits):
-  return keras.losses.sparse_categorical_crossentropy(
-      labels, adv_losses.to_loss_precision(logits), from_logits=True)
+# ------------------------------------------------ what one step hands on
+class TrainForward(NamedTuple):
+  """Step 1: the train-batch forward at w, shared by steps 2 and 4."""
+  tape: tf.GradientTape  # Persistent; recorded this forward. Re-entered by
+  # the virtual and actual steps to record (and differentiate) their loss.
+  weights: list  # w: the classifier's trainable values, backbone then head.
+  features: Any  # f = Φb(x; wb).
+  logits: Any  # Φc(f; wc), on the plain feature.
+  ce: Any  # L_pre: per-example CE, the advisor's loss input.
+  body_updates: list  # The backbone's BatchNorm statistics of this forward.
+  head_updates: list  # The head's, of this plain-feature forward.
+
+
+class TrainLoss(NamedTuple):
+  """Per-example L_train at w, with the advisor at some θ (or a baseline)."""
+  losses: Any  # (batch,)
+  stats: dict  # Advisor statistics for the metrics (`mask_mean`, ...).
+  head_updates: Any  # Head BatchNorm statistics of the attended-feature
+  # forward under MFRW; None where the loss used the plain forward.
+
+
+class VirtualStep(NamedTuple):
+  """Step 2's result."""
+  fast_weights: list  # ŵ(θ), one value per classifier variable.
+  train_loss: TrainLoss  # L_train(w, θ), which ŵ descended.
+  gradients: Any  # Lagged advice only: ∇w mean L_train(w, θ) for every
+  # classifier variable (this replica's, unscaled); else None.
+
+
+class MetaUpdate(NamedTuple):
+  """Step 3's result (zeros and ok=True on iterations that skip it)."""
+  meta_loss: Any
+  grad_norm: Any  # Global norm of ∇θ L_meta.
+  ok: Any  # Was it finite, hence applied?
+
+
+class ActualStep(NamedTuple):
+  """Step 4's result."""
+  loss: Any  # mean L_train of the applied gradient.
+  stats: dict
+  ok: Any
+
+
+# ---------------------------------------------------------------- plumbing
+def _int_labels(labels):
+  return ops.reshape(ops.cast(labels, "int32"), (-1,))
 
 
 def _num_replicas():
@@ -53,25 +111,6 @@ def _scale_cotangent(x, scale):
   def grad(upstream):
     return upstream * ops.cast(scale, upstream.dtype), None
   return x, grad
-
-
-def _apply_if(ok, optimizer, grads, variables):
-  """Applies the gradients only where `ok` (a scalar bool tensor) holds.
-
-  Under a distribution strategy (even with one replica) the optimizer's
-  cross-replica sum cannot sit inside a `tf.cond` (TensorFlow refuses
-  `merge_call` there), so the update is applied unconditionally; the
-  training loop still stops at the first non-finite step, and the last
-  periodic checkpoint is the last good state.
-  """
-  if tf.distribute.has_strategy():
-    _apply(optimizer, grads, variables)
-    return
-
-  def apply():
-    _apply(optimizer, grads, variables)
-    return ops.zeros(())
-  tf.cond(ok, apply, lambda: ops.zeros(()))
 
 
 def _is_loss_scaled(optimizer):
@@ -99,6 +138,59 @@ def _apply(optimizer, grads, variables):
   optimizer.apply(grads, variables)
 
 
+def _apply_if(ok, optimizer, grads, variables):
+  """Applies the gradients only where `ok` (a scalar bool tensor) holds.
+
+  Under a distribution strategy (even with one replica) the optimizer's
+  cross-replica sum cannot sit inside a `tf.cond` (TensorFlow refuses
+  `merge_call` there), so the update is applied unconditionally; the
+  training loop still stops at the first non-finite step, and the last
+  periodic checkpoint is the last good state.
+  """
+  if tf.distribute.has_strategy():
+    _apply(optimizer, grads, variables)
+    return
+
+  def apply():
+    _apply(optimizer, grads, variables)
+    return ops.zeros(())
+  tf.cond(ok, apply, lambda: ops.zeros(()))
+
+
+def _finite(optimizer, loss, grad_norm):
+  """Is this update safe? Under loss scaling an overflowing gradient is
+  routine (the LossScaleOptimizer skips it and lowers its scale), so only
+  the loss itself is checked there."""
+  ok = ops.all(ops.isfinite(loss))
+  if not _is_loss_scaled(optimizer):
+    ok = ops.logical_and(ok, ops.isfinite(grad_norm))
+  return ok
+
+
+def _virtual_gradients_across_replicas(optimizer, grads):
+  """The virtual step's (unscaled) gradients, made ready to build ŵ(θ) from:
+  the same on every replica, and with a float16 hypergradient that survives."""
+  if _is_loss_scaled(optimizer):
+    # float16: the hypergradient reaches the advisor back through these
+    # gradients, whose cotangent the unscale divides by the loss scale —
+    # underflowing in float16. Restore it on the way back (identity
+    # forward); `AdvisorModel._hypergradient` divides it out in float32.
+    scale = ops.cast(optimizer.dynamic_scale, "float32")
+    grads = [_scale_cotangent(g, scale) for g in grads]
+  if _num_replicas() > 1:
+    # Each replica saw its share of the batch: average the inner gradients
+    # so that every replica takes the same virtual step (the all-reduce is
+    # differentiable, so θ still sees the whole batch).
+    grads = tf.distribute.get_replica_context().all_reduce("MEAN", grads)
+  return grads
+
+
+def _commit(model, updates, ok):
+  """Writes `model`'s non-trainable (BatchNorm) values where `ok` holds."""
+  for variable, value in zip(model.non_trainable_variables, updates):
+    variable.assign(ops.where(ok, value, variable))
+
+
 @keras.saving.register_keras_serializable(package="advisor_tf")
 class AdvisorModel(keras.Model):
   """Classifier `head(backbone(x))` trained with a meta-learned advisor.
@@ -106,7 +198,8 @@ class AdvisorModel(keras.Model):
   Args:
     backbone: Keras model, image → feature vector `(batch, D)`.
     head: Keras model, feature → logits `(batch, C)`.
-    mode: one of `ce`, `mwnet`, `mfrw`, `mes`, `mfrw_mes`.
+    mode: one of `MODES`: `ce`, `balanced_softmax`, `eql`, `focal` (the
+      baselines, no advisor) or `mwnet`, `mfrw`, `mes`, `mfrw_mes`.
     advisor: optional advisor layer; by default an `AdvisorNetwork` with the
       heads the mode needs (or a `MetaWeightNet` for `mwnet`).
     embedding_size: E of the default advisor.
@@ -123,6 +216,11 @@ class AdvisorModel(keras.Model):
     class_counts: training images per class (`balanced_softmax`, `eql`).
     eql_threshold: frequency threshold λ of `eql`.
     focal_gamma: γ of `focal`.
+    advice: which advice the actual step follows: `exact` (the method: the
+      advice of the advisor after its meta update, recomputed) or `lagged`
+      (the advice the virtual step used, before the meta update: the actual
+      step then reuses the virtual step's gradient and skips its own
+      backward). Advisor modes only, with `meta_update_every=1`.
 
   `call(x)` is the plain classifier: the advisor is used only in `train_step`,
   which consumes `((x, y), (x_meta, y_meta))` batches.
@@ -138,7 +236,7 @@ class AdvisorModel(keras.Model):
                embedding_size=100, rho=0.9, seed=None, virtual_scope="all",
                last_stage_prefixes=None, meta_update_every=1,
                class_counts=None, eql_threshold=0.01, focal_gamma=2.0,
-               **kwargs):
+               advice="exact", **kwargs):
     super().__init__(**kwargs)
     if mode in ("balanced_softmax", "eql") and class_counts is None:
       raise ValueError(f"mode {mode!r} needs class_counts (training images "
@@ -158,6 +256,17 @@ class AdvisorModel(keras.Model):
     if int(meta_update_every) < 1:
       raise ValueError(f"meta_update_every must be >= 1, got "
                        f"{meta_update_every}.")
+    if advice not in ADVICE_MODES:
+      raise ValueError(f"Unknown advice {advice!r}; allowed: "
+                       f"{', '.join(ADVICE_MODES)}.")
+    if advice != "exact" and mode not in ADVISOR_MODES:
+      raise ValueError(f"advice={advice!r} needs an advisor; mode {mode!r} "
+                       "has none, so advice must be 'exact'.")
+    if advice == "lagged" and int(meta_update_every) != 1:
+      raise ValueError("advice='lagged' reuses the virtual step of every "
+                       "iteration, so it needs meta_update_every=1, got "
+                       f"{meta_update_every}.")
+    self.advice = advice
     self.virtual_scope = virtual_scope
     self.last_stage_prefixes = (tuple(last_stage_prefixes)
                                 if last_stage_prefixes else None)
@@ -304,7 +413,265 @@ class AdvisorModel(keras.Model):
                        "stage for virtual_scope='last_stage'.")
     return [id(v) in stage for v in body] + head
 
-  # ------------------------------------------------------------- the forwards
+  # --------------------------------------------------------- one iteration
+  def train_step(self, data):
+    """One iteration of the method on `((x, y), (x_meta, y_meta))`."""
+    (x, y), (x_meta, y_meta) = data
+    y, y_meta = _int_labels(y), _int_labels(y_meta)
+    beta = self._beta(ops.shape(x)[0])
+    forward = self.train_forward(x, y)  # Step 1.
+    virtual, meta, meta_weight = None, None, 1.0
+    if self.advisor is not None and self.meta_update_every == 1:
+      virtual, meta = self.meta_step(forward, y, x_meta, y_meta, beta)
+    elif self.advisor is not None:
+      meta, meta_weight = self._meta_step_every_k(x, y, x_meta, y_meta, beta)
+    actual = self.actual_step(
+        forward, y, beta, lagged=virtual if self.advice == "lagged" else None)
+    return self._record(y, forward.logits, actual, meta, meta_weight)
+
+  def train_forward(self, x, labels):
+    """Step 1, loss pre-calculation: the train batch through the classifier
+    at w, with the per-example loss the advisor reads.
+
+        f = Φb(x; wb),   L_pre = CE(Φc(f; wc), y)
+
+    Steps 2 and 4 reuse this forward (same w, same x); its persistent tape
+    lets each of them differentiate its own loss through it.
+
+    Returns:
+      a `TrainForward`.
+    """
+    weights = [v.value for v in self.classifier_variables]
+    body_w, head_w = self._split(weights)
+    tape = tf.GradientTape(persistent=True)
+    with tape:
+      tape.watch(weights)
+      features, body_updates = self._backbone_forward(body_w, x)
+      logits, head_updates = self._head_forward(head_w, features)
+      ce = adv_losses.cross_entropy(labels, logits)  # Ψ stops its gradient.
+    return TrainForward(tape, weights, features, logits, ce, body_updates,
+                        head_updates)
+
+  def virtual_step(self, forward, labels, beta, keep_gradients=False):
+    """Step 2, virtual train: one plain SGD step of the classifier on the
+    advised loss, kept differentiable in θ.
+
+        ŵ(θ) = w − α ∇w L_train(w, θ)                      (thesis eq. 2.3)
+
+    α is the classifier optimizer's current learning rate; no momentum, no
+    weight decay. Only the weights of `virtual_scope` move (the others stay at
+    w). Call it under the meta tape, so that ŵ reaches θ.
+
+    Args:
+      forward: the `TrainForward` of step 1.
+      labels: the train labels.
+      beta: the MES Bernoulli draws, or None.
+      keep_gradients: also hand on ∇w L_train(w, θ) for every classifier
+        variable (lagged advice reuses it as the actual step's gradient).
+
+    Returns:
+      a `VirtualStep`.
+    """
+    with forward.tape:
+      train_loss = self._train_loss(forward, labels, beta)
+      scaled = _scale_loss(self.optimizer, ops.mean(train_loss.losses))
+    flags = self._virtual_flags()
+    targets = (forward.weights if keep_gradients
+               else [w for w, f in zip(forward.weights, flags) if f])
+    grads = forward.tape.gradient(scaled, targets)
+    grads = [ops.zeros_like(w) if g is None else g
+             for w, g in zip(targets, grads)]
+    grads = _unscale(self.optimizer, grads)
+    kept = grads if keep_gradients else None
+    if keep_gradients:
+      grads = [g for g, f in zip(grads, flags) if f]
+    grads = iter(_virtual_gradients_across_replicas(self.optimizer, grads))
+    lr = self.optimizer.learning_rate
+    fast = [w - ops.cast(lr, w.dtype) * next(grads) if f else w
+            for w, f in zip(forward.weights, flags)]
+    return VirtualStep(fast, train_loss, kept)
+
+  def meta_step(self, forward, labels, x_meta, y_meta, beta):
+    """Step 3, meta train: the advisor descends the clean meta loss of the
+    virtually updated classifier.
+
+        θ′ = θ − η ∇θ L_meta(ŵ(θ)),
+        L_meta(ŵ) = mean_j CE(Φ(x_m,j; ŵ), y_m,j)           (thesis eq. 2.4)
+
+    with the advisor's optimizer (Adam, η = 1e-4 in the thesis) taking the
+    step. Runs step 2 inside, under the meta tape. The update is skipped
+    where L_meta or ∇θ is not finite.
+
+    Returns:
+      `(VirtualStep, MetaUpdate)`.
+    """
+    grads, meta_loss, virtual = self._hypergradient(
+        forward, labels, x_meta, y_meta, beta,
+        keep_gradients=self.advice == "lagged")
+    norm = _global_norm(grads)
+    ok = _finite(self.advisor_optimizer, meta_loss, norm)
+    _apply_if(ok, self.advisor_optimizer, grads,
+              self.advisor.trainable_variables)
+    return virtual, MetaUpdate(meta_loss, norm, ok)
+
+  def actual_step(self, forward, labels, beta, lagged=None):
+    """Step 4, actual train: the real classifier steps on the advice of the
+    updated advisor.
+
+        w′ = w − α ∇w L_train(w, θ′)                        (thesis eq. 2.5)
+
+    taken by the classifier's own optimizer (SGD with momentum in the
+    thesis), with the coupled weight decay λw added to the gradient.
+    L_train is recomputed on the shared forward with the advisor at θ′ (the
+    baselines: their own loss). The BatchNorm statistics of the forward that
+    loss used are written with the update, and neither where it is not
+    finite.
+
+    Args:
+      forward: the `TrainForward` of step 1.
+      labels: the train labels.
+      beta: the MES Bernoulli draws, or None.
+      lagged: `advice="lagged"`: the `VirtualStep` whose L_train(w, θ) and
+        gradient to reuse (θ in place of θ′, no backward of its own).
+
+    Returns:
+      an `ActualStep`.
+    """
+    if lagged is None:
+      with forward.tape:
+        train_loss = self._train_loss(forward, labels, beta)
+        loss = ops.mean(train_loss.losses)
+        # Keras optimizers sum gradients over replicas: scale by 1/replicas.
+        scaled = _scale_loss(self.optimizer, loss / _num_replicas())
+      grads = _unscale(self.optimizer,
+                       forward.tape.gradient(scaled, forward.weights))
+    else:
+      train_loss = lagged.train_loss
+      loss = ops.mean(train_loss.losses)
+      grads = lagged.gradients  # ∇w of this replica's mean loss: the same
+      if _num_replicas() > 1:  # 1/replicas as above.
+        grads = [g / _num_replicas() for g in grads]
+    variables = self.classifier_variables
+    if self.weight_decay:
+      grads = [g + self.weight_decay / _num_replicas() * ops.cast(v, g.dtype)
+               for g, v in zip(grads, variables)]
+    # Fail-loud guard: a non-finite loss or gradient is not applied (nor are
+    # that step's BatchNorm statistics), so the model keeps its last good
+    # state; the `nonfinite_*` counters tell the training loop to stop.
+    ok = _finite(self.optimizer, loss, _global_norm(grads))
+    _apply_if(ok, self.optimizer, grads, variables)
+    _commit(self.backbone, forward.body_updates, ok)
+    # The head's statistics (if it has any) come from the forward the actual
+    # loss used: on the attended feature under MFRW, else on the plain one.
+    _commit(self.head, forward.head_updates if train_loss.head_updates is None
+            else train_loss.head_updates, ok)
+    return ActualStep(loss, train_loss.stats, ok)
+
+  # ------------------------------------------------------- the two losses
+  def _train_loss(self, forward, labels, beta):
+    """Per-example L_train(w, θ) on the shared forward, with the advisor at
+    its current θ:
+
+      mwnet  V(L_pre; θ) · CE(z, y)
+      MFRW   the head sees W_f ⊙ f instead of f (a second head forward)
+      MES    −log p_y with p_j = exp(z_j) / Σ_k ŵ_k exp(z_k), from s_k
+
+    Without an advisor: the mode's `losses.baseline_loss`.
+
+    Returns:
+      a `TrainLoss`.
+    """
+    logits, ce = forward.logits, forward.ce
+    if self.advisor is None:
+      return TrainLoss(adv_losses.baseline_loss(
+          self.mode, labels, logits, class_counts=self.class_counts,
+          eql_threshold=self.eql_threshold, focal_gamma=self.focal_gamma,
+          beta=beta), {}, None)
+    stats = {}
+    head_updates = None
+    if self.mode == "mwnet":
+      weights = self.advisor(ce)
+      stats["example_weight_mean"] = ops.mean(weights)
+      return TrainLoss(ops.cast(weights, ce.dtype) * ce, stats, None)
+    advice = self.advisor(forward.features, ce)
+    if self.uses_mask:
+      stats["mask_mean"] = ops.mean(advice["mask"])
+      attended = self.reweight(forward.features, advice["mask"], training=True)
+      logits, head_updates = self._head_forward(
+          self._split(forward.weights)[1], attended)
+    if self.uses_mes:
+      stats["suppression_mean"] = ops.mean(advice["suppression"])
+      losses = adv_losses.meta_equalization_softmax(
+          labels, logits, advice["suppression"], beta)
+    else:
+      losses = adv_losses.cross_entropy(labels, logits)
+    return TrainLoss(losses, stats, head_updates)
+
+  def _meta_loss(self, fast_weights, x_meta, y_meta):
+    """L_meta(ŵ) = mean_j CE(Φ(x_m,j; ŵ), y_m,j): plain feature, plain CE;
+    the BatchNorm statistics of this pass are discarded."""
+    fast_body, fast_head = self._split(fast_weights)
+    meta_features, _ = self._backbone_forward(fast_body, x_meta)
+    meta_logits, _ = self._head_forward(fast_head, meta_features)
+    return ops.mean(adv_losses.cross_entropy(y_meta, meta_logits))
+
+  # ------------------------------------------------------ the hypergradient
+  def meta_gradient(self, x, y, x_meta, y_meta):
+    """∇θ L_meta for one batch pair, changing no state (BatchNorm included).
+
+    Returns:
+      `(gradients, meta_loss)`, gradients aligned with
+      `self.advisor.trainable_variables`.
+    """
+    if self.advisor is None:
+      raise ValueError(f"mode {self.mode!r} has no advisor, hence no "
+                       "meta-gradient.")
+    y, y_meta = _int_labels(y), _int_labels(y_meta)
+    grads, meta_loss, _ = self._hypergradient(
+        self.train_forward(x, y), y, x_meta, y_meta,
+        self._beta(ops.shape(x)[0]))
+    return grads, meta_loss
+
+  def _hypergradient(self, forward, labels, x_meta, y_meta, beta,
+                     keep_gradients=False):
+    """Steps 2 and 3 up to ∇θ L_meta(ŵ(θ)); returns (gradients, L_meta,
+    VirtualStep), the gradients unscaled and in the advisor's order."""
+    with tf.GradientTape() as meta_tape:
+      virtual = self.virtual_step(forward, labels, beta, keep_gradients)
+      meta_loss = self._meta_loss(virtual.fast_weights, x_meta, y_meta)
+      # Keras optimizers sum gradients over replicas: scale by 1/replicas.
+      scaled = _scale_loss(self.advisor_optimizer,
+                           meta_loss / _num_replicas())
+    variables = self.advisor.trainable_variables
+    grads = meta_tape.gradient(scaled, variables)
+    grads = [ops.zeros_like(v) if g is None else g
+             for v, g in zip(variables, grads)]
+    if _is_loss_scaled(self.optimizer):
+      # Undo the restored inner loss scale (`_virtual_gradients_across_
+      # replicas`), in float32.
+      inner = ops.cast(self.optimizer.dynamic_scale, "float32")
+      grads = [g / ops.cast(inner, g.dtype) for g in grads]
+    return _unscale(self.advisor_optimizer, grads), meta_loss, virtual
+
+  def _meta_step_every_k(self, x, y, x_meta, y_meta, beta):
+    """Step 3 on every `meta_update_every`-th iteration only. A conditional
+    branch cannot share the train forward, so it runs its own.
+
+    Returns:
+      `(MetaUpdate, weight)`, weight 1.0 where the update ran, else 0.0.
+    """
+    due = ops.equal(self.optimizer.iterations % self.meta_update_every, 0)
+
+    def update():
+      return self.meta_step(self.train_forward(x, y), y, x_meta, y_meta,
+                            beta)[1]
+
+    def skip():
+      return MetaUpdate(ops.zeros(()), ops.zeros((), "float32"),
+                        ops.ones((), "bool"))
+    return tf.cond(due, update, skip), ops.cast(due, "float32")
+
+  # ------------------------------------------------------------ the forwards
   def _split(self, values):
     n = len(self.backbone.trainable_variables)
     return values[:n], values[n:]
@@ -319,231 +686,39 @@ class AdvisorModel(keras.Model):
         trainable, [v.value for v in self.head.non_trainable_variables],
         features, training=True)
 
-  def _train_losses(self, head_vars, features, logits, ce, labels, beta):
-    """Per-example L_train with the advisor at its current θ.
-
-    Returns (losses, advisor statistics, head non-trainable updates).
-    """
-    stats = {}
-    head_updates = None
-    if self.mode == "mwnet":
-      weights = self.advisor(ce)
-      stats["example_weight_mean"] = ops.mean(weights)
-      return ops.cast(weights, ce.dtype) * ce, stats, head_updates
-    advice = self.advisor(features, ce)
-    if self.uses_mask:
-      stats["mask_mean"] = ops.mean(advice["mask"])
-      attended = self.reweight(features, advice["mask"], training=True)
-      logits, head_updates = self._head_forward(head_vars, attended)
-    if self.uses_mes:
-      stats["suppression_mean"] = ops.mean(advice["suppression"])
-      losses = adv_losses.meta_equalization_softmax(
-          labels, logits, advice["suppression"], beta)
-    else:
-      losses = _per_example_ce(labels, logits)
-    return losses, stats, head_updates
-
-  def _baseline_losses(self, labels, logits, ce):
-    if self.mode == "balanced_softmax":
-      return adv_losses.balanced_softmax(labels, logits, self.class_counts)
-    if self.mode == "eql":
-      return adv_losses.equalization_softmax(
-          labels, logits, self.class_counts, self.eql_threshold,
-          self._beta(ops.shape(logits)[0], force=True))
-    if self.mode == "focal":
-      return adv_losses.focal(labels, logits, self.focal_gamma)
-    return ce
-
-  def _beta(self, batch_size, force=False):
-    if not (self.uses_mes or force) or self.rho >= 1.0:
+  def _beta(self, batch_size):
+    """β ~ Bernoulli(ρ) per example and class, for MES and `eql`; None when
+    ρ = 1 (all ones)."""
+    if not (self.uses_mes or self.mode == "eql") or self.rho >= 1.0:
       return None
     return adv_losses.bernoulli((batch_size, self.num_classes), self.rho,
                                 self._seed_generator)
 
-  def _virtual_and_meta(self, x, y, x_meta, y_meta, beta):
-    """Steps 1–3 up to L_meta; returns what the actual step can reuse.
-
-    Must run under the caller's tapes: the meta tape (for θ) and, in
-    `train_step`, the actual-step tape that reuses the backbone forward.
-    """
-    weights = [v.value for v in self.classifier_variables]
-    body_w, head_w = self._split(weights)
-    with tf.GradientTape() as virtual_tape:
-      virtual_tape.watch(weights)
-      features, body_updates = self._backbone_forward(body_w, x)
-      logits, head_updates = self._head_forward(head_w, features)
-      ce = _per_example_ce(y, logits)  # L_pre = stop_gradient(ce) in Ψ.
-      losses, _, _ = self._train_losses(head_w, features, logits, ce, y, beta)
-      scaled_virtual_loss = _scale_loss(self.optimizer, ops.mean(losses))
-    flags = self._virtual_flags()
-    moved = [w for w, f in zip(weights, flags) if f]
-    grads = virtual_tape.gradient(scaled_virtual_loss, moved)
-    grads = [ops.zeros_like(w) if g is None else g for w, g in zip(moved, grads)]
-    grads = _unscale(self.optimizer, grads)
-    if _is_loss_scaled(self.optimizer):
-      # float16: the hypergradient reaches the advisor back through these
-      # gradients, whose cotangent the unscale divides by the loss scale —
-      # underflowing in float16. Restore it on the way back (identity
-      # forward); `_advisor_gradients` divides it out in float32.
-      scale = ops.cast(self.optimizer.dynamic_scale, "float32")
-      grads = [_scale_cotangent(g, scale) for g in grads]
-    if _num_replicas() > 1:
-      # Each replica saw its share of the batch: average the inner gradients
-      # so that every replica takes the same virtual step (the all-reduce is
-      # differentiable, so θ still sees the whole batch).
-      grads = tf.distribute.get_replica_context().all_reduce("MEAN", grads)
-    lr = self.optimizer.learning_rate
-    grads = iter(grads)
-    fast = [w - ops.cast(lr, w.dtype) * next(grads) if f else w
-            for w, f in zip(weights, flags)]
-    fast_body, fast_head = self._split(fast)
-    meta_features, _ = self._backbone_forward(fast_body, x_meta)
-    meta_logits, _ = self._head_forward(fast_head, meta_features)
-    meta_loss = ops.mean(_per_example_ce(y_meta, meta_logits))
-    return meta_loss, (weights, features, logits, ce, body_updates,
-                       head_updates)
-
-  def meta_gradient(self, x, y, x_meta, y_meta):
-    """∇θ L_meta for one batch pair, changing no state (BatchNorm included).
-
-    Returns:
-      `(gradients, meta_loss)`, gradients aligned with
-      `self.advisor.trainable_variables`.
-    """
-    if self.advisor is None:
-      raise ValueError(f"mode {self.mode!r} has no advisor, hence no "
-                       "meta-gradient.")
-    y = ops.reshape(ops.cast(y, "int32"), (-1,))
-    y_meta = ops.reshape(ops.cast(y_meta, "int32"), (-1,))
-    with tf.GradientTape() as meta_tape:
-      meta_loss, _ = self._virtual_and_meta(x, y, x_meta, y_meta,
-                                            self._beta(ops.shape(x)[0]))
-      scaled = self._scaled_meta_loss(meta_loss)
-    return self._advisor_gradients(meta_tape, scaled), meta_loss
-
-  def _scaled_meta_loss(self, meta_loss):
-    """What the meta tape differentiates. Call it inside that tape."""
-    # Keras optimizers sum gradients over replicas: scale by 1/replicas.
-    return _scale_loss(self.advisor_optimizer, meta_loss / _num_replicas())
-
-  def _advisor_gradients(self, meta_tape, scaled_meta_loss):
-    variables = self.advisor.trainable_variables
-    grads = meta_tape.gradient(scaled_meta_loss, variables)
-    grads = [ops.zeros_like(v) if g is None else g
-             for v, g in zip(variables, grads)]
-    if _is_loss_scaled(self.optimizer):
-      inner = ops.cast(self.optimizer.dynamic_scale, "float32")
-      grads = [g / ops.cast(inner, g.dtype) for g in grads]
-    return _unscale(self.advisor_optimizer, grads)
-
-  def _meta_update(self, x, y, x_meta, y_meta, beta):
-    """Steps 1–3 alone (own forward); used when meta_update_every > 1."""
-    with tf.GradientTape() as meta_tape:
-      meta_loss, _ = self._virtual_and_meta(x, y, x_meta, y_meta, beta)
-      scaled = self._scaled_meta_loss(meta_loss)
-    grads = self._advisor_gradients(meta_tape, scaled)
-    norm = _global_norm(grads)
-    ok = self._finite(self.advisor_optimizer, meta_loss, norm)
-    _apply_if(ok, self.advisor_optimizer, grads,
-              self.advisor.trainable_variables)
-    return meta_loss, norm, ok
-
-  # --------------------------------------------------------------- train step
-  def train_step(self, data):
-    (x, y), (x_meta, y_meta) = data
-    y = ops.reshape(ops.cast(y, "int32"), (-1,))
-    y_meta = ops.reshape(ops.cast(y_meta, "int32"), (-1,))
-    stats = {}
-    meta_weight = 1.0
+  def _record(self, labels, logits, actual, meta, meta_weight):
+    """Updates the metrics; returns the logs of `train_step`."""
+    stats = dict(actual.stats)
     meta_ok = ops.ones((), "bool")
-    beta = self._beta(ops.shape(x)[0])
-    with tf.GradientTape() as actual_tape:
-      if self.advisor is not None and self.meta_update_every == 1:
-        with tf.GradientTape() as meta_tape:
-          meta_loss, shared = self._virtual_and_meta(x, y, x_meta, y_meta,
-                                                     beta)
-          scaled_meta = self._scaled_meta_loss(meta_loss)
-        # The actual step reuses the train-batch forward: same w, same x.
-        weights, features, logits, ce, body_updates, plain_head_updates = shared
-        actual_tape.watch(weights)
-        grads = self._advisor_gradients(meta_tape, scaled_meta)
-        norm = _global_norm(grads)
-        meta_ok = self._finite(self.advisor_optimizer, meta_loss, norm)
-        _apply_if(meta_ok, self.advisor_optimizer, grads,
-                  self.advisor.trainable_variables)
-        stats["meta_loss"] = meta_loss
-        stats["advisor_grad_norm"] = norm
-      else:
-        if self.advisor is not None:
-          do_meta = ops.equal(
-              self.optimizer.iterations % self.meta_update_every, 0)
-          stats["meta_loss"], stats["advisor_grad_norm"], meta_ok = tf.cond(
-              do_meta, lambda: self._meta_update(x, y, x_meta, y_meta, beta),
-              lambda: (ops.zeros(()), ops.zeros(()), ops.ones((), "bool")))
-          meta_weight = ops.cast(do_meta, "float32")
-        weights = [v.value for v in self.classifier_variables]
-        actual_tape.watch(weights)
-        body_w, head_w = self._split(weights)
-        features, body_updates = self._backbone_forward(body_w, x)
-        logits, plain_head_updates = self._head_forward(head_w, features)
-        ce = _per_example_ce(y, logits)
-      if self.advisor is None:
-        losses, head_updates = self._baseline_losses(y, logits, ce), None
-      else:
-        # Actual train with the advice recomputed at the updated θ′.
-        losses, advisor_stats, head_updates = self._train_losses(
-            self._split(weights)[1], features, logits, ce, y, beta)
-        stats.update(advisor_stats)
-      loss = ops.mean(losses)
-      # Keras optimizers sum gradients over replicas: scale by 1/replicas.
-      scaled = _scale_loss(self.optimizer, loss / _num_replicas())
-    grads = actual_tape.gradient(scaled, weights)
-    grads = _unscale(self.optimizer, grads)
-    variables = self.classifier_variables
-    if self.weight_decay:
-      grads = [g + self.weight_decay / _num_replicas() * ops.cast(v, g.dtype)
-               for g, v in zip(grads, variables)]
-    # Fail-loud guard: a non-finite loss or gradient is not applied (nor are
-    # that step's BatchNorm statistics), so the model keeps its last good
-    # state; the `nonfinite_*` counters tell the training loop to stop.
-    ok = self._finite(self.optimizer, loss, _global_norm(grads))
-    _apply_if(ok, self.optimizer, grads, variables)
-    self._commit(self.backbone, body_updates, ok)
-    # The head's statistics (if it has any) come from the forward the actual
-    # loss used: on the attended feature under MFRW, else on the plain one.
-    self._commit(self.head, head_updates if head_updates is not None
-                 else plain_head_updates, ok)
+    if meta is not None:
+      stats["meta_loss"], stats["advisor_grad_norm"] = meta.meta_loss, \
+          meta.grad_norm
+      meta_ok = meta.ok
     self._trackers["nonfinite_loss"].update_state(
-        ops.cast(ops.logical_not(ok), "float32"))
+        ops.cast(ops.logical_not(actual.ok), "float32"))
     self._trackers["nonfinite_meta"].update_state(
         ops.cast(ops.logical_not(meta_ok), "float32"))
-    self._trackers["loss"].update_state(loss)
-    self._trackers["accuracy"].update_state(y, logits)
+    self._trackers["loss"].update_state(actual.loss)
+    self._trackers["accuracy"].update_state(labels, logits)
     for name, value in stats.items():
       weight = meta_weight if name in ("meta_loss", "advisor_grad_norm") else 1
       self._trackers[name].update_state(value, sample_weight=weight)
     return {name: t.result() for name, t in self._trackers.items()}
 
-  @staticmethod
-  def _commit(model, updates, ok):
-    for variable, value in zip(model.non_trainable_variables, updates):
-      variable.assign(ops.where(ok, value, variable))
-
-  @staticmethod
-  def _finite(optimizer, loss, grad_norm):
-    """Is this update safe? Under loss scaling an overflowing gradient is
-    routine (the LossScaleOptimizer skips it and lowers its scale), so only
-    the loss itself is checked there."""
-    ok = ops.all(ops.isfinite(loss))
-    if not _is_loss_scaled(optimizer):
-      ok = ops.logical_and(ok, ops.isfinite(grad_norm))
-    return ok
-
+  # -------------------------------------------------------------- evaluation
   def test_step(self, data):
     x, y = data[0], data[1]
-    y = ops.reshape(ops.cast(y, "int32"), (-1,))
+    y = _int_labels(y)
     logits = self(x, training=False)
-    loss = ops.mean(_per_example_ce(y, logits))
+    loss = ops.mean(adv_losses.cross_entropy(y, logits))
     self._trackers["loss"].update_state(loss)
     self._trackers["accuracy"].update_state(y, logits)
     return {"loss": self._trackers["loss"].result(),
@@ -561,6 +736,7 @@ class AdvisorModel(keras.Model):
         "meta_update_every": self.meta_update_every,
         "class_counts": self.class_counts,
         "eql_threshold": self.eql_threshold, "focal_gamma": self.focal_gamma,
+        "advice": self.advice,
     }
 
   @classmethod

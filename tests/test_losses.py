@@ -106,3 +106,29 @@ def test_rho_draws_bernoulli():
   np.testing.assert_allclose(value, np.mean(ce), rtol=1e-5)
   with pytest.raises(ValueError, match="rho"):
     losses.MetaEqualizationSoftmax(rho=1.5)
+
+
+@pytest.mark.parametrize("mode", losses.BASELINE_MODES)
+def test_baseline_loss_dispatches_to_the_named_loss(mode):
+  rng = np.random.default_rng(4)
+  logits = rng.normal(size=(6, 5))
+  labels = rng.integers(0, 5, 6)
+  counts = [50, 20, 10, 5, 1]
+  want = {
+      "ce": lambda: keras.losses.sparse_categorical_crossentropy(
+          labels, logits, from_logits=True),
+      "balanced_softmax": lambda: losses.balanced_softmax(labels, logits,
+                                                          counts),
+      "eql": lambda: losses.equalization_softmax(labels, logits, counts, 0.05),
+      "focal": lambda: losses.focal(labels, logits, 1.5),
+  }[mode]()
+  got = losses.baseline_loss(mode, labels, logits, class_counts=counts,
+                             eql_threshold=0.05, focal_gamma=1.5)
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_baseline_loss_errors_name_the_allowed_values():
+  with pytest.raises(ValueError, match="allowed: ce, balanced_softmax, eql"):
+    losses.baseline_loss("mes", np.array([0]), np.zeros((1, 2)))
+  with pytest.raises(ValueError, match="class_counts"):
+    losses.baseline_loss("eql", np.array([0]), np.zeros((1, 2)))

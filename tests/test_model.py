@@ -48,17 +48,24 @@ def test_rho_one_step_is_deterministic_and_updates_both_networks(mode):
                for p, v in zip(advisor_before, a.advisor.trainable_variables))
 
 
-def test_ce_step_is_plain_sgd_with_coupled_weight_decay():
-  model = tiny_model("ce", lr=0.1, weight_decay=0.01)
+@pytest.mark.parametrize("mode", ["ce", "balanced_softmax", "focal"])
+def test_baseline_step_is_plain_sgd_on_its_loss_with_coupled_weight_decay(
+    mode):
+  counts = [40, 20, 10, 5, 2]
+  model = tiny_model(mode, lr=0.1, weight_decay=0.01, class_counts=counts)
   x, y, _, _ = batches()
   variables = model.classifier_variables
   w0 = [v.numpy().copy() for v in variables]
   with tf.GradientTape() as tape:
     logits = model.head(model.backbone(x, training=True), training=True)
-    loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-        y, logits, from_logits=True))
+    loss = tf.reduce_mean(losses.baseline_loss(
+        mode, y, logits, class_counts=counts, focal_gamma=model.focal_gamma))
   grads = tape.gradient(loss, variables)
-  model2 = tiny_model("ce", lr=0.1, weight_decay=0.01)
+  if mode == "ce":
+    np.testing.assert_allclose(float(loss), float(tf.reduce_mean(
+        keras.losses.sparse_categorical_crossentropy(
+            y, logits, from_logits=True))), rtol=1e-6)
+  model2 = tiny_model(mode, lr=0.1, weight_decay=0.01, class_counts=counts)
   _step(model2, *batches())
   for w, g, v in zip(w0, grads, model2.classifier_variables):
     np.testing.assert_allclose(v.numpy(), w - 0.1 * (g.numpy() + 0.01 * w),

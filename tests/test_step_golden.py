@@ -20,7 +20,6 @@ import tensorflow as tf
 
 from advisor_tf import backbones
 from advisor_tf import model as model_lib
-from conftest import batches, tiny_model
 
 GOLDEN = pathlib.Path(__file__).parent / "data" / "step_golden.npz"
 WRITE = os.environ.get("ADVISOR_TF_WRITE_GOLDEN") == "1"
@@ -45,16 +44,20 @@ CASES = _cases()
 
 
 def _build(kwargs):
+  """The model of one case, built here rather than by a shared helper so that
+  only `model.py` can move the numbers: the small CNN of `backbones`, SGD
+  (lr 0.1, momentum 0.9) with coupled weight decay 1e-2, advisor Adam 1e-2."""
   kwargs = dict(kwargs)
-  if not kwargs.pop("head_batchnorm", False):
-    return tiny_model(lr=0.1, momentum=0.9, weight_decay=1e-2, **kwargs)
-  # A head with its own BatchNorm: its statistics must come from the
-  # attended-feature forward under MFRW.
   keras.utils.set_random_seed(0)
   body = backbones.small_cnn((8, 8, 1), widths=(4, 4, 8))
-  inputs = keras.Input((8,))
-  head = keras.Model(inputs, keras.layers.Dense(5)(
-      keras.layers.BatchNormalization(momentum=0.5)(inputs)))
+  if kwargs.pop("head_batchnorm", False):
+    # A head with its own BatchNorm: its statistics must come from the
+    # attended-feature forward under MFRW.
+    inputs = keras.Input((8,))
+    head = keras.Model(inputs, keras.layers.Dense(5)(
+        keras.layers.BatchNormalization(momentum=0.5)(inputs)))
+  else:
+    head = backbones.linear_head(body.output_shape[-1], 5)
   model = model_lib.AdvisorModel(body, head, rho=1.0, seed=0,
                                  embedding_size=6, **kwargs)
   model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
@@ -63,11 +66,17 @@ def _build(kwargs):
   return model
 
 
+def _batches(seed):
+  rng = np.random.default_rng(seed)
+  return (rng.random((12, 8, 8, 1)), rng.integers(0, 5, 12),
+          rng.random((10, 8, 8, 1)), rng.integers(0, 5, 10))
+
+
 def _run(kwargs):
   """The numbers one case produces, as a flat {key: array}."""
   keras.config.set_floatx("float64")
   model = _build(kwargs)
-  x, y, xm, ym = batches(dtype="float64")
+  x, y, xm, ym = _batches(0)
   out = {}
   if model.advisor is not None:
     grads, meta_loss = model.meta_gradient(x, y, xm, ym)
@@ -75,7 +84,7 @@ def _run(kwargs):
       out[f"hypergradient/{i}"] = np.asarray(g)
     out["meta_gradient_loss"] = np.asarray(meta_loss)
   for step in range(2):
-    x, y, xm, ym = batches(seed=step, dtype="float64")
+    x, y, xm, ym = _batches(step)
     logs = model.train_step(((tf.constant(x), tf.constant(y)),
                              (tf.constant(xm), tf.constant(ym))))
     for name, value in logs.items():
