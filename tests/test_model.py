@@ -147,3 +147,117 @@ def test_head_batchnorm_statistics_follow_the_plain_forward(mode):
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5,
                                atol=1e-6)
   assert not np.allclose(moving[0].numpy(), 0.0)  # The mean did move.
+
+
+# ------------------------------------------------------------ lagged advice
+def _hand_advised_loss(model, x, y):
+  """mean L_train(w, θ) written out by hand, on a model that nobody steps."""
+  f = model.backbone(x, training=True)
+  ce = keras.losses.sparse_categorical_crossentropy(
+      y, model.head(f, training=True), from_logits=True)
+  if model.mode == "mwnet":
+    return tf.reduce_mean(model.advisor(ce) * ce)
+  advice = model.advisor(f, ce)
+  logits = model.head(f * advice["mask"], training=True)
+  return tf.reduce_mean(losses.meta_equalization_softmax(
+      y, logits, advice["suppression"]))
+
+
+@pytest.mark.parametrize("mode,scope", [("mfrw_mes", "all"),
+                                        ("mfrw_mes", "head"),
+                                        ("mwnet", "all")])
+def test_lagged_step_is_the_virtual_gradient_and_the_exact_meta_update(
+    mode, scope):
+  # rho = 1: deterministic. Lagged: classifier ← SGD on ∇w L_train(w, θ)
+  # (the virtual step's gradient, for every weight even when the virtual
+  # scope moves the head only) + weight decay; advisor ← the same meta update
+  # as the exact method.
+  kwargs = dict(lr=0.1, weight_decay=0.01, virtual_scope=scope)
+  reference = tiny_model(mode, **kwargs)
+  exact = tiny_model(mode, **kwargs)
+  lagged = tiny_model(mode, advice="lagged", **kwargs)
+  assert lagged.advice == "lagged" and exact.advice == "exact"
+  x, y, xm, ym = batches()
+  variables = reference.classifier_variables
+  w0 = [v.numpy().copy() for v in variables]
+  with tf.GradientTape() as tape:
+    loss = _hand_advised_loss(reference, x, y)
+  grads = tape.gradient(loss, variables)
+  _step(exact, x, y, xm, ym)
+  logs = _step(lagged, x, y, xm, ym)
+  np.testing.assert_allclose(float(logs["loss"]), float(loss), rtol=1e-5)
+  for w, g, v in zip(w0, grads, lagged.classifier_variables):
+    np.testing.assert_allclose(v.numpy(), w - 0.1 * (g.numpy() + 0.01 * w),
+                               rtol=1e-4, atol=1e-6, err_msg=v.path)
+  for a, b in zip(exact.advisor.trainable_variables,
+                  lagged.advisor.trainable_variables):
+    np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-7,
+                               err_msg=b.path)
+  assert any(not np.array_equal(a.numpy(), w) for a, w in
+             zip(lagged.advisor.trainable_variables,
+                 [v.numpy() for v in reference.advisor.trainable_variables]))
+  # The advisor moved, so the exact step's advice (at θ′) differs from the
+  # lagged one (at θ), and with it the classifier update.
+  assert not all(np.allclose(v.numpy(), w - 0.1 * (g.numpy() + 0.01 * w),
+                             rtol=1e-4, atol=1e-6)
+                 for w, g, v in zip(w0, grads, exact.classifier_variables))
+  for a, b in zip(exact.backbone.non_trainable_variables,
+                  lagged.backbone.non_trainable_variables):
+    np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_lagged_advice_trains():
+  model = tiny_model("mfrw_mes", lr=0.2, advice="lagged")
+  x, y, xm, ym = batches()
+  data = ((tf.constant(x), tf.constant(y)), (tf.constant(xm), tf.constant(ym)))
+  step = tf.function(model.train_step)
+  first = None
+  for _ in range(8):
+    model.reset_metrics()
+    logs = step(data)
+    first = float(logs["loss"]) if first is None else first
+  assert float(logs["loss"]) < 0.9 * first
+  assert model.advisor_optimizer.iterations.numpy() == 8
+  assert np.isfinite(float(logs["meta_loss"]))
+
+
+def test_advice_is_validated_and_round_trips():
+  model = tiny_model("mfrw_mes", advice="lagged")
+  cls = type(model)
+  with pytest.raises(ValueError, match="allowed: exact, lagged"):
+    cls(model.backbone, model.head, mode="mes", advice="stale")
+  with pytest.raises(ValueError, match="advice='lagged'.*'ce'"):
+    cls(model.backbone, model.head, mode="ce", advice="lagged")
+  with pytest.raises(ValueError, match="meta_update_every=1"):
+    cls(model.backbone, model.head, mode="mes", advice="lagged",
+        meta_update_every=2)
+  config = model.get_config()
+  assert config["advice"] == "lagged"
+  assert cls.from_config(config).advice == "lagged"
+
+
+@pytest.mark.slow
+def test_lagged_mirrored_step_equals_single_device_step():
+  devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+  x, y, xm, ym = batches(n=8, m=6)
+  data = tf.data.Dataset.from_tensors(((x, y), (xm, ym)))
+  kwargs = dict(batchnorm=False, lr=0.5, momentum=0.9, weight_decay=1e-3,
+                advice="lagged")
+  single = tiny_model("mfrw_mes", **kwargs)
+  tf.function(single.train_step)(next(iter(data)))
+  strategy = tf.distribute.MirroredStrategy(
+      devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+  with strategy.scope():
+    mirrored = tiny_model("mfrw_mes", **kwargs)
+  batch = next(iter(strategy.experimental_distribute_dataset(data)))
+
+  @tf.function
+  def step(batch):
+    return strategy.run(mirrored.train_step, args=(batch,))
+
+  step(batch)
+  for a, b in zip(single.variables, mirrored.variables):
+    b = strategy.experimental_local_results(b)[0] if hasattr(
+        b, "values") else b
+    np.testing.assert_allclose(np.asarray(b), a.numpy(), rtol=1e-5, atol=1e-6,
+                               err_msg=a.path)
