@@ -5,16 +5,15 @@ label-issue ranking built from them.
 Used by the TensorBoard telemetry callback during training, by
 `python -m advisor_tf.analyze` and by the label-issue experiment.
 
-  >>> run = advice.load_run("runs/quickstart")
+  >>> run = run_lib.load("runs/quickstart")     # advisor_tf.run
   >>> adv = advice.advise(run.model, run.source, run.split)
   >>> scores = advice.label_issue_scores(adv)   # higher = more suspect
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-import json
-import os
 import weakref
 from typing import Optional
 
@@ -101,7 +100,7 @@ def advise(model, source, split, positions=None, batch_size=256):
 
   Args:
     model: a built `AdvisorModel`.
-    source, split: the run's data (`trainer.prepare_data`).
+    source, split: the run's data (`run.prepare_data`).
     positions: which positions of `split.train_indices` (default: all).
     batch_size: inference batch size.
 
@@ -180,7 +179,6 @@ def write_label_issues(path, advice, scores, source, split, score="advisor"):
   """Writes the training examples ranked by `scores[score]` as CSV:
   rank, index (in the source's train split), path (file datasets), given and
   predicted label (names), score, loss, and the clean label when known."""
-  import csv
   order = np.argsort(-scores[score], kind="stable")
   indices = np.asarray(split.train_indices)[advice.positions]
   paths = getattr(source, "paths", None)
@@ -229,66 +227,3 @@ def eql_thresholds(class_counts, threshold):
   freq = counts / counts.sum()
   return {"EQL step T_λ": (freq < threshold).astype(np.float64),
           "EQL exp. decay": np.exp(-freq / threshold)}
-
-
-# ---------------------------------------------------------------- runs
-@dataclasses.dataclass
-class Run:
-  config: object
-  source: object
-  split: object
-  model: object
-  checkpoint: str
-
-
-def read_config(workdir):
-  """The `TrainConfig` saved in a run's workdir."""
-  from advisor_tf import config as config_lib
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise ValueError(f"--workdir={workdir}: no config.json, not a run.")
-  with open(path) as f:
-    saved = json.load(f)
-  for key in ("lr_decay_epochs", "lr_decay_steps"):
-    saved[key] = tuple(saved.get(key, ()))
-  known = {f.name for f in dataclasses.fields(config_lib.TrainConfig)}
-  return config_lib.TrainConfig(**{k: v for k, v in saved.items()
-                                   if k in known})
-
-
-def load_data(workdir, data_dir=None):
-  """A run's `(config, source, split)`, rebuilt from its `config.json` (same
-  seed, same split); `data_dir` overrides where the data is."""
-  from advisor_tf import trainer
-  config = read_config(workdir)
-  if data_dir:
-    config = dataclasses.replace(config, data_dir=data_dir)
-  source, split = trainer.prepare_data(config)
-  return config, source, split
-
-
-def restore_model(workdir, config, source, split):
-  """The run's `AdvisorModel` at its newest readable checkpoint; returns
-  `(model, checkpoint path)`."""
-  from advisor_tf import trainer
-  steps = config.steps_per_epoch or (len(split.train_indices)
-                                     // config.batch_size)
-  model = trainer.build_model(
-      config, source, steps,
-      class_counts=split.class_counts(source.num_classes))
-  checkpoint = tf.train.Checkpoint(
-      model=model, advisor=model.advisor or tf.train.Checkpoint())
-  manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=None)
-  restored = trainer.restore_latest(checkpoint, manager, partial=True)
-  if not restored:
-    raise ValueError(f"--workdir={workdir}: no readable checkpoint in "
-                     f"{os.path.join(workdir, 'checkpoints')}.")
-  return model, restored
-
-
-def load_run(workdir, data_dir=None):
-  """Rebuilds a run's data and model and restores its newest checkpoint."""
-  config, source, split = load_data(workdir, data_dir)
-  model, restored = restore_model(workdir, config, source, split)
-  return Run(config, source, split, model, restored)

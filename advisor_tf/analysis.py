@@ -19,7 +19,6 @@ import numpy as np
 from advisor_tf import advice as advice_lib
 from advisor_tf import evaluation
 from advisor_tf import telemetry
-from advisor_tf import trainer
 
 _NOISY, _CLEAN = "tab:red", "tab:blue"
 
@@ -171,7 +170,7 @@ def plot_label_issue_curves(curves):
 # ------------------------------------------------------------------ report
 def analyze_run(run, out_dir, class_names=None, num_examples=50,
                 max_points=2000, seed=0):
-  """Makes every figure that applies to `run` (an `advice.Run`) and writes
+  """Makes every figure that applies to `run` (a `run.Run`) and writes
   the report into `out_dir`. Returns the summary dict (also written as
   `summary.json`); `summary["figures"]` maps figure names to PNG paths."""
   os.makedirs(out_dir, exist_ok=True)
@@ -225,7 +224,7 @@ def analyze_run(run, out_dir, class_names=None, num_examples=50,
   elif adv.suppression is not None:
     notes.append("No advisor_trace.jsonl (trained with "
                  "--telemetry_examples=0?): no s_k-over-training figure.")
-  metrics = {k.split("/", 1)[1]: v for k, v in trainer.evaluate(
+  metrics = {k.split("/", 1)[1]: v for k, v in evaluation.evaluate(
       model, source, "test", config.eval_batch_size, counts).items()}
   save("per_class_accuracy",
        plot_per_class_accuracy(metrics["per_class_accuracy"], counts),

@@ -1,6 +1,6 @@
 r"""See what the advisor learned in a run: figures, a report and label issues.
 
-  python -m advisor_tf.analyze --workdir=runs/quickstart \
+  advisor-analyze --workdir=runs/quickstart \
       [--out=WORKDIR/analysis] [--classes=3,8] [--num_examples=30]
 
 Restores the run's newest checkpoint, runs classifier and advisor over the
@@ -14,13 +14,14 @@ examples ranked by how strongly the advisor discounts them) and
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")  # Files only, no display needed.
 
-from absl import app  # noqa: E402
+from advisor_tf import cli  # Quiets TensorFlow before it is imported.
+
 from absl import flags  # noqa: E402
 
-from advisor_tf import cli  # noqa: E402
+from advisor_tf import analysis  # noqa: E402
+from advisor_tf import run as run_lib  # noqa: E402
 
 _WORKDIR, _DATA_DIR = cli.define_run_flags("analyse")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default "
@@ -39,12 +40,10 @@ _MAX_POINTS = flags.DEFINE_integer("max_points", 2000,
 def main(argv):
   del argv
   cli.quiet_logs()
-  from advisor_tf import advice
-  from advisor_tf import analysis
   out = _OUT.value or os.path.join(_WORKDIR.value, "analysis")
   with cli.usage_errors():
-    run = advice.load_run(_WORKDIR.value, _DATA_DIR.value)
-    summary = analysis.analyze_run(run, out, class_names=_CLASSES.value,
+    finished = run_lib.load(_WORKDIR.value, _DATA_DIR.value)
+    summary = analysis.analyze_run(finished, out, class_names=_CLASSES.value,
                                    num_examples=_NUM_EXAMPLES.value,
                                    max_points=_MAX_POINTS.value)
   for line in analysis._headline(summary):
@@ -53,5 +52,14 @@ def main(argv):
         "figures)")
 
 
+GROUPS = {"run": ["workdir", "data_dir"],
+          "report": ["out", "classes", "num_examples", "max_points"]}
+
+
+def console():
+  """Console script `advisor-analyze`."""
+  cli.run(main, __doc__, GROUPS)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  console()

@@ -1,27 +1,69 @@
-"""What every `python -m advisor_tf.…` command shares: quiet logs, bad
-input as a usage error (no traceback), and the flags naming an existing run."""
+"""What every command shares (`advisor-train`, `advisor-evaluate`, ...):
+quiet TensorFlow logs, bad input as one line, `--help` grouped by topic,
+and the flags naming an existing run.
 
-import contextlib
+TensorFlow's start-up log is off unless `--tf_log` is given or
+`TF_CPP_MIN_LOG_LEVEL` is set in the environment; `quiet_tensorflow()` must
+run before TensorFlow is imported, so each command calls it first.
+"""
 
-from absl import app
-from absl import flags
-from absl import logging
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+
+def quiet_tensorflow():
+  """Silences TensorFlow's C++ start-up log unless asked for (`--tf_log`,
+  or the usual `TF_CPP_MIN_LOG_LEVEL`). Call before importing TensorFlow."""
+  if any(a in ("--tf_log", "--tf_log=true", "--tf_log=1")
+         for a in sys.argv[1:]):
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+quiet_tensorflow()
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+flags.DEFINE_bool("tf_log", False, "Show TensorFlow's own start-up and INFO "
+                  "log (also: set TF_CPP_MIN_LOG_LEVEL=0).",
+                  module_name="advisor_tf.cli")
 
 
 def quiet_logs():
-  """WARNING level unless --verbosity was given (hides TF's INFO chatter)."""
-  if not flags.FLAGS["verbosity"].present:
+  """WARNING level unless --verbosity or --tf_log was given (hides TF's INFO
+  chatter)."""
+  if not (flags.FLAGS["verbosity"].present or flags.FLAGS.tf_log):
     logging.set_verbosity(logging.WARNING)
 
 
-@contextlib.contextmanager
-def usage_errors():
-  """A `ValueError` (bad flag, file or workdir) ends the command with its
-  message and the usage line, not a traceback."""
-  try:
-    yield
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
+def fail(message, status=2):
+  """Ends the command with `message` on one line of stderr."""
+  prog = os.path.basename(sys.argv[0]) or "advisor_tf"
+  if prog in ("__main__.py", "-c"):
+    prog = "advisor_tf"
+  print(f"{prog}: error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+class usage_errors:  # noqa: N801 — used as a context manager, like a function.
+  """A `ValueError` (bad flag, file or workdir) or a `FloatingPointError`
+  (non-finite state) ends the command with its message on one line and exit
+  status 2 (bad input) or 1 (non-finite state), not a traceback."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, error, traceback):
+    if kind is not None and issubclass(kind, ValueError):
+      fail(str(error).replace("\n", " "), 2)
+    if kind is not None and issubclass(kind, FloatingPointError):
+      fail(str(error).replace("\n", " "), 1)
+    return False
 
 
 def define_run_flags(purpose):
@@ -32,3 +74,31 @@ def define_run_flags(purpose):
                                  "Override the run's --data_dir.")
   flags.mark_flag_as_required("workdir")
   return workdir, data_dir
+
+
+def grouped_help(doc, groups):
+  """`--help` text: the command's docstring, then its flags by group, each
+  with its one-line description, allowed values and default."""
+  lines = [textwrap.dedent(doc or "").strip(), ""]
+  for title, names in groups.items():
+    lines.append(f"{title}:")
+    for name in names:
+      flag = flags.FLAGS[name]
+      allowed = getattr(flag.parser, "enum_values", None)
+      help_text = " ".join(flag.help.split())
+      if allowed:
+        help_text += f" One of: {', '.join(allowed)}."
+      default = flag.default_as_str or "none"
+      lines.append(f"  --{name}: {help_text} (default: {default})")
+    lines.append("")
+  lines.append("Also: --flagfile=FILE (flags from a file, as absl reads it), "
+               "--tf_log (TensorFlow's own log), --helpfull (every flag).")
+  return "\n".join(lines)
+
+
+def run(main, doc, groups):
+  """`absl.app.run(main)` with a grouped `--help`/`-h`."""
+  if any(a in ("--help", "-h", "--helpshort", "-?") for a in sys.argv[1:]):
+    print(grouped_help(doc, groups))
+    sys.exit(0)
+  app.run(main)

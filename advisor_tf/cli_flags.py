@@ -12,16 +12,12 @@ import dataclasses
 from absl import flags
 
 from advisor_tf import config as config_lib
-from advisor_tf.backbones import BACKBONES
-from advisor_tf.data.noise import FLIP_TARGET_RULES, NOISE_TYPES
-from advisor_tf.data.sources import SOURCES
-from advisor_tf.distribute import STRATEGIES
-from advisor_tf.model import MODES, VIRTUAL_SCOPES
 
 _D = config_lib.TrainConfig()
+_C = config_lib.CHOICES
 
 # Data.
-flags.DEFINE_enum("dataset", _D.dataset, sorted(SOURCES), "Dataset to train on.")
+flags.DEFINE_enum("dataset", _D.dataset, _C["dataset"], "Dataset to train on.")
 flags.DEFINE_string("data_dir", _D.data_dir,
                     "Where the dataset is: tfds data_dir for cifar10/100; the "
                     "manual-download folder for clothing1m, imagenet_lt, "
@@ -29,7 +25,7 @@ flags.DEFINE_string("data_dir", _D.data_dir,
 flags.DEFINE_integer("image_size", _D.image_size,
                      "Side of the images fed to the model (file datasets; "
                      "default 224 for clothing1m/imagenet_lt/places_lt, 32 "
-                     "for image_folder/image_csv).", lower_bound=8)
+                     "for image_folder/image_csv).")
 flags.DEFINE_bool("augment", _D.augment,
                   "Augment training images (CIFAR: pad-4 crop + flip; "
                   "ImageNet-style data: random 224 crop of 256 + flip).")
@@ -39,60 +35,52 @@ flags.DEFINE_bool("autoaugment", _D.autoaugment,
 flags.DEFINE_integer("cutout", _D.cutout,
                      "Side in pixels of the Cutout square erased from every "
                      "training image, after AutoAugment (0: off; 16 for "
-                     "CIFAR, thesis Table 3.2).", lower_bound=0)
-flags.DEFINE_enum("noise", _D.noise, NOISE_TYPES, "Synthetic label noise model.")
+                     "CIFAR, thesis Table 3.2).")
+flags.DEFINE_enum("noise", _D.noise, _C["noise"],
+                  "Synthetic label noise injected into the training labels "
+                  "(none: your labels are used as given).")
 flags.DEFINE_float("noise_rate", _D.noise_rate,
-                   "Noise probability p in [0, 1).", lower_bound=0.0,
-                   upper_bound=0.999999)
-flags.DEFINE_enum("flip_targets", _D.flip_targets, FLIP_TARGET_RULES,
+                   "Noise probability p in [0, 1).")
+flags.DEFINE_enum("flip_targets", _D.flip_targets, _C["flip_targets"],
                   "Flip target rule: random (Meta-Weight-Net) or similar "
                   "(look-alike classes).")
 flags.DEFINE_float("imbalance_factor", _D.imbalance_factor,
-                   "Long-tail imbalance factor n_max/n_min (1 = balanced).",
-                   lower_bound=1.0)
+                   "Long-tail imbalance factor n_max/n_min (1 = balanced).")
 flags.DEFINE_integer("meta_per_class", _D.meta_per_class,
                      "Clean meta images per class, taken from train before "
                      "corruption, or from the dataset's own meta/val split "
-                     "(0: all of that split).", lower_bound=0)
+                     "(0: all of that split).")
 # Method.
-flags.DEFINE_enum("method", _D.method, MODES, "Training method.")
+flags.DEFINE_enum("method", _D.method, _C["method"], "Training method.")
 flags.DEFINE_integer("embedding_size", _D.embedding_size,
-                     "Advisor embedding size E.", lower_bound=1)
-flags.DEFINE_float("rho", _D.rho, "MES Bernoulli probability ρ.",
-                   lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_float("advisor_lr", _D.advisor_lr, "Advisor Adam learning rate.",
-                   lower_bound=0.0)
+                     "Advisor embedding size E.")
+flags.DEFINE_float("rho", _D.rho, "MES Bernoulli probability ρ.")
+flags.DEFINE_float("advisor_lr", _D.advisor_lr, "Advisor Adam learning rate.")
 flags.DEFINE_float("eql_threshold", _D.eql_threshold,
                    "Equalization loss: classes with a smaller share of the "
                    "training images than this get no discouraging gradient.")
-flags.DEFINE_float("focal_gamma", _D.focal_gamma, "Focal loss γ.",
-                   lower_bound=0.0)
+flags.DEFINE_float("focal_gamma", _D.focal_gamma, "Focal loss γ.")
 # Classifier and optimisation.
-flags.DEFINE_enum("backbone", _D.backbone, sorted(BACKBONES), "Backbone.")
+flags.DEFINE_enum("backbone", _D.backbone, _C["backbone"], "Backbone.")
 flags.DEFINE_string("pretrained_weights", _D.pretrained_weights,
                     "Local weights file for resnet50/resnet152 (e.g. the "
                     "ImageNet notop .h5); nothing is downloaded.")
 flags.DEFINE_string("init_checkpoint", _D.init_checkpoint,
                     "Start the classifier from a previous run's checkpoints "
                     "folder (or a checkpoint prefix).")
-flags.DEFINE_integer("epochs", _D.epochs, "Training epochs.", lower_bound=1)
+flags.DEFINE_integer("epochs", _D.epochs, "Training epochs.")
 flags.DEFINE_integer("train_steps", _D.train_steps,
                      "Train for this many iterations instead of --epochs "
-                     "(schedules then run over iterations).", lower_bound=1)
+                     "(schedules then run over iterations).")
 flags.DEFINE_integer("steps_per_epoch", _D.steps_per_epoch,
-                     "Steps per epoch (default: one pass over train).",
-                     lower_bound=1)
-flags.DEFINE_integer("batch_size", _D.batch_size, "Train batch size.",
-                     lower_bound=1)
-flags.DEFINE_integer("meta_batch_size", _D.meta_batch_size, "Meta batch size.",
-                     lower_bound=1)
-flags.DEFINE_float("lr", _D.lr, "Classifier SGD learning rate.", lower_bound=0.0)
-flags.DEFINE_float("momentum", _D.momentum, "SGD momentum.", lower_bound=0.0,
-                   upper_bound=0.999999)
+                     "Steps per epoch (default: one pass over train).")
+flags.DEFINE_integer("batch_size", _D.batch_size, "Train batch size.")
+flags.DEFINE_integer("meta_batch_size", _D.meta_batch_size, "Meta batch size.")
+flags.DEFINE_float("lr", _D.lr, "Classifier SGD learning rate.")
+flags.DEFINE_float("momentum", _D.momentum, "SGD momentum.")
 flags.DEFINE_float("weight_decay", _D.weight_decay,
-                   "L2 weight decay added to the gradients (coupled).",
-                   lower_bound=0.0)
-flags.DEFINE_enum("lr_schedule", _D.lr_schedule, config_lib.LR_SCHEDULES,
+                   "L2 weight decay added to the gradients (coupled).")
+flags.DEFINE_enum("lr_schedule", _D.lr_schedule, _C["lr_schedule"],
                   "Learning-rate schedule.")
 flags.DEFINE_list("lr_decay_epochs", [str(e) for e in _D.lr_decay_epochs],
                   "Epochs at which the step schedule multiplies the learning "
@@ -100,41 +88,43 @@ flags.DEFINE_list("lr_decay_epochs", [str(e) for e in _D.lr_decay_epochs],
 flags.DEFINE_list("lr_decay_steps", [],
                   "Iterations at which the step schedule decays (instead of "
                   "--lr_decay_epochs).")
-flags.DEFINE_float("lr_decay_factor", _D.lr_decay_factor, "Step decay factor.",
-                   lower_bound=0.0)
+flags.DEFINE_float("lr_decay_factor", _D.lr_decay_factor, "Step decay factor.")
 # Speed and scale.
-flags.DEFINE_enum("virtual_scope", _D.virtual_scope, VIRTUAL_SCOPES,
+flags.DEFINE_enum("advice", _D.advice, _C["advice"],
+                  "Advice of the actual step: exact (recomputed with the "
+                  "updated advisor, the paper's method) or lagged (the "
+                  "virtual step's, whose gradient it reuses: no actual "
+                  "backward).")
+flags.DEFINE_enum("virtual_scope", _D.virtual_scope, _C["virtual_scope"],
                   "Weights the virtual step moves: all (exact), last_stage, "
                   "head.")
 flags.DEFINE_integer("meta_update_every", _D.meta_update_every,
-                     "Update the advisor every k-th step.", lower_bound=1)
-flags.DEFINE_enum("precision", _D.precision, config_lib.PRECISIONS,
+                     "Update the advisor every k-th step.")
+flags.DEFINE_enum("precision", _D.precision, _C["precision"],
                   "Keras dtype policy of backbone and head (the advisor and "
                   "the losses stay float32).")
-flags.DEFINE_enum("strategy", _D.strategy, STRATEGIES,
+flags.DEFINE_enum("strategy", _D.strategy, _C["strategy"],
                   "tf.distribute strategy: default (one device), mirrored "
                   "(all GPUs of this host), multi_worker (TF_CONFIG).")
 # Run.
 flags.DEFINE_integer("seed", _D.seed, "Seed of every split, init and draw.")
 flags.DEFINE_string("workdir", _D.workdir, "Where the run writes everything.")
-flags.DEFINE_enum("jit_compile", _D.jit_compile, config_lib.JIT_CHOICES,
+flags.DEFINE_enum("jit_compile", _D.jit_compile, _C["jit_compile"],
                   "XLA-compile the train step (auto: on GPU only).")
 flags.DEFINE_bool("deterministic", _D.deterministic,
                   "Enable TensorFlow op determinism (same seed ⇒ same weights).")
 flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size,
-                     "Evaluation batch size.", lower_bound=1)
+                     "Evaluation batch size.")
 flags.DEFINE_bool("export", _D.export, "Export the classifier as a SavedModel.")
-flags.DEFINE_integer("verbose", _D.verbose, "Keras progress output (0, 1, 2).",
-                     lower_bound=0, upper_bound=2)
+flags.DEFINE_integer("verbose", _D.verbose, "Keras progress output (0, 1, 2).")
 flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every,
-                     "Also checkpoint every N steps (0: at epoch ends only).",
-                     lower_bound=0)
+                     "Also checkpoint every N steps (0: at epoch ends only).")
 flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints,
-                     "How many recent checkpoints to keep.", lower_bound=1)
+                     "How many recent checkpoints to keep.")
 flags.DEFINE_integer("telemetry_examples", _D.telemetry_examples,
                      "Training examples the advisor telemetry probes every "
                      "epoch (TensorBoard `advisor/*`, advisor_trace.jsonl); "
-                     "0: off.", lower_bound=0)
+                     "0: off.")
 
 
 def _int_list(flag_name, values):
@@ -155,7 +145,6 @@ for _name in ("lr_decay_epochs", "lr_decay_steps"):
 def config_from_flagfile(path, **overrides):
   """The `TrainConfig` a flagfile gives (as the CLI would parse it), with
   field `overrides`; for notebooks and tests. Leaves absl's FLAGS unparsed."""
-  import dataclasses
   flags.FLAGS.unparse_flags()
   try:
     flags.FLAGS(["advisor_tf", f"--flagfile={path}"])
@@ -179,3 +168,22 @@ def to_config(values=None) -> config_lib.TrainConfig:
 flags.DEFINE_bool("dry_run", False,
                   "Validate the configuration and print it resolved, without "
                   "reading data or building the model.")
+
+# `--help` of advisor-train: every flag above, by topic.
+GROUPS = {
+    "data": ["dataset", "data_dir", "image_size", "augment", "autoaugment",
+             "cutout", "noise", "noise_rate", "flip_targets",
+             "imbalance_factor", "meta_per_class"],
+    "method": ["method", "embedding_size", "rho", "advisor_lr",
+               "eql_threshold", "focal_gamma", "advice", "virtual_scope",
+               "meta_update_every"],
+    "optimisation": ["backbone", "pretrained_weights", "init_checkpoint",
+                     "epochs", "train_steps", "steps_per_epoch", "batch_size",
+                     "meta_batch_size", "lr", "momentum", "weight_decay",
+                     "lr_schedule", "lr_decay_epochs", "lr_decay_steps",
+                     "lr_decay_factor", "precision", "strategy",
+                     "jit_compile"],
+    "run": ["workdir", "seed", "deterministic", "eval_batch_size", "export",
+            "verbose", "checkpoint_every", "keep_checkpoints",
+            "telemetry_examples", "dry_run"],
+}

@@ -1,14 +1,19 @@
-"""The typed, frozen configuration of one training run.
+"""The typed, frozen configuration of one training run, and every choice a
+run offers.
 
 Library code receives a `TrainConfig`; only `advisor_tf.cli_flags` reads absl
-flags. `TrainConfig.validate()` checks ranges and combinations and names the
-flag and the allowed values in its errors.
+flags. The allowed values of every choice are typed once, next to their
+implementation (methods in model.py, noises in data/noise.py, ...), and
+gathered in `CHOICES`, which the flags, the validation and the docs read.
+`TrainConfig.validate()` is the one place a configuration is checked: ranges,
+finiteness and combinations, with errors naming the flag and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 from advisor_tf.backbones import BACKBONES
 from advisor_tf.data.sources import SOURCES
@@ -19,6 +24,22 @@ from advisor_tf.model import ADVISOR_MODES, MODES, VIRTUAL_SCOPES
 LR_SCHEDULES = ("constant", "step", "cosine")
 JIT_CHOICES = ("auto", "true", "false")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+ADVICE_MODES = ("exact", "lagged")
+# Every enumerated flag (the same name as its TrainConfig field) and its
+# allowed values, in the order `--help` lists them.
+CHOICES = {
+    "dataset": tuple(sorted(SOURCES)),
+    "noise": NOISE_TYPES,
+    "flip_targets": FLIP_TARGET_RULES,
+    "method": MODES,
+    "advice": ADVICE_MODES,
+    "backbone": tuple(sorted(BACKBONES)),
+    "lr_schedule": LR_SCHEDULES,
+    "virtual_scope": VIRTUAL_SCOPES,
+    "precision": PRECISIONS,
+    "strategy": STRATEGIES,
+    "jit_compile": JIT_CHOICES,
+}
 # Fields that may change when a run resumes in the same workdir: how the run
 # is executed or reported, not what it computes.
 RUN_ONLY_FIELDS = ("workdir", "data_dir", "verbose", "export", "init_checkpoint",
@@ -37,7 +58,7 @@ class TrainConfig:
   augment: bool = True
   autoaugment: bool = False
   cutout: int = 0
-  noise: str = "flip"
+  noise: str = "none"  # Users' labels are theirs: no noise unless asked.
   noise_rate: float = 0.4
   flip_targets: str = "random"
   imbalance_factor: float = 1.0
@@ -66,6 +87,7 @@ class TrainConfig:
   lr_decay_steps: tuple = ()
   lr_decay_factor: float = 0.1
   # Speed and scale.
+  advice: str = "exact"
   virtual_scope: str = "all"
   meta_update_every: int = 1
   precision: str = "float32"
@@ -84,36 +106,42 @@ class TrainConfig:
 
   def validate(self):
     """Raises ValueError naming the flag and what is allowed."""
-    _choice("method", self.method, MODES)
-    _choice("dataset", self.dataset, tuple(sorted(SOURCES)))
-    _choice("noise", self.noise, NOISE_TYPES)
-    _choice("flip_targets", self.flip_targets, FLIP_TARGET_RULES)
-    _choice("backbone", self.backbone, tuple(BACKBONES))
-    _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-    _choice("jit_compile", self.jit_compile, JIT_CHOICES)
-    _choice("virtual_scope", self.virtual_scope, VIRTUAL_SCOPES)
-    _choice("precision", self.precision, PRECISIONS)
-    _choice("strategy", self.strategy, STRATEGIES)
+    for name, allowed in CHOICES.items():
+      _choice(name, getattr(self, name), allowed)
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"--{field.name}={value} must be a finite number.")
     if self.meta_update_every < 1:
       raise ValueError(f"--meta_update_every={self.meta_update_every} must be "
                        ">= 1.")
     if self.meta_update_every > 1 and self.strategy != "default":
       raise ValueError("--meta_update_every > 1 needs --strategy=default (one "
                        "replica).")
-    if self.method not in ADVISOR_MODES and (self.virtual_scope != "all" or
-                                             self.meta_update_every != 1):
-      raise ValueError("--virtual_scope and --meta_update_every apply to the "
-                       f"advisor methods ({', '.join(ADVISOR_MODES)}), not "
+    if self.method not in ADVISOR_MODES and (
+        self.virtual_scope != "all" or self.meta_update_every != 1
+        or self.advice != "exact"):
+      raise ValueError("--virtual_scope, --meta_update_every and --advice "
+                       "apply to the advisor methods "
+                       f"({', '.join(ADVISOR_MODES)}), not "
                        f"--method={self.method}.")
-    if self.focal_gamma < 0 or not 0 < self.eql_threshold < 1:
-      raise ValueError("--focal_gamma must be >= 0 and --eql_threshold in "
+    if self.advice == "lagged" and self.meta_update_every != 1:
+      raise ValueError("--advice=lagged reuses the virtual step's gradient "
+                       "and needs --meta_update_every=1.")
+    if self.focal_gamma < 0:
+      raise ValueError(f"--focal_gamma={self.focal_gamma} must be >= 0.")
+    if not 0 < self.eql_threshold < 1:
+      raise ValueError(f"--eql_threshold={self.eql_threshold} must be in "
                        "(0, 1).")
     if self.telemetry_examples < 0:
       raise ValueError(f"--telemetry_examples={self.telemetry_examples} must "
                        "be >= 0 (0: no advisor telemetry).")
-    if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
-      raise ValueError("--checkpoint_every must be >= 0 (0: epoch ends only) "
-                       "and --keep_checkpoints >= 1.")
+    if self.checkpoint_every < 0:
+      raise ValueError(f"--checkpoint_every={self.checkpoint_every} must be "
+                       ">= 0 (0: at epoch ends only).")
+    if self.keep_checkpoints < 1:
+      raise ValueError(f"--keep_checkpoints={self.keep_checkpoints} must be "
+                       ">= 1.")
     if not 0.0 <= self.noise_rate < 1.0:
       raise ValueError(f"--noise_rate={self.noise_rate} must be in [0, 1).")
     if self.imbalance_factor < 1.0:
@@ -134,8 +162,15 @@ class TrainConfig:
     for name in ("lr", "advisor_lr"):
       if getattr(self, name) <= 0:
         raise ValueError(f"--{name}={getattr(self, name)} must be > 0.")
-    if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-      raise ValueError("--weight_decay must be >= 0 and --momentum in [0, 1).")
+    if self.weight_decay < 0:
+      raise ValueError(f"--weight_decay={self.weight_decay} must be >= 0.")
+    if not 0 <= self.momentum < 1:
+      raise ValueError(f"--momentum={self.momentum} must be in [0, 1).")
+    if not 0 < self.lr_decay_factor <= 1:
+      raise ValueError(f"--lr_decay_factor={self.lr_decay_factor} must be in "
+                       "(0, 1].")
+    if self.verbose not in (0, 1, 2):
+      raise ValueError(f"--verbose={self.verbose} must be 0, 1 or 2.")
     if self.train_steps is not None and self.train_steps < 1:
       raise ValueError(f"--train_steps={self.train_steps} must be >= 1.")
     if self.lr_decay_steps and self.lr_schedule != "step":
@@ -147,6 +182,17 @@ class TrainConfig:
       raise ValueError(f"--lr_decay_epochs={list(self.lr_decay_epochs)} must "
                        f"lie in [1, --epochs={self.epochs}].")
     return self
+
+  @classmethod
+  def from_dict(cls, saved):
+    """A config from a saved dict (config.json); unknown keys are ignored
+    and fields newer than the saved run take their defaults."""
+    saved = dict(saved)
+    for key in ("lr_decay_epochs", "lr_decay_steps"):
+      if key in saved:
+        saved[key] = tuple(saved[key])
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in saved.items() if k in known})
 
   def to_json(self):
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+from advisor_tf import export as export_lib
+from advisor_tf import run as run_lib
+from advisor_tf.data import pipeline
 
 # Long-tail shot groups by training images per class (Liu et al. 2019).
 MANY_SHOT, FEW_SHOT = 100, 20
@@ -43,31 +49,56 @@ def report(logits, labels, num_classes, train_counts=None, ks=(1, 3, 5)):
   return out
 
 
-def evaluate_run(workdir, split="test", model="checkpoint", data_dir=None):
-  """Returns the evaluation report dict of a run on `split`."""
-  import os
-  import tensorflow as tf
-  from advisor_tf import advice
-  from advisor_tf.data import pipeline
+def evaluate(model, source, split_name, batch_size, train_counts=None):
+  """The `report` of a classifier on a whole split of a source, keys
+  prefixed `split/` (`test/top1`, ...)."""
+  logits = model.predict(pipeline.evaluation(source, split_name, batch_size),
+                         verbose=0)
+  result = report(logits, source.labels[split_name], source.num_classes,
+                  train_counts)
+  return {f"{split_name}/{k}": v for k, v in result.items()}
 
-  config, source, split_data = advice.load_data(workdir, data_dir)
+
+def export_logits(loaded, source, split, batch_size):
+  """An export's (log-probability) logits on a split, fed as its users feed
+  it: the files' bytes through `serving_default` for file datasets; the
+  evaluation input through its `serve` function for in-memory datasets
+  (digits, CIFAR), whose pixels are not files."""
+  paths = (source.paths or {}).get(split)
+  if paths is None:
+    return np.concatenate([
+        np.asarray(loaded.serve(x)) for x, _ in pipeline.evaluation(
+            source, split, batch_size)])
+  probabilities = []
+  for start in range(0, len(paths), batch_size):
+    files = []
+    for path in paths[start:start + batch_size]:
+      with open(path, "rb") as f:
+        files.append(f.read())
+    probabilities.append(
+        export_lib.predict_bytes(loaded, files)["probabilities"])
+  return np.log(np.maximum(np.concatenate(probabilities),
+                           np.finfo(np.float32).tiny))
+
+
+def evaluate_run(workdir, split="test", model="checkpoint", data_dir=None):
+  """The evaluation report dict of a run on `split`, from its newest
+  checkpoint or from its export (`export_logits`). Refuses a model with
+  non-finite weights."""
+  config, source, split_data = run_lib.load_data(workdir, data_dir)
   if split not in source.labels:
     raise ValueError(f"--split={split!r} is not a split of {config.dataset}; "
                      f"allowed: {', '.join(sorted(source.labels))}.")
-  data = pipeline.evaluation(source, split, config.eval_batch_size)
   if model == "saved_model":
-    export = os.path.join(workdir, "saved_model")
-    if not os.path.isdir(export):
-      raise ValueError(f"{export}: no exported model (run with --export).")
-    served = tf.saved_model.load(export)
-    expected = tuple(served.serve.input_signature[0].shape[1:])
-    if expected != tuple(source.image_shape):
-      raise ValueError(f"{export} takes images of shape {expected}, the "
-                       f"{config.dataset} split gives {source.image_shape}.")
-    logits = np.concatenate([served.serve(x).numpy() for x, _ in data])
+    path = os.path.join(workdir, run_lib.EXPORT_DIR)
+    if not os.path.isdir(path):
+      raise ValueError(f"{path}: no exported model (run with --export).")
+    logits = export_logits(export_lib.load(path), source, split,
+                           config.eval_batch_size)
   else:
-    classifier, _ = advice.restore_model(workdir, config, source, split_data)
-    logits = classifier.predict(data, verbose=0)
+    classifier, _ = run_lib.restore_model(workdir, config, source, split_data)
+    logits = classifier.predict(
+        pipeline.evaluation(source, split, config.eval_batch_size), verbose=0)
   result = report(
       logits, source.labels[split], source.num_classes,
       train_counts=split_data.class_counts(source.num_classes))

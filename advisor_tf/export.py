@@ -42,6 +42,8 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
+from advisor_tf.data import sources
+
 OUTPUT_KEYS = ("probabilities", "class_id", "class_name")
 SIGNATURES = ("serving_default", "predict_images")
 
@@ -62,7 +64,6 @@ def _first_non_finite(values, names):
 
 def _module(classifier, source):
   """The `tf.Module` that `tf.saved_model.save` writes."""
-  from advisor_tf.data import sources
   spec = source.preprocessing
   input_shape = tuple(spec.image_size) + (spec.channels,)
   names = tf.constant([str(n) for n in source.class_names])

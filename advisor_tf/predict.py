@@ -1,6 +1,6 @@
 r"""Classify image files with an exported model.
 
-  python -m advisor_tf.predict --model=runs/quickstart/saved_model \
+  advisor-predict --model=runs/quickstart/saved_model \
       photos/ cat.jpg [--top_k=3] [--output=predictions.csv]
 
 Needs only the export (a SavedModel written by `advisor_tf.export`, loaded
@@ -24,12 +24,14 @@ import csv
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from advisor_tf import cli  # Quiets TensorFlow before it is imported.
 
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
-from advisor_tf import cli  # noqa: E402
+from advisor_tf import export  # noqa: E402
+from advisor_tf.data.sources import IMAGE_EXTENSIONS  # noqa: E402
 
 _MODEL = flags.DEFINE_string(
     "model", None, "The exported SavedModel folder (a run's saved_model/).")
@@ -45,7 +47,6 @@ flags.mark_flag_as_required("model")
 def image_files(inputs, errors):
   """Files named in `inputs` and images found under its folders, in order.
   Inputs that are neither are appended to `errors` as `(path, reason)`."""
-  from advisor_tf.data.sources import IMAGE_EXTENSIONS
   files = []
   for item in inputs:
     if os.path.isdir(item):
@@ -67,7 +68,6 @@ def image_files(inputs, errors):
 
 def _reason(error):
   """A one-line reason from a TensorFlow or OS error."""
-  import tensorflow as tf
   if isinstance(error, tf.errors.OpError):
     # The op's own message: not the header, stack frames (indented) or the
     # node annotations TensorFlow wraps it in.
@@ -86,8 +86,6 @@ def predict_files(loaded, paths, batch_size=32):
   `probabilities` [C], `class_id`, `class_name` (error None), or `error` a
   one-line reason (result None). A batch with an undecodable file is
   retried image by image, so one bad file costs only itself."""
-  import tensorflow as tf
-  from advisor_tf import export
 
   def run(contents):
     out = export.predict_bytes(loaded, contents)
@@ -120,7 +118,6 @@ def predict_files(loaded, paths, batch_size=32):
 def write_csv(rows, out, names, top_k):
   """Writes the CSV of `predict_files` rows; returns the `(path, reason)`
   of files that could not be predicted."""
-  import numpy as np
   writer = csv.writer(out, lineterminator="\n")
   writer.writerow(["path", "class_name", "probability"] if top_k == 1 else
                   ["path", "rank", "class_name", "probability"])
@@ -146,7 +143,6 @@ def main(argv):
       raise ValueError("Name at least one image file or folder to classify.")
     if _OUTPUT.value and os.path.isdir(_OUTPUT.value):
       raise ValueError(f"--output={_OUTPUT.value} is a folder; name a file.")
-    from advisor_tf import export
     loaded = export.load(_MODEL.value)
     names = export.class_names(loaded)
     if _TOP_K.value > len(names):
@@ -175,5 +171,13 @@ def main(argv):
     print(f"{len(files)} image(s) → {_OUTPUT.value}", file=sys.stderr)
 
 
+GROUPS = {"model": ["model", "top_k", "batch_size"], "output": ["output"]}
+
+
+def console():
+  """Console script `advisor-predict`."""
+  cli.run(main, __doc__, GROUPS)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  console()

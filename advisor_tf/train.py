@@ -1,36 +1,60 @@
-r"""Command line: train a classifier with a meta-learned advisor.
+r"""Train an image classifier with a meta-learned advisor.
 
-  python -m advisor_tf.train --flagfile=flags/quickstart.cfg [--workdir=DIR]
+  advisor-train --flagfile=flags/quickstart.cfg [--workdir=DIR] [--flag=...]
+  python -m advisor_tf.train --dataset=image_folder --data_dir=MY_PHOTOS
 
 Flags are defined in `advisor_tf.cli_flags`; the work is `trainer.train`.
+A workdir holds one run: re-running the same command resumes it.
 """
 
-import os
+from advisor_tf import cli  # Quiets TensorFlow before it is imported.
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from advisor_tf import cli  # noqa: E402
 from advisor_tf import cli_flags  # noqa: E402
+from advisor_tf import trainer  # noqa: E402
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are "
+             "--name=value; see --help).")
   cli.quiet_logs()
   with cli.usage_errors():
     config = cli_flags.to_config()
   if flags.FLAGS.dry_run:
     print(config.to_json())
     return
-  from advisor_tf import trainer
+  print(f"Training {config.method} on {config.dataset}; synthetic label "
+        f"noise: {trainer.describe_noise(config)}; workdir {config.workdir}")
   with cli.usage_errors():  # Bad configuration, workdir or data.
     metrics = trainer.train(config, flags_text=flags.FLAGS.flags_into_string())
-  print(f"test top-1 {metrics['test/top1']:.2f}%  (realised noise rate "
-        f"{metrics['train/realised_noise_rate']:.3f}); wrote {config.workdir}")
+  print(next_steps(config, metrics))
+
+
+def next_steps(config, metrics):
+  """The closing lines of a run: its result, where its outputs are and the
+  commands to run next."""
+  workdir = config.workdir
+  noise = metrics.get("train/realised_noise_rate")
+  lines = [f"test top-1 {metrics['test/top1']:.2f}%"
+           + (f"  (realised noise rate {noise:.3f})" if noise is not None
+              else "") + f"; run in {workdir}"]
+  if config.export:
+    lines.append(f"Exported classifier: {workdir}/saved_model (serves "
+                 f"itself), {workdir}/classifier.keras (for Keras)")
+  lines += ["Next:",
+            f"  advisor-evaluate --workdir={workdir}",
+            f"  advisor-predict --model={workdir}/saved_model IMAGE_OR_FOLDER",
+            f"  advisor-analyze --workdir={workdir}    # report in "
+            f"{workdir}/analysis/report.html"]
+  return "\n".join(lines)
+
+
+def console():
+  """Console script `advisor-train`."""
+  cli.run(main, __doc__, cli_flags.GROUPS)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console()

@@ -15,7 +15,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from advisor_tf import backbones  # noqa: E402
-from advisor_tf import model as model_lib  # noqa: E402
+from advisor_tf import builder  # noqa: E402
+from advisor_tf import config as config_lib  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -38,18 +39,25 @@ def no_bn_cnn(widths=(4, 8)):
 
 def tiny_model(mode, num_classes=5, rho=1.0, seed=0, lr=0.5, widths=(4, 4, 8),
                embedding_size=6, weight_decay=0.0, momentum=0.0,
-               batchnorm=True, compile_kwargs=None, **model_kwargs):
-  """A small CNN on 8×8×1 inputs with a tiny advisor, compiled."""
+               batchnorm=True, compile_kwargs=None, precision="float32",
+               class_counts=None, last_stage_prefixes=None, **config_fields):
+  """A small CNN on 8×8×1 inputs with a tiny advisor, built and compiled by
+  `builder.build_model` (as training does) at a constant learning rate;
+  advisor Adam at 1e-2. `config_fields` are further `TrainConfig` fields
+  (virtual_scope, meta_update_every, advice, ...)."""
   keras.utils.set_random_seed(seed)
   body = (backbones.small_cnn((8, 8, 1), widths=widths) if batchnorm
           else no_bn_cnn(widths[:2]))
   head = backbones.linear_head(body.output_shape[-1], num_classes)
-  model = model_lib.AdvisorModel(body, head, mode=mode, rho=rho, seed=seed,
-                                 embedding_size=embedding_size, **model_kwargs)
-  model.compile(optimizer=keras.optimizers.SGD(lr, momentum=momentum),
-                advisor_optimizer=keras.optimizers.Adam(1e-2),
-                weight_decay=weight_decay, **(compile_kwargs or {}))
-  return model
+  jit = (compile_kwargs or {}).get("jit_compile", "auto")
+  config = config_lib.TrainConfig(
+      method=mode, rho=rho, seed=seed, lr=lr, lr_schedule="constant",
+      momentum=momentum, weight_decay=weight_decay,
+      embedding_size=embedding_size, advisor_lr=1e-2, precision=precision,
+      jit_compile=str(jit).lower(), **config_fields).validate()
+  return builder.build_model(config, (8, 8, 1), num_classes,
+                             class_counts=class_counts, classifier=(body, head),
+                             last_stage_prefixes=last_stage_prefixes)
 
 
 def batches(num_classes=5, n=12, m=10, seed=0, dtype="float32"):

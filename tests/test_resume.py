@@ -190,7 +190,9 @@ def _break_meta_in_test(root):
 
 @pytest.mark.parametrize("breakage,message", [
     (_break_missing_meta_class, "Class 'bee' has no image in the meta set"),
-    (_break_corrupt_image, r"train/ant/4.png: not a readable image"),
+    # The unreadable file is skipped (and reported), so the data changed.
+    (_break_corrupt_image, r"other data.*'train': 24 examples in the "
+     "workdir, 23 now"),
     (_break_meta_in_test, "same image is in the meta set and in the test"),
 ])
 def test_bad_dataset_files_are_named_and_workdir_untouched(tmp_path, breakage,
@@ -207,22 +209,6 @@ def test_bad_dataset_files_are_named_and_workdir_untouched(tmp_path, breakage,
   with pytest.raises(ValueError, match=message):
     trainer.train(config)
   assert _snapshot(tmp_path / "run") == before
-
-
-def test_exported_model_with_wrong_input_shape_is_refused(tmp_path):
-  from advisor_tf.evaluation import evaluate_run
-  data = _user_data(tmp_path / "data")
-  config = _small(tmp_path / "run", epochs=1, dataset="image_folder",
-                  data_dir=str(data), image_size=8, batch_size=4,
-                  meta_batch_size=2, meta_per_class=1, export=True)
-  trainer.train(config)
-  # The same run's config, but images now resized to 12: the export takes 8.
-  import json
-  saved = json.loads((tmp_path / "run" / "config.json").read_text())
-  saved["image_size"] = 12
-  (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
-  with pytest.raises(ValueError, match=r"takes images of shape \(8, 8, 3\)"):
-    evaluate_run(str(tmp_path / "run"), "test", "saved_model")
 
 
 def test_user_image_folder_from_the_cli(tmp_path):
@@ -244,8 +230,8 @@ def test_user_image_folder_from_the_cli(tmp_path):
   assert (tmp_path / "run" / "saved_model" / "saved_model.pb").exists()
   # The label-issue report of a user's folder names files; with no known
   # clean labels there is no precision/recall to report.
-  from advisor_tf import advice, analysis
-  summary = analysis.analyze_run(advice.load_run(str(tmp_path / "run")),
+  from advisor_tf import analysis, run as run_lib
+  summary = analysis.analyze_run(run_lib.load(str(tmp_path / "run")),
                                  str(tmp_path / "analysis"), max_points=24)
   assert "advisor_ap" not in summary
   assert "label_issue_precision_recall" not in summary["figures"]

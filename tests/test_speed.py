@@ -84,8 +84,9 @@ def test_virtual_scope_selects_variables():
   moved = {v.path for v, f in zip(model.classifier_variables, flags) if f}
   assert any("conv3" in p for p in moved) and any("logits" in p for p in moved)
   assert not any("conv1" in p or "bn2" in p for p in moved)
-  with pytest.raises(ValueError, match="last_stage_prefixes"):
-    tiny_model("mfrw", virtual_scope="last_stage")
+  with pytest.raises(ValueError, match="No backbone layer name starts with"):
+    tiny_model("mfrw", virtual_scope="last_stage",
+               last_stage_prefixes=("nope",))._virtual_flags()
 
 
 def test_meta_update_every_k_steps():
@@ -106,19 +107,8 @@ def test_meta_update_every_k_steps():
 
 def _mixed_model(policy):
   keras.mixed_precision.set_dtype_policy(policy)
-  try:
-    keras.utils.set_random_seed(0)
-    body = backbones.small_cnn((8, 8, 1), widths=(4, 4, 8))
-    head = backbones.linear_head(8, 5)
-    from advisor_tf.model import AdvisorModel
-    model = AdvisorModel(body, head, mode="mfrw_mes", embedding_size=6)
-    optimizer = keras.optimizers.SGD(0.1)
-    advisor_optimizer = keras.optimizers.Adam(1e-3)
-    if policy == "mixed_float16":
-      optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-      advisor_optimizer = keras.optimizers.LossScaleOptimizer(
-          advisor_optimizer, initial_scale=1.0)
-    model.compile(optimizer=optimizer, advisor_optimizer=advisor_optimizer)
+  try:  # As training builds it: loss scaling for float16 included.
+    model = tiny_model("mfrw_mes", lr=0.1, precision=policy)
   finally:
     keras.mixed_precision.set_dtype_policy("float32")
   return model

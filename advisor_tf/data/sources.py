@@ -27,6 +27,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from advisor_tf.data import augment
+
 # What `tf.io.decode_image` reads (first frame of animated GIF / WebP).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # The same formats as Pillow names them (MPO: multi-picture camera JPEGs).
@@ -234,7 +236,6 @@ def file_source(name, splits, class_names, image_size, mean=IMAGENET_MEAN,
     return lambda index: preprocess(  # noqa: E731
         decode(tf.io.read_file(tf.gather(table, index))), spec, crop)
 
-  from advisor_tf.data import augment
   transform = (augment.crop_flip(height) if resize_to
                else augment.flip())
   return Source(name=name, num_classes=len(class_names),
@@ -285,7 +286,6 @@ def _tfds(name, data_dir):
         f"tensorflow_datasets as tfds; tfds.load('{name}', "
         f"data_dir='DIR')\"` and copy DIR/{name} here, then pass "
         f"--data_dir=DIR. ({type(e).__name__}: {str(e)[:200]})") from None
-  from advisor_tf.data import augment
   return array_source(name, {"train": (x_train, y_train),
                              "test": (x_test, y_test)}, class_names=names,
                       mean=CIFAR_MEAN[name], std=CIFAR_STD[name],

@@ -12,14 +12,16 @@ import json
 import os
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from advisor_tf import cli  # Quiets TensorFlow before it is imported.
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 
-from advisor_tf import cli  # noqa: E402
+import keras  # noqa: E402
+
+from advisor_tf import trainer  # noqa: E402
 from advisor_tf.experiments import BASE  # noqa: E402
 from advisor_tf.model import MODES  # noqa: E402
 
@@ -42,8 +44,6 @@ _META_EVERY = flags.DEFINE_integer("meta_update_every", 1,
 
 def run(methods, rates, seeds, epochs, root, virtual_scope="all",
         meta_update_every=1):
-  from advisor_tf import trainer
-  import keras
   results = {m: {} for m in methods}
   for method in methods:
     for rate in rates:

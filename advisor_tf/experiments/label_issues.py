@@ -19,14 +19,19 @@ import json
 import os
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from advisor_tf import cli  # Quiets TensorFlow before it is imported.
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 
-from advisor_tf import cli  # noqa: E402
+import keras  # noqa: E402
+
+from advisor_tf import advice  # noqa: E402
+from advisor_tf import analysis  # noqa: E402
+from advisor_tf import run as run_lib  # noqa: E402
+from advisor_tf import trainer  # noqa: E402
 from advisor_tf.experiments import BASE  # noqa: E402
 from advisor_tf.model import ADVISOR_MODES  # noqa: E402
 
@@ -54,18 +59,15 @@ def _config(method, rate, seed, epochs, root):
 
 
 def _advice(config):
-  import keras
-  from advisor_tf import advice, trainer
   keras.backend.clear_session()
   trainer.train(config)
   keras.backend.clear_session()
-  run = advice.load_run(config.workdir)
-  return advice.advise(run.model, run.source, run.split)
+  finished = run_lib.load(config.workdir)
+  return advice.advise(finished.model, finished.source, finished.split)
 
 
 def run(method, rate, seeds, epochs, root, ce_baseline=True):
   """Returns (result dict, seed-0 precision/recall curves)."""
-  from advisor_tf import advice
   per_seed, curves = [], None
   for seed in range(seeds):
     adv = _advice(_config(method, rate, seed, epochs, root))
@@ -103,7 +105,6 @@ def main(argv):
   with open(_OUT.value, "w") as f:
     json.dump(result, f, indent=2)
   if _FIGURE.value:
-    from advisor_tf import analysis
     names = {"advisor": "advisor's discount",
              "loss": "loss of the same classifier"}
     fig = analysis.plot_label_issue_curves(

@@ -1,6 +1,6 @@
 r"""Step-time benchmark of every method on identical data and weights.
 
-  python -m advisor_tf.bench --backbone=resnet32 --batch_size=128 \
+  python -m advisor_tf.tools.bench --backbone=resnet32 --batch_size=128 \
       --meta_batch_size=100 --methods=ce,mwnet,mfrw_mes \
       --virtual_scopes=all,head --json=out.json
 
@@ -23,13 +23,17 @@ import os
 import resource
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from advisor_tf import cli  # Quiets TensorFlow before it is imported.
 
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
-from advisor_tf import cli  # noqa: E402
+from advisor_tf import builder  # noqa: E402
+from advisor_tf import config as config_lib  # noqa: E402
+from advisor_tf import distribute  # noqa: E402
+from advisor_tf import model as model_lib  # noqa: E402
 
 _BACKBONE = flags.DEFINE_string("backbone", "resnet32", "Backbone name.")
 _INPUT = flags.DEFINE_integer("input_size", 32, "Square input side.")
@@ -41,6 +45,9 @@ _METHODS = flags.DEFINE_list("methods", ["ce", "mwnet", "mfrw_mes"],
                              "Methods to time (ce is always included).")
 _SCOPES = flags.DEFINE_list("virtual_scopes", ["all"],
                             "Virtual scopes for the advisor methods.")
+_ADVICE = flags.DEFINE_list("advice", ["exact"],
+                            "Advice modes for the advisor methods (exact, "
+                            "lagged).")
 _META_EVERY = flags.DEFINE_integer("meta_update_every", 1,
                                    "Advisor update period k.", lower_bound=1)
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per round.")
@@ -61,21 +68,31 @@ _BREAKDOWN = flags.DEFINE_string(
 
 
 def _peak_mib(device_is_gpu):
-  import tensorflow as tf
   if device_is_gpu:
     return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def bench_config(method, backbone, scope="all", advice="exact",
+                 meta_update_every=1, jit_compile=False, precision="float32",
+                 strategy="default"):
+  """The `TrainConfig` a bench row builds its model from (the training
+  defaults, with the CIFAR optimiser of the thesis: SGD 0.1, momentum 0.9,
+  weight decay 5e-4, constant rate; advisor Adam 1e-4)."""
+  advisor = method in model_lib.ADVISOR_MODES
+  return config_lib.TrainConfig(
+      method=method, backbone=backbone, seed=0,
+      virtual_scope=scope if advisor else "all",
+      advice=advice if advisor else "exact",
+      meta_update_every=meta_update_every if advisor else 1,
+      lr=0.1, momentum=0.9, weight_decay=5e-4, lr_schedule="constant",
+      advisor_lr=1e-4, precision=precision, strategy=strategy,
+      jit_compile="true" if jit_compile else "false").validate()
+
+
 def run(methods, scopes, backbone, input_size, channels, num_classes,
         batch_size, meta_batch_size, steps, rounds, warmup, jit_compile,
-        precision, strategy_name, meta_update_every=1):
-  import keras
-  import tensorflow as tf
-  from advisor_tf import backbones
-  from advisor_tf import distribute
-  from advisor_tf import model as model_lib
-
+        precision, strategy_name, meta_update_every=1, advice=("exact",)):
   keras.mixed_precision.set_dtype_policy(precision)
   strategy = distribute.get_strategy(strategy_name)
   gpu = bool(tf.config.list_physical_devices("GPU"))
@@ -86,37 +103,28 @@ def run(methods, scopes, backbone, input_size, channels, num_classes,
           (rng.random((meta_batch_size,) + shape, np.float32),
            rng.integers(0, num_classes, meta_batch_size)))
   dataset = tf.data.Dataset.from_tensors(data).repeat()
-  variants = [("ce", "all")] + [
-      (m, s) for m in methods if m != "ce"
-      for s in (scopes if m in model_lib.ADVISOR_MODES else ["all"])]
+  variants = [("ce", "all", "exact")] + [
+      (m, s, a) for m in methods if m != "ce"
+      for s in (scopes if m in model_lib.ADVISOR_MODES else ["all"])
+      for a in (advice if m in model_lib.ADVISOR_MODES else ["exact"])]
   runners = []
-  for method, scope in variants:
+  for method, scope, adv in variants:
+    config = bench_config(method, backbone, scope, adv, meta_update_every,
+                          jit_compile, precision, strategy_name)
     mem_before = _peak_mib(gpu)
     if gpu:
       tf.config.experimental.reset_memory_stats("GPU:0")
     with strategy.scope():
       keras.utils.set_random_seed(0)  # Identical weights for every model.
-      body, head = backbones.build_classifier(backbone, shape, num_classes)
-      model = model_lib.AdvisorModel(
-          body, head, mode=method, seed=0, virtual_scope=scope,
-          last_stage_prefixes=backbones.last_stage_prefixes(backbone),
-          meta_update_every=meta_update_every,
-          class_counts=[batch_size] * num_classes)
-      optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
-      advisor_optimizer = keras.optimizers.Adam(1e-4)
-      if precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        advisor_optimizer = keras.optimizers.LossScaleOptimizer(
-            advisor_optimizer)
-      model.compile(optimizer=optimizer, advisor_optimizer=advisor_optimizer,
-                    weight_decay=5e-4, jit_compile=jit_compile)
+      model = builder.build_model(config, shape, num_classes,
+                                  class_counts=[batch_size] * num_classes)
     model.make_train_function()
     train_function = model.train_function
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
     for _ in range(warmup):
       _sync(train_function(iterator))
     peak = _peak_mib(gpu) - (0.0 if gpu else mem_before)
-    runners.append({"method": method, "virtual_scope": scope,
+    runners.append({"method": method, "virtual_scope": scope, "advice": adv,
                     "step": lambda f=train_function, it=iterator: _sync(f(it)),
                     "times": [], "peak_mem_mib": round(peak, 1)})
   for _ in range(rounds):
@@ -132,6 +140,8 @@ def run(methods, scopes, backbone, input_size, channels, num_classes,
     median = float(np.median(t))
     results.append({
         "method": r["method"], "virtual_scope": r["virtual_scope"],
+        "advice": r["advice"], "seconds_per_step": round(median, 5),
+        "peak_memory_mb": r["peak_mem_mib"],
         "median_s": round(median, 5),
         "p10_s": round(float(np.percentile(t, 10)), 5),
         "p90_s": round(float(np.percentile(t, 90)), 5),
@@ -152,10 +162,6 @@ def run(methods, scopes, backbone, input_size, channels, num_classes,
 def breakdown(method, backbone, input_size, channels, num_classes, batch_size,
               meta_batch_size, repeats=5):
   """Median seconds of each phase of one step, one device, float32."""
-  import keras
-  import tensorflow as tf
-  from advisor_tf import backbones
-  from advisor_tf import model as model_lib
 
   rng = np.random.default_rng(0)
   shape = (input_size, input_size, channels)
@@ -164,9 +170,9 @@ def breakdown(method, backbone, input_size, channels, num_classes, batch_size,
   xm = tf.constant(rng.random((meta_batch_size,) + shape, np.float32))
   ym = tf.constant(rng.integers(0, num_classes, meta_batch_size))
   keras.utils.set_random_seed(0)
-  body, head = backbones.build_classifier(backbone, shape, num_classes)
-  model = model_lib.AdvisorModel(body, head, mode=method, seed=0)
-  model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+  model = builder.build_model(bench_config(method, backbone), shape,
+                              num_classes,
+                              class_counts=[batch_size] * num_classes)
   variables = model.classifier_variables
 
   def grads_on(images, labels):
@@ -210,10 +216,12 @@ def table(report):
   lines = [f"device: {report['device']}  jit_compile: {report['jit_compile']}"
            f"  precision: {report['precision']}  strategy: "
            f"{report['strategy']} ({report['replicas']} replica(s))",
-           "| method | virtual_scope | median s/step | p10 | p90 | × ce | "
-           "images/s | peak MiB |", "|---|---|---|---|---|---|---|---|"]
+           "| method | virtual_scope | advice | median s/step | p10 | p90 | "
+           "× ce | images/s | peak MiB |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for r in report["results"]:
-    lines.append(f"| {r['method']} | {r['virtual_scope']} | {r['median_s']:.4f}"
+    lines.append(f"| {r['method']} | {r['virtual_scope']} | {r['advice']} | "
+                 f"{r['median_s']:.4f}"
                  f" | {r['p10_s']:.4f} | {r['p90_s']:.4f} | "
                  f"{r['ratio_to_ce']:.2f} | {r['images_per_s']:.0f} | "
                  f"{r['peak_mem_mib']:.0f} |")
@@ -223,19 +231,17 @@ def table(report):
 def main(argv):
   del argv
   cli.quiet_logs()
-  from advisor_tf.model import MODES, VIRTUAL_SCOPES
-  for m in _METHODS.value:
-    if m not in MODES:
-      raise app.UsageError(f"--methods: {m!r} is not one of {', '.join(MODES)}.")
-  for s in _SCOPES.value:
-    if s not in VIRTUAL_SCOPES:
-      raise app.UsageError(f"--virtual_scopes: {s!r} is not one of "
-                           f"{', '.join(VIRTUAL_SCOPES)}.")
+  with cli.usage_errors():  # Every choice is checked by TrainConfig.
+    for m in _METHODS.value:
+      for scope in _SCOPES.value:
+        for adv in _ADVICE.value:
+          bench_config(m, _BACKBONE.value, scope, adv, _META_EVERY.value,
+                       _JIT.value, _PRECISION.value, _STRATEGY.value)
   report = run(_METHODS.value, _SCOPES.value, _BACKBONE.value, _INPUT.value,
                _CHANNELS.value, _CLASSES.value, _BATCH.value,
                _META_BATCH.value, _STEPS.value, _ROUNDS.value, _WARMUP.value,
                _JIT.value, _PRECISION.value, _STRATEGY.value,
-               _META_EVERY.value)
+               _META_EVERY.value, tuple(_ADVICE.value))
   print(table(report))
   if _BREAKDOWN.value:
     report["breakdown"] = {"method": _BREAKDOWN.value, "seconds": breakdown(
@@ -249,5 +255,18 @@ def main(argv):
       json.dump(report, f, indent=2)
 
 
+GROUPS = {"model": ["backbone", "input_size", "channels", "num_classes",
+                    "methods", "virtual_scopes", "advice",
+                    "meta_update_every"],
+          "workload": ["batch_size", "meta_batch_size", "precision",
+                       "strategy", "jit_compile"],
+          "timing": ["steps", "rounds", "warmup", "breakdown", "json"]}
+
+
+def console():
+  """Console script `advisor-bench`."""
+  cli.run(main, __doc__, GROUPS)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  console()

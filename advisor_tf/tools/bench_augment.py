@@ -1,6 +1,6 @@
 r"""Throughput of the training image stream with each augmentation recipe.
 
-  python -m advisor_tf.bench_augment [--batch_size=128] [--batches=40] \
+  python -m advisor_tf.tools.bench_augment [--batch_size=128] [--batches=40] \
       [--repeats=3]
 
 Streams generated CIFAR-sized images (uint8, 32×32×3, CIFAR normalisation)
@@ -15,13 +15,15 @@ import json
 import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from advisor_tf import cli  # Quiets TensorFlow before it is imported.
 
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 
-from advisor_tf import cli  # noqa: E402
+from advisor_tf.data import augment  # noqa: E402
+from advisor_tf.data import pipeline  # noqa: E402
+from advisor_tf.data import protocols  # noqa: E402
+from advisor_tf.data import sources  # noqa: E402
 
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Train batch size.",
                               lower_bound=1)
@@ -37,7 +39,6 @@ RECIPES = {"none": dict(augment=False),
 
 
 def _source(count):
-  from advisor_tf.data import augment, sources
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
   labels = np.arange(count) % 10
@@ -50,7 +51,6 @@ def _source(count):
 
 
 def run(batch_size, batches, repeats):
-  from advisor_tf.data import pipeline, protocols
   source = _source(batch_size * batches + 100)
   split = protocols.apply(protocols.Protocol(meta_per_class=10),
                           source.labels["train"], 10, seed=0)
@@ -83,5 +83,7 @@ def main(argv):
                    indent=2))
 
 
+GROUPS = {"timing": ["batch_size", "batches", "repeats"]}
+
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, __doc__, GROUPS)

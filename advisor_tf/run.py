@@ -1,0 +1,427 @@
+"""A run's workdir: the one home of creating, guarding, saving and reloading a
+run. Training (`trainer`), `evaluate`, `analyze`, the telemetry, the
+experiments and the notebooks all go through here.
+
+A workdir holds one run:
+
+  config.json          the resolved `TrainConfig` (what the run computes)
+  flags.txt            the command's flags (works as a --flagfile)
+  data.json            the fingerprint of the data the run trains on
+  .lock                held while a run trains in this workdir
+  checkpoints/         tf.train checkpoints (finite state only)
+  tensorboard/, advisor_trace.jsonl, metrics.json   (written by training)
+  saved_model/, classifier.keras                    (the export)
+
+Guards (a refused run writes nothing):
+  * one run at a time: `claim()` takes an exclusive lock on `.lock`;
+  * same configuration: resuming with other flags is refused, naming them;
+  * same data: resuming with another dataset, other files or other class
+    names is refused, naming what differs;
+  * finite state: a checkpoint is written only when every weight, BatchNorm
+    statistic and optimizer slot is finite; reloading refuses non-finite
+    weights.
+
+  >>> run = run_lib.load("runs/quickstart")     # config, data, model
+  >>> run.model.predict(...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from advisor_tf import builder
+from advisor_tf import config as config_lib
+from advisor_tf.data import noise as noise_lib
+from advisor_tf.data import pipeline
+from advisor_tf.data import protocols
+from advisor_tf.data import sources
+
+CONFIG_FILE = "config.json"
+FLAGS_FILE = "flags.txt"
+DATA_FILE = "data.json"
+LOCK_FILE = ".lock"
+CHECKPOINTS = "checkpoints"
+EXPORT_DIR = "saved_model"
+KERAS_FILE = "classifier.keras"
+
+
+# ------------------------------------------------------------------- data
+def prepare_data(config):
+  """The data a configuration trains on: `(source, split)`.
+
+  `split` is the protocol (meta set, long tail, synthetic noise) applied to
+  the source's training labels with the run's seed; the same configuration
+  always gives the same split.
+  """
+  source = sources.load(config.dataset, config.data_dir, config.image_size)
+  protocol = protocols.Protocol(
+      noise=config.noise, noise_rate=config.noise_rate,
+      flip_targets=config.flip_targets,
+      imbalance_factor=config.imbalance_factor,
+      meta_per_class=config.meta_per_class)
+  meta_from = source.meta_split
+  split = protocols.apply(
+      protocol, source.labels["train"], source.num_classes, config.seed,
+      similar=noise_lib.SIMILAR_CLASSES.get(source.name),
+      meta_labels=None if meta_from == "train" else source.labels[meta_from],
+      meta_from=meta_from)
+  # Refuse impossible augmentation settings before anything is written.
+  pipeline.strong_transform(source, config.autoaugment, config.cutout)
+  return source, split
+
+
+def steps_per_epoch(config, split):
+  return config.steps_per_epoch or (len(split.train_indices)
+                                    // config.batch_size)
+
+
+def fingerprint(config, source):
+  """What identifies the data of a run: dataset, data_dir, class names and,
+  per split, the number of examples and a digest of its list (file paths
+  relative to `data_dir` and labels; labels alone for in-memory datasets)."""
+  root = os.path.abspath(config.data_dir) if config.data_dir else None
+  splits = {}
+  for name in sorted(source.labels):
+    digest = hashlib.sha256()
+    labels = np.asarray(source.labels[name], np.int64)
+    paths = (source.paths or {}).get(name)
+    if paths is not None:
+      for path, label in zip(paths, labels):
+        path = str(path)
+        if root:
+          path = os.path.relpath(os.path.abspath(path), root)
+        digest.update(f"{path}\t{int(label)}\n".encode())
+    else:
+      digest.update(labels.tobytes())
+    splits[name] = {"examples": int(len(labels)),
+                    "digest": digest.hexdigest()}
+  return {"dataset": config.dataset, "data_dir": root,
+          "class_names": [str(c) for c in source.class_names],
+          "splits": splits}
+
+
+def fingerprint_differences(saved, now):
+  """What differs between two fingerprints (data_dir alone may move)."""
+  diffs = []
+  for key in ("dataset", "class_names"):
+    if saved.get(key) != now.get(key):
+      diffs.append(f"{key}: {saved.get(key)!r} in the workdir, "
+                   f"{now.get(key)!r} now")
+  old, new = saved.get("splits", {}), now.get("splits", {})
+  for split in sorted(set(old) | set(new)):
+    a, b = old.get(split), new.get(split)
+    if a is None or b is None:
+      diffs.append(f"split {split!r}: {'absent' if a is None else 'present'} "
+                   f"in the workdir, {'absent' if b is None else 'present'} "
+                   "now")
+    elif a["examples"] != b["examples"]:
+      diffs.append(f"split {split!r}: {a['examples']} examples in the "
+                   f"workdir, {b['examples']} now")
+    elif a["digest"] != b["digest"]:
+      diffs.append(f"split {split!r}: same size, other files or labels")
+  return diffs
+
+
+# ------------------------------------------------------------- the workdir
+def read_config(workdir):
+  """The `TrainConfig` saved in a run's workdir (fields newer than the run
+  take their defaults)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise ValueError(f"--workdir={workdir}: no {CONFIG_FILE}, not a run.")
+  with open(path) as f:
+    saved = json.load(f)
+  return config_lib.TrainConfig.from_dict(saved)
+
+
+def has_checkpoint(workdir):
+  return bool(tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINTS)))
+
+
+def _json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _check_resumable(config, data):
+  """Refuses to resume a workdir that holds another configuration or was
+  trained on other data. Reads only."""
+  workdir = config.workdir
+  if not has_checkpoint(workdir):
+    return
+  config_path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(config_path):
+    diffs = config.differences(_json(config_path))
+    if diffs:
+      raise ValueError(
+          f"--workdir={workdir} holds a run with another configuration and "
+          f"would resume it; differing flags: {'; '.join(diffs)}. Use a new "
+          "--workdir, or the workdir's flags (its flags.txt works as a "
+          "--flagfile).")
+  data_path = os.path.join(workdir, DATA_FILE)
+  if os.path.exists(data_path):
+    diffs = fingerprint_differences(_json(data_path), data)
+    if diffs:
+      raise ValueError(
+          f"--workdir={workdir} holds a run trained on other data and would "
+          f"resume it: {'; '.join(diffs)}. Use a new --workdir for new data.")
+
+
+@contextlib.contextmanager
+def _lock(workdir):
+  path = os.path.join(workdir, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise ValueError(
+          f"--workdir={workdir} is in use by another run (it holds "
+          f"{path}); wait for it to finish or use another --workdir.") from None
+    yield
+  finally:
+    os.close(fd)  # Closing releases the lock (also when the process dies).
+
+
+@contextlib.contextmanager
+def claim(config, source, flags_text=None):
+  """Claims `config.workdir` for training: refuses it if another run holds
+  it, or if it holds a run of another configuration or other data (nothing
+  is written then); otherwise writes config.json, flags.txt and data.json and
+  holds the lock until the block ends."""
+  workdir = config.workdir
+  data = fingerprint(config, source)
+  _check_resumable(config, data)  # Before creating or touching anything.
+  os.makedirs(workdir, exist_ok=True)
+  with _lock(workdir):
+    _check_resumable(config, data)  # Still true now that we hold it.
+    _write(os.path.join(workdir, CONFIG_FILE), config.to_json())
+    if flags_text is not None:
+      _write(os.path.join(workdir, FLAGS_FILE), flags_text)
+    _write(os.path.join(workdir, DATA_FILE), json.dumps(data, indent=2))
+    logging.info("Data fingerprint: %s", data)
+    yield workdir
+
+
+def _write(path, text):
+  """Writes through a temporary file, so a crash never leaves half a file."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+# ----------------------------------------------------------- checkpoints
+def checkpoint_of(model, with_optimizers=True):
+  """The `tf.train.Checkpoint` of a run: model (backbone, head, advisor),
+  both optimizers and the β draws' seed state."""
+  objects = {"model": model,
+             "advisor": model.advisor or tf.train.Checkpoint()}
+  if with_optimizers:
+    objects.update(
+        optimizer=model.optimizer,
+        advisor_optimizer=model.advisor_optimizer or tf.train.Checkpoint(),
+        beta_seed=model.seed_generator_state)
+  return tf.train.Checkpoint(**objects)
+
+
+def checkpoint_manager(checkpoint, workdir, max_to_keep=None):
+  return tf.train.CheckpointManager(
+      checkpoint, os.path.join(workdir, CHECKPOINTS), max_to_keep=max_to_keep)
+
+
+def nonfinite_variables(variables):
+  """Paths of the float variables holding a NaN or an infinity."""
+  bad = []
+  for v in variables:
+    if (tf.as_dtype(v.dtype).is_floating
+        and not np.isfinite(np.asarray(v)).all()):
+      bad.append(getattr(v, "path", None) or v.name)
+  return bad
+
+
+def _state_variables(model):
+  variables = list(model.variables)
+  for optimizer in (model.optimizer, model.advisor_optimizer):
+    if optimizer is not None:
+      variables += list(optimizer.variables)
+  return variables
+
+
+def check_finite(model, what):
+  """Raises FloatingPointError naming the first non-finite variables."""
+  bad = nonfinite_variables(_state_variables(model))
+  if bad:
+    raise FloatingPointError(
+        f"{what}: non-finite values in {len(bad)} variable(s), first "
+        f"{', '.join(bad[:3])}.")
+
+
+def restore_latest(checkpoint, manager, partial=False):
+  """Restores the newest readable checkpoint; returns its path or None.
+  With `partial`, objects of the checkpoint that `checkpoint` lacks (e.g.
+  the optimizers, when only analysing) are expected and not reported.
+
+  A newest checkpoint that cannot be read (a partial or corrupted write) is
+  reported and skipped in favour of the one before it.
+  """
+  for path in reversed(manager.checkpoints):
+    try:
+      status = checkpoint.restore(path).assert_existing_objects_matched()
+      if partial:
+        status.expect_partial()
+      return path
+    except Exception as e:  # noqa: BLE001 — any unreadable file: fall back.
+      logging.warning("Checkpoint %s is unreadable (%s); trying the one "
+                      "before it.", path, type(e).__name__)
+  return None
+
+
+def initialise_classifier(model, path):
+  """Loads backbone and head weights from another run's checkpoint (its
+  `checkpoints/` folder or one checkpoint prefix); the advisor and the
+  optimizers start fresh."""
+  prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
+  if not prefix or not tf.io.gfile.glob(prefix + ".index"):
+    raise ValueError(f"--init_checkpoint={path}: no checkpoint there.")
+  source = tf.train.Checkpoint(model=tf.train.Checkpoint(
+      backbone=model.backbone, head=model.head))
+  source.restore(prefix).expect_partial().assert_existing_objects_matched()
+  logging.warning("Initialised the classifier from %s.", prefix)
+
+
+class Checkpointing(keras.callbacks.Callback):
+  """Checkpoints every `every` steps and at epoch ends; stops the run at the
+  first non-finite loss or hypergradient.
+
+  `AdvisorModel` skips a non-finite update (default strategy), so the state
+  saved on the way out is the last good one. A state that holds any
+  non-finite value (weights, BatchNorm statistics, optimizer slots) is never
+  written: the run stops instead, and the newest checkpoint stays the last
+  good one.
+  """
+
+  def __init__(self, manager, every, skips_nonfinite=True):
+    super().__init__()
+    self.manager = manager
+    self.every = every
+    self.skips_nonfinite = skips_nonfinite  # False under tf.distribute.
+    self.last_saved = None
+
+  def _step(self):
+    return int(self.model.optimizer.iterations.numpy())
+
+  def save(self):
+    step = self._step()
+    if step == self.last_saved:
+      return
+    bad = nonfinite_variables(_state_variables(self.model))
+    if bad:
+      kept = (f"checkpoint ckpt-{self.last_saved}" if self.last_saved
+              else "the newest checkpoint in the workdir, if any")
+      raise FloatingPointError(
+          f"Non-finite state at step {step} ({len(bad)} variable(s), first "
+          f"{', '.join(bad[:3])}); it was not saved and {kept} holds the "
+          "last good state. Lower --lr or --advisor_lr, or check the data.")
+    self.manager.save(checkpoint_number=step)
+    self.last_saved = step
+
+  def on_train_batch_end(self, batch, logs=None):
+    logs = logs or {}
+    bad = [name for key, name in (("nonfinite_loss", "training loss or "
+                                   "classifier gradient"),
+                                  ("nonfinite_meta", "meta loss or "
+                                   "hypergradient"))
+           if float(logs.get(key, 0.0)) > 0]
+    if bad:
+      step = self._step()
+      first = (self.last_saved or 0) + 1
+      if self.skips_nonfinite:
+        self.save()
+        kept = f"the last good state is saved as checkpoint ckpt-{step}"
+      else:
+        kept = (f"the last good state is checkpoint ckpt-{first - 1}"
+                if first > 1 else "no checkpoint holds a good state yet")
+      raise FloatingPointError(
+          f"Non-finite {' and '.join(bad)} at a step in [{first}, "
+          f"{step + 1}]; training stopped and {kept}. Lower --lr or "
+          "--advisor_lr, or check the data.")
+    if self.every and self._step() % self.every == 0:
+      self.save()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.save()
+
+
+# ---------------------------------------------------------------- reload
+@dataclasses.dataclass
+class Run:
+  """A finished (or interrupted) run, read back from its workdir.
+
+  Attributes:
+    config: its `TrainConfig`.
+    source, split: its data, rebuilt from the config (same seed, same split).
+    model: its `AdvisorModel` at the newest readable checkpoint.
+    checkpoint: that checkpoint's path.
+  """
+  config: object
+  source: object
+  split: object
+  model: object
+  checkpoint: str
+
+
+def load_data(workdir, data_dir=None):
+  """A run's `(config, source, split)`, rebuilt from its `config.json`;
+  `data_dir` overrides where the data is. Refuses data that differs from
+  the fingerprint the run recorded."""
+  config = read_config(workdir)
+  if data_dir:
+    config = dataclasses.replace(config, data_dir=data_dir)
+  source, split = prepare_data(config)
+  data_path = os.path.join(workdir, DATA_FILE)
+  if os.path.exists(data_path):
+    diffs = fingerprint_differences(_json(data_path),
+                                    fingerprint(config, source))
+    if diffs:
+      raise ValueError(f"--workdir={workdir} was trained on other data: "
+                       f"{'; '.join(diffs)}.")
+  return config, source, split
+
+
+def restore_model(workdir, config, source, split):
+  """The run's `AdvisorModel` at its newest readable checkpoint; returns
+  `(model, checkpoint path)`. Refuses non-finite weights."""
+  model = builder.build_model(
+      config, source.image_shape, source.num_classes,
+      class_counts=split.class_counts(source.num_classes),
+      steps_per_epoch=max(steps_per_epoch(config, split), 1))
+  checkpoint = checkpoint_of(model, with_optimizers=False)
+  restored = restore_latest(checkpoint, checkpoint_manager(checkpoint,
+                                                           workdir),
+                            partial=True)
+  if not restored:
+    raise ValueError(f"--workdir={workdir}: no readable checkpoint in "
+                     f"{os.path.join(workdir, CHECKPOINTS)}.")
+  bad = nonfinite_variables(model.variables)
+  if bad:
+    raise ValueError(f"{restored}: the model holds non-finite weights "
+                     f"({', '.join(bad[:3])}); refusing to use it.")
+  return model, restored
+
+
+def load(workdir, data_dir=None):
+  """Rebuilds a run's data and model and restores its newest checkpoint."""
+  config, source, split = load_data(workdir, data_dir)
+  model, restored = restore_model(workdir, config, source, split)
+  return Run(config, source, split, model, restored)

@@ -1,0 +1,2 @@
+"""Developer tools: step-time and augmentation benchmarks (not needed to
+train or serve a model)."""

@@ -1,0 +1,97 @@
+"""Every flagfile parses and runs two steps; the flagfile index's commands
+validate; --dry_run writes nothing."""
+
+import dataclasses
+import glob
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import keras
+import pytest
+import tensorflow_datasets as tfds
+from absl import flags
+
+from advisor_tf import cli_flags, trainer
+from test_datasets import _clothing, _lists
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+FLAGFILES = sorted(os.path.basename(p) for p in
+                   glob.glob(os.path.join(ROOT, "flags", "*.cfg")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flagfile", FLAGFILES)
+def test_every_flagfile_parses_and_runs_two_steps(flagfile, tmp_path):
+  argv = ["train", f"--flagfile={os.path.join(ROOT, 'flags', flagfile)}",
+          f"--workdir={tmp_path / 'run'}", "--train_steps=2", "--epochs=1",
+          "--lr_decay_epochs=1", "--batch_size=4", "--meta_batch_size=4",
+          "--noexport", "--verbose=0", "--embedding_size=8",
+          "--nodeterministic"]
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(argv)
+  try:
+    config = cli_flags.to_config()
+  finally:
+    flags.FLAGS.unparse_flags()
+  data = tmp_path / "data"
+  data.mkdir()
+  heavy = config.backbone in ("resnet10", "resnet50", "resnet152")
+  overrides = {"lr_decay_steps": (1,)} if config.lr_schedule == "step" else {}
+  if heavy:  # Backbones are covered above; keep two CPU steps short.
+    overrides.update(backbone="small_cnn", image_size=16)
+  if config.dataset == "clothing1m":
+    _clothing(data)
+  elif config.dataset == "imagenet_lt":
+    _lists(data, "ImageNet_LT", 1000)
+    overrides.update(meta_per_class=1)
+  elif config.dataset == "places_lt":
+    _lists(data, "Places_LT", 365)
+    overrides.update(meta_per_class=1)
+  config = dataclasses.replace(config, data_dir=str(data), **overrides)
+  keras.backend.clear_session()
+  with tfds.testing.mock_data(num_examples=2000):
+    metrics = trainer.train(config)
+  assert metrics["train/steps"] == 2
+  assert 0.0 <= metrics["test/top1"] <= 100.0
+
+
+def test_dry_run_prints_and_writes_nothing(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "advisor_tf.train",
+       "--flagfile=flags/cifar_lt.cfg", f"--workdir={tmp_path / 'run'}",
+       "--dataset=cifar100", "--imbalance_factor=200", "--dry_run"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert result.returncode == 0, result.stderr[-2000:]
+  resolved = json.loads(result.stdout)
+  assert resolved["dataset"] == "cifar100"
+  assert resolved["imbalance_factor"] == 200.0
+  assert resolved["lr_decay_epochs"] == [160, 180]
+  assert not (tmp_path / "run").exists()
+
+
+def test_every_command_of_the_flagfile_index_parses_and_validates():
+  text = open(os.path.join(ROOT, "flags", "README.md")).read()
+  commands = re.findall(r"`(python -m advisor_tf\.(?:train|analyze) [^`]+)`",
+                        text)
+  assert len(commands) > 150
+  for command in commands:
+    argv = shlex.split(command)[2:]
+    if argv[0] == "advisor_tf.analyze":
+      assert all(a.split("=")[0] in ("--workdir", "--classes",
+                                     "--num_examples") for a in argv[1:])
+      continue
+    argv = [a.replace("--flagfile=flags/", f"--flagfile={ROOT}/flags/")
+            for a in argv]
+    flags.FLAGS.unparse_flags()
+    try:
+      flags.FLAGS(argv)
+      cli_flags.to_config().validate()
+    finally:
+      flags.FLAGS.unparse_flags()
