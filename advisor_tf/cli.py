@@ -9,18 +9,47 @@ run before TensorFlow is imported, so each command calls it first.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import textwrap
 
 
+@contextlib.contextmanager
+def _stderr_to_devnull():
+  """Sends file descriptor 2 (where TensorFlow's C++ runtime logs) to
+  /dev/null for the block; Python-level errors still surface afterwards."""
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
 def quiet_tensorflow():
   """Silences TensorFlow's C++ start-up log unless asked for (`--tf_log`,
-  or the usual `TF_CPP_MIN_LOG_LEVEL`). Call before importing TensorFlow."""
+  or `TF_CPP_MIN_LOG_LEVEL` set to 0 or 1). Call before importing
+  TensorFlow.
+
+  TensorFlow 2.21 writes its start-up lines (oneDNN, CUDA probing, CPU
+  features) before its logging is initialised, ignoring
+  `TF_CPP_MIN_LOG_LEVEL` (tensorflow/tensorflow#100442), so the import and
+  the device discovery run with the C++ stderr pointed at /dev/null.
+  """
   if any(a in ("--tf_log", "--tf_log=true", "--tf_log=1")
          for a in sys.argv[1:]):
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("0", "1") or (
+      "tensorflow" in sys.modules):
+    return
+  with _stderr_to_devnull():
+    import tensorflow as tf  # noqa: F401 — imported here to silence it.
+    tf.config.list_physical_devices()
 
 
 quiet_tensorflow()
@@ -41,11 +70,18 @@ def quiet_logs():
     logging.set_verbosity(logging.WARNING)
 
 
+def _prog():
+  """`advisor-train` for both `advisor-train` and `python -m
+  advisor_tf.train`."""
+  name = os.path.basename(sys.argv[0] or "advisor_tf")
+  if name.endswith(".py"):
+    name = "advisor-" + name[:-3]
+  return name if name.startswith("advisor") else "advisor_tf"
+
+
 def fail(message, status=2):
   """Ends the command with `message` on one line of stderr."""
-  prog = os.path.basename(sys.argv[0]) or "advisor_tf"
-  if prog in ("__main__.py", "-c"):
-    prog = "advisor_tf"
+  prog = _prog()
   print(f"{prog}: error: {message}", file=sys.stderr)
   sys.exit(status)
 
@@ -84,11 +120,12 @@ def grouped_help(doc, groups):
     lines.append(f"{title}:")
     for name in names:
       flag = flags.FLAGS[name]
-      allowed = getattr(flag.parser, "enum_values", None)
-      help_text = " ".join(flag.help.split())
-      if allowed:
-        help_text += f" One of: {', '.join(allowed)}."
-      default = flag.default_as_str or "none"
+      help_text = " ".join(flag.help.split())  # Enums start with <a|b|c>.
+      default = flag.default
+      if default is None or default == "":
+        default = "none"
+      elif isinstance(default, (list, tuple)):
+        default = ",".join(str(d) for d in default) or "none"
       lines.append(f"  --{name}: {help_text} (default: {default})")
     lines.append("")
   lines.append("Also: --flagfile=FILE (flags from a file, as absl reads it), "

@@ -19,12 +19,11 @@ from advisor_tf.backbones import BACKBONES
 from advisor_tf.data.sources import SOURCES
 from advisor_tf.data.noise import FLIP_TARGET_RULES, NOISE_TYPES
 from advisor_tf.distribute import STRATEGIES
-from advisor_tf.model import ADVISOR_MODES, MODES, VIRTUAL_SCOPES
+from advisor_tf.model import ADVICE_MODES, ADVISOR_MODES, MODES, VIRTUAL_SCOPES
 
 LR_SCHEDULES = ("constant", "step", "cosine")
 JIT_CHOICES = ("auto", "true", "false")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-ADVICE_MODES = ("exact", "lagged")
 # Every enumerated flag (the same name as its TrainConfig field) and its
 # allowed values, in the order `--help` lists them.
 CHOICES = {

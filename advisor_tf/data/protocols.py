@@ -73,9 +73,11 @@ def pick_per_class(labels, per_class, rng, num_classes, where):
     for c in range(num_classes):
       members = np.flatnonzero(labels == c)
       if len(members) < per_class:
+        hint = ("lower --meta_per_class" if where == "train" else
+                "use --meta_per_class=0 to take all of it, or lower it")
         raise ValueError(f"Class {c} has {len(members)} examples in the "
                          f"{where} split; --meta_per_class={per_class} needs "
-                         f"{per_class}.")
+                         f"{per_class}: {hint}.")
       chosen.append(rng.choice(members, size=per_class, replace=False))
     chosen = np.sort(np.concatenate(chosen))
   absent = sorted(set(range(num_classes)) - set(labels[chosen].tolist()))
