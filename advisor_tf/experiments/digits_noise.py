@@ -36,6 +36,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Keep each run here (default: a temp dir).")
 _SCOPE = flags.DEFINE_enum("virtual_scope", "all", ["all", "last_stage", "head"],
                            "Virtual scope of the advisor methods.")
+_ADVICE = flags.DEFINE_enum("advice", "exact", ["exact", "lagged"],
+                            "Advice of the advisor methods' actual step.")
 _META_EVERY = flags.DEFINE_integer("meta_update_every", 1,
                                    "Advisor update period of the advisor "
                                    "methods.", lower_bound=1)
@@ -43,7 +45,7 @@ _META_EVERY = flags.DEFINE_integer("meta_update_every", 1,
 
 
 def run(methods, rates, seeds, epochs, root, virtual_scope="all",
-        meta_update_every=1):
+        meta_update_every=1, advice="exact"):
   results = {m: {} for m in methods}
   for method in methods:
     for rate in rates:
@@ -56,7 +58,8 @@ def run(methods, rates, seeds, epochs, root, virtual_scope="all",
             workdir=os.path.join(root, f"{method}_p{rate}_s{seed}"))
         if method != "ce":
           config = dataclasses.replace(config, virtual_scope=virtual_scope,
-                                       meta_update_every=meta_update_every)
+                                       meta_update_every=meta_update_every,
+                                       advice=advice)
         top1 = trainer.train(config)["test/top1"]
         results[method].setdefault(str(rate), []).append(top1)
         logging.warning("%s p=%s seed=%d: %.2f", method, rate, seed, top1)
@@ -82,12 +85,14 @@ def main(argv):
   rates = [f"{float(r):.1f}" for r in _RATES.value]
   with tempfile.TemporaryDirectory() as tmp:
     results = run(_METHODS.value, rates, _SEEDS.value, _EPOCHS.value,
-                  _WORKDIR.value or tmp, _SCOPE.value, _META_EVERY.value)
+                  _WORKDIR.value or tmp, _SCOPE.value, _META_EVERY.value,
+                  _ADVICE.value)
   with open(_OUT.value, "w") as f:
     json.dump(results, f, indent=2)
   print("Digits, Flip noise (random targets), test top-1 % "
         f"(mean ± std over {_SEEDS.value} seeds; virtual_scope="
-        f"{_SCOPE.value}, meta_update_every={_META_EVERY.value}):")
+        f"{_SCOPE.value}, meta_update_every={_META_EVERY.value}, advice="
+        f"{_ADVICE.value}):")
   print(table(results))
 
 

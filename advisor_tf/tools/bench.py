@@ -61,10 +61,14 @@ _STRATEGY = flags.DEFINE_enum("strategy", "default",
                               ["default", "mirrored", "multi_worker"],
                               "tf.distribute strategy.")
 _JSON = flags.DEFINE_string("json", None, "Write the results here.")
+_PROFILE = flags.DEFINE_string(
+    "profile", None, "Also write a TensorBoard profiler trace of three steps "
+    "of the --breakdown method (or mfrw_mes) to this folder.")
 _BREAKDOWN = flags.DEFINE_string(
-    "breakdown", None, "Also time the phases of this method's step (a "
-    "profile of where the time goes): forward, forward+backward, meta "
-    "forward+backward, hypergradient, whole step.")
+    "breakdown", None, "Also time where this method's step goes: the "
+    "floor parts alone (train and meta forward+backward, hypergradient, "
+    "second-order term) and the model's phases (train_forward, "
+    "virtual_step, meta_step, actual_step), per --advice.")
 
 
 def _peak_mib(device_is_gpu):
@@ -160,18 +164,30 @@ def run(methods, scopes, backbone, input_size, channels, num_classes,
 
 
 def breakdown(method, backbone, input_size, channels, num_classes, batch_size,
-              meta_batch_size, repeats=5):
-  """Median seconds of each phase of one step, one device, float32."""
+              meta_batch_size, repeats=5, advice="exact", scope="all"):
+  """Where the time of one step goes, one device, float32 (median seconds).
 
+  `floor/*` are the unavoidable parts measured alone: the train batch's
+  forward+backward (the virtual step's backward; the actual step's is the
+  same size), the meta batch's forward+backward at ŵ, and the hypergradient
+  (steps 1–3: forward, virtual backward, meta forward+backward and the
+  second-order pass), whose excess over the first two is the second-order
+  term. `phase/*` split the real `train_step` into the model's named phases by
+  running its prefix up to each phase: `train_forward`, `virtual_step`
+  (under the meta tape), `meta_step` (with the advisor's update),
+  `actual_step` (backward, weight decay, optimizer update, BatchNorm commit).
+  `overhead` is the whole step minus the sum of the floor parts (the
+  hypergradient, plus one more train backward for the actual step).
+  """
   rng = np.random.default_rng(0)
   shape = (input_size, input_size, channels)
   x = tf.constant(rng.random((batch_size,) + shape, np.float32))
-  y = tf.constant(rng.integers(0, num_classes, batch_size))
+  y = tf.constant(rng.integers(0, num_classes, batch_size), tf.int32)
   xm = tf.constant(rng.random((meta_batch_size,) + shape, np.float32))
-  ym = tf.constant(rng.integers(0, num_classes, meta_batch_size))
+  ym = tf.constant(rng.integers(0, num_classes, meta_batch_size), tf.int32)
   keras.utils.set_random_seed(0)
-  model = builder.build_model(bench_config(method, backbone), shape,
-                              num_classes,
+  model = builder.build_model(bench_config(method, backbone, scope, advice),
+                              shape, num_classes,
                               class_counts=[batch_size] * num_classes)
   variables = model.classifier_variables
 
@@ -182,20 +198,34 @@ def breakdown(method, backbone, input_size, channels, num_classes, batch_size,
           labels, logits, from_logits=True))
     return tape.gradient(loss, variables)
 
+  def up_to_virtual():
+    beta = model._beta(batch_size)  # noqa: SLF001 — the step's own draws.
+    with tf.GradientTape():
+      forward = model.train_forward(x, y)
+      return model.virtual_step(forward, y, beta).fast_weights
+
+  def up_to_meta():
+    beta = model._beta(batch_size)  # noqa: SLF001
+    forward = model.train_forward(x, y)
+    return model.meta_step(forward, y, xm, ym, beta)[1].meta_loss
+
   phases = {
-      "train forward": tf.function(lambda: model.backbone(x, training=True),
-                                   autograph=False),
-      "train forward+backward": tf.function(lambda: grads_on(x, y),
-                                            autograph=False),
-      "meta forward+backward": tf.function(lambda: grads_on(xm, ym),
-                                           autograph=False),
-      "hypergradient (steps 1-3)": tf.function(
-          lambda: model.meta_gradient(x, y, xm, ym)[0], autograph=False),
-      "whole step": tf.function(lambda: model.train_step(((x, y), (xm, ym))),
-                                autograph=False),
+      "floor/train forward": lambda: model.backbone(x, training=True),
+      "floor/train forward+backward": lambda: grads_on(x, y),
+      "floor/meta forward+backward": lambda: grads_on(xm, ym),
+      "phase/train_forward": lambda: model.train_forward(x, y).logits,
+      "whole step": lambda: model.train_step(((x, y), (xm, ym))),
   }
+  if model.advisor is not None:
+    phases.update({
+        "floor/hypergradient (steps 1-3)":
+            lambda: model.meta_gradient(x, y, xm, ym)[0],
+        "phase/+virtual_step": up_to_virtual,
+        "phase/+meta_step": up_to_meta,
+    })
   out = {}
   for name, fn in phases.items():
+    fn = tf.function(fn, autograph=False)
     for _ in range(2):
       tf.nest.map_structure(np.asarray, fn())
     times = []
@@ -204,7 +234,46 @@ def breakdown(method, backbone, input_size, channels, num_classes, batch_size,
       tf.nest.map_structure(np.asarray, fn())
       times.append(time.perf_counter() - start)
     out[name] = round(float(np.median(times)), 4)
+  if model.advisor is not None:
+    hyper = out["floor/hypergradient (steps 1-3)"]
+    out["floor/second-order term"] = round(
+        hyper - out["floor/train forward+backward"]
+        - out["floor/meta forward+backward"], 4)
+    actual_backward = (0.0 if advice == "lagged" else
+                       out["floor/train forward+backward"]
+                       - out["floor/train forward"])
+    out["floor/sum"] = round(hyper + actual_backward, 4)
+    out["overhead above the floor"] = round(out["whole step"]
+                                            - out["floor/sum"], 4)
   return out
+
+
+def profile(log_dir, method, backbone, input_size, channels, num_classes,
+            batch_size, meta_batch_size, steps=3, advice="exact"):
+  """Writes a TensorBoard profiler trace of `steps` train steps (after two
+  untimed ones) to `log_dir` (TensorBoard's Profile tab)."""
+  rng = np.random.default_rng(0)
+  shape = (input_size, input_size, channels)
+  data = ((tf.constant(rng.random((batch_size,) + shape, np.float32)),
+           tf.constant(rng.integers(0, num_classes, batch_size), tf.int32)),
+          (tf.constant(rng.random((meta_batch_size,) + shape, np.float32)),
+           tf.constant(rng.integers(0, num_classes, meta_batch_size),
+                       tf.int32)))
+  keras.utils.set_random_seed(0)
+  model = builder.build_model(bench_config(method, backbone, advice=advice),
+                              shape, num_classes,
+                              class_counts=[batch_size] * num_classes)
+  step = tf.function(model.train_step)
+  for _ in range(2):
+    _sync(step(data))
+  tf.profiler.experimental.start(log_dir)
+  try:
+    for i in range(steps):
+      with tf.profiler.experimental.Trace("train", step_num=i, _r=1):
+        _sync(step(data))
+  finally:
+    tf.profiler.experimental.stop()
+  return log_dir
 
 
 def _sync(logs):
@@ -244,12 +313,23 @@ def main(argv):
                _META_EVERY.value, tuple(_ADVICE.value))
   print(table(report))
   if _BREAKDOWN.value:
-    report["breakdown"] = {"method": _BREAKDOWN.value, "seconds": breakdown(
-        _BREAKDOWN.value, _BACKBONE.value, _INPUT.value, _CHANNELS.value,
-        _CLASSES.value, _BATCH.value, _META_BATCH.value)}
-    print(f"Where the time of a {_BREAKDOWN.value} step goes (median s):")
-    for name, sec in report["breakdown"]["seconds"].items():
-      print(f"  {name:28s} {sec:.4f}")
+    report["breakdown"] = []
+    for adv in _ADVICE.value:
+      seconds = breakdown(
+          _BREAKDOWN.value, _BACKBONE.value, _INPUT.value, _CHANNELS.value,
+          _CLASSES.value, _BATCH.value, _META_BATCH.value, advice=adv)
+      report["breakdown"].append({"method": _BREAKDOWN.value, "advice": adv,
+                                  "seconds": seconds})
+      print(f"Where the time of a {_BREAKDOWN.value} step (advice={adv}) "
+            "goes (median s):")
+      for name, sec in seconds.items():
+        print(f"  {name:34s} {sec:.4f}")
+  if _PROFILE.value:
+    profile(_PROFILE.value, _BREAKDOWN.value or "mfrw_mes", _BACKBONE.value,
+            _INPUT.value, _CHANNELS.value, _CLASSES.value, _BATCH.value,
+            _META_BATCH.value, advice=_ADVICE.value[0])
+    print(f"Profiler trace → {_PROFILE.value} (tensorboard --logdir="
+          f"{_PROFILE.value}, Profile tab)")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(report, f, indent=2)
@@ -260,7 +340,8 @@ GROUPS = {"model": ["backbone", "input_size", "channels", "num_classes",
                     "meta_update_every"],
           "workload": ["batch_size", "meta_batch_size", "precision",
                        "strategy", "jit_compile"],
-          "timing": ["steps", "rounds", "warmup", "breakdown", "json"]}
+          "timing": ["steps", "rounds", "warmup", "breakdown", "profile",
+                     "json"]}
 
 
 def console():
