@@ -133,7 +133,7 @@ def test_strong_augmentation_flags_reach_the_pipeline_and_refuse_gray():
 @pytest.mark.slow
 def test_augmentation_benchmark_times_every_recipe():
   proc = subprocess.run(
-      [sys.executable, "-m", "advisor_tf.bench_augment", "--batch_size=8",
+      [sys.executable, "-m", "advisor_tf.tools.bench_augment", "--batch_size=8",
        "--batches=2", "--repeats=1"], cwd=ROOT, capture_output=True,
       text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]

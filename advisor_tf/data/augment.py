@@ -98,6 +98,10 @@ def _sharpness_degenerate(images):
   kernel = tf.constant([[1., 1., 1.], [1., 5., 1.], [1., 1., 1.]]) / 13.0
   kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
   smooth = tf.nn.depthwise_conv2d(images, kernel, [1, 1, 1, 1], "VALID")
+  # The VALID output is (H − 2) × (W − 2); on an empty batch the CPU kernel
+  # can return H × W, so cut it to size (a no-op otherwise).
+  height, width = tf.shape(images)[1], tf.shape(images)[2]
+  smooth = smooth[:, :height - 2, :width - 2, :]
   # PIL keeps the one-pixel border unsmoothed.
   border = tf.pad(tf.zeros_like(smooth), [[0, 0], [1, 1], [1, 1], [0, 0]],
                   constant_values=1.0)
