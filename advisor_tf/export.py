@@ -35,9 +35,11 @@ custom layers.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -225,3 +227,95 @@ def predict_pixels(loaded, images):
   result["class_name"] = np.asarray(
       [n.decode() for n in result["class_name"]], dtype=object)
   return result
+
+
+# ------------------------------------------------- an export on image files
+def image_files(inputs, errors):
+  """Files named in `inputs` and images found under its folders, in order.
+  Inputs that are neither are appended to `errors` as `(path, reason)`."""
+  files = []
+  for item in inputs:
+    if os.path.isdir(item):
+      found = []
+      for root, dirs, names in os.walk(item):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(os.path.join(root, n) for n in sorted(names)
+                     if not n.startswith(".")
+                     and n.lower().endswith(sources.IMAGE_EXTENSIONS))
+      if not found:
+        errors.append((item, "no image files in this folder"))
+      files.extend(found)
+    elif os.path.exists(item):
+      files.append(item)
+    else:
+      errors.append((item, "no such file or folder"))
+  return files
+
+
+def _reason(error):
+  """A one-line reason from a TensorFlow or OS error."""
+  if isinstance(error, tf.errors.OpError):
+    # The op's own message: not the header, stack frames (indented) or the
+    # node annotations TensorFlow wraps it in.
+    lines = [line for line in error.message.splitlines()
+             if line.strip() and not line[0].isspace() and not line.startswith(
+                 ("Graph execution", "Detected at node", "<stack traces",
+                  "[["))]
+    text = lines[-1] if lines else type(error).__name__
+    return text.split(" [[")[0].split(" [Op:")[0].rstrip(".") + (
+        " (not a readable image)")
+  return f"{type(error).__name__}: {error}"
+
+
+def predict_files(loaded, paths, batch_size=32):
+  """Yields `(path, result, error)` per file in order: `result` a dict of
+  `probabilities` [C], `class_id`, `class_name` (error None), or `error` a
+  one-line reason (result None). A batch with an undecodable file is
+  retried image by image, so one bad file costs only itself."""
+
+  def run(contents):
+    out = predict_bytes(loaded, contents)
+    return [{k: out[k][i] for k in out} for i in range(len(contents))]
+
+  for start in range(0, len(paths), batch_size):
+    batch, contents, results = paths[start:start + batch_size], [], {}
+    for path in batch:
+      try:
+        with open(path, "rb") as f:
+          contents.append(f.read())
+      except OSError as e:
+        results[path] = (None, _reason(e))
+        contents.append(None)
+    readable = [(p, c) for p, c in zip(batch, contents) if c is not None]
+    try:
+      outputs = run([c for _, c in readable]) if readable else []
+      for (path, _), result in zip(readable, outputs):
+        results[path] = (result, None)
+    except tf.errors.OpError:
+      for path, content in readable:
+        try:
+          results[path] = (run([content])[0], None)
+        except tf.errors.OpError as e:
+          results[path] = (None, _reason(e))
+    for path in batch:
+      yield (path,) + results[path]
+
+
+def write_csv(rows, out, names, top_k):
+  """Writes the CSV of `predict_files` rows; returns the `(path, reason)`
+  of files that could not be predicted."""
+  writer = csv.writer(out, lineterminator="\n")
+  writer.writerow(["path", "class_name", "probability"] if top_k == 1 else
+                  ["path", "rank", "class_name", "probability"])
+  failed = []
+  for path, result, error in rows:
+    if error is not None:
+      failed.append((path, error))
+      print(f"error: {path}: {error}", file=sys.stderr)
+      continue
+    probabilities = result["probabilities"]
+    order = np.argsort(-probabilities, kind="stable")[:top_k]
+    for rank, c in enumerate(order, 1):
+      row = [names[c], f"{probabilities[c]:.6f}"]
+      writer.writerow([path] + row if top_k == 1 else [path, rank] + row)
+  return failed

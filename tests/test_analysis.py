@@ -1,5 +1,6 @@
 """Seeing what the advisor does: label-issue scores and report, telemetry,
-the analysis figures and CLI, the label-issue experiment, the notebooks."""
+the analysis figures and CLI, the label-issue experiment (the notebooks:
+test_notebooks.py)."""
 
 import csv
 import dataclasses
@@ -160,67 +161,3 @@ def test_label_issue_experiment_writes_the_promised_json(tmp_path):
     assert 0.0 < data[key] <= 1.0
   assert (tmp_path / "pr.png").stat().st_size > 5000
 
-
-# -------------------------------------------------------------- notebooks
-def _execute(notebook, env, cwd=ROOT, timeout=900):
-  import nbformat
-  from nbclient import NotebookClient
-  book = nbformat.read(os.path.join(ROOT, "colab", notebook), as_version=4)
-  old = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)  # The kernel inherits the test's environment.
-  try:
-    NotebookClient(book, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": cwd}}).execute()
-  finally:
-    for k, v in old.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
-  return book
-
-
-def _figures(summary_path):
-  with open(summary_path) as f:
-    figures = json.load(f)["figures"]
-  assert figures and all(os.path.getsize(v["path"]) > 5000
-                         for v in figures.values())
-  return set(figures)
-
-
-def test_quickstart_and_analysis_notebooks_run_headless(tmp_path):
-  workdir = str(tmp_path / "quick")
-  _execute("quickstart.ipynb", {"ADVISOR_TF_NB_EPOCHS": "2",
-                                "ADVISOR_TF_NB_WORKDIR": workdir})
-  run = os.path.join(workdir, "mfrw_mes")
-  assert {"mask_pca", "confusion"} <= _figures(
-      os.path.join(run, "analysis", "summary.json"))
-  assert os.path.isdir(os.path.join(workdir, "ce", "saved_model"))
-  book = _execute("analysis.ipynb", {"ADVISOR_TF_NB_WORKDIR": run})
-  shown = sum(1 for cell in book.cells if cell.cell_type == "code"
-              for o in cell.get("outputs", [])
-              if "image/png" in o.get("data", {}))
-  assert shown >= 5  # PCA, t-SNE, heat map, s_k, precision/recall.
-  assert {"mask_pca", "mask_tsne", "suppression_vs_class_size",
-          "per_class_accuracy", "confusion",
-          "label_issue_precision_recall"} <= _figures(
-              os.path.join(run, "analysis", "summary.json"))
-
-
-def test_cifar_notebook_runs_on_tfds_mock_data(tmp_path):
-  overrides = {"train_steps": 2, "epochs": 1, "batch_size": 8,
-               "meta_batch_size": 8, "lr_decay_epochs": [1],
-               "lr_decay_steps": [1], "embedding_size": 8, "export": False,
-               "verbose": 0, "deterministic": False,
-               "telemetry_examples": 64, "eval_batch_size": 200}
-  workdir = str(tmp_path / "cifar")
-  book = _execute("reproduce_cifar.ipynb", {
-      "ADVISOR_TF_NB_MOCK": "1", "ADVISOR_TF_NB_WORKDIR": workdir,
-      "ADVISOR_TF_NB_DATA_DIR": str(tmp_path / "tfds"),
-      "ADVISOR_TF_NB_OVERRIDES": json.dumps(overrides)})
-  text = "".join(o.get("text", "") for cell in book.cells
-                 for o in cell.get("outputs", []))
-  assert "mfrw_mes  CIFAR-10 Flip p=0.4: test top-1" in text
-  assert "ce        CIFAR-10 Flip p=0.4: test top-1" in text
-  assert {"mask_pca", "confusion"} <= _figures(
-      os.path.join(workdir, "mfrw_mes_p0.4", "analysis", "summary.json"))

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from advisor_tf import backbones, export, predict
+from advisor_tf import backbones, export
 from advisor_tf.data import sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -264,14 +264,14 @@ def _bad_inputs(run, tmp_path):
 def test_predict_files_survive_a_bad_file(run, tmp_path):
   folder = _bad_inputs(run, tmp_path)
   errors = []
-  files = predict.image_files([str(folder), str(tmp_path / "absent.png")],
+  files = export.image_files([str(folder), str(tmp_path / "absent.png")],
                               errors)
   assert [os.path.relpath(f, folder) for f in files] == [
       "ant/0.png", "ant/1.webp", "bee/0.png", "bee/1.webp", "bee/broken.png",
       "cat/0.png", "cat/1.webp"]
   assert errors == [(str(tmp_path / "absent.png"), "no such file or folder")]
   loaded = export.load(run["path"])
-  rows = list(predict.predict_files(loaded, files, batch_size=3))
+  rows = list(export.predict_files(loaded, files, batch_size=3))
   assert [r[0] for r in rows] == files
   bad = [r for r in rows if r[2] is not None]
   assert [r[0] for r in bad] == [str(folder / "bee" / "broken.png")]
@@ -280,7 +280,7 @@ def test_predict_files_survive_a_bad_file(run, tmp_path):
   got = np.stack([r[1]["probabilities"] for r in rows if r[2] is None])
   np.testing.assert_allclose(got, want, atol=1e-5)
   out = io.StringIO()
-  assert predict.write_csv(iter(rows), out, ["ant", "bee", "cat"], 2) == [
+  assert export.write_csv(iter(rows), out, ["ant", "bee", "cat"], 2) == [
       (bad[0][0], bad[0][2])]
   table = list(csv.reader(io.StringIO(out.getvalue())))
   assert table[0] == ["path", "rank", "class_name", "probability"]
