@@ -21,26 +21,31 @@ from advisor_tf import evaluation
 from advisor_tf import telemetry
 
 _NOISY, _CLEAN = "tab:red", "tab:blue"
+# Where the true labels are unknown (no synthetic noise), the figures mark the
+# ranking's most suspected examples instead: this top fraction.
+SUSPECT_FRACTION = 0.1
+KNOWN_TAGS = ("clean label", "noisy label")
+SUSPECT_TAGS = ("not flagged", f"flagged (top {SUSPECT_FRACTION:.0%} suspects)")
 
 
-def _noise_colours(ax, points, noisy):
+def _noise_colours(ax, points, noisy, tags=KNOWN_TAGS):
   if noisy is None or not noisy.any():
     ax.scatter(points[:, 0], points[:, 1], s=6, c=_CLEAN, alpha=0.6)
     return
-  for label, members, colour in (("clean label", ~noisy, _CLEAN),
-                                 ("noisy label", noisy, _NOISY)):
+  for label, members, colour in ((tags[0], ~noisy, _CLEAN),
+                                 (tags[1], noisy, _NOISY)):
     ax.scatter(points[members, 0], points[members, 1], s=6, c=colour,
                alpha=0.6, label=f"{label} ({members.sum()})")
   ax.legend(loc="best", markerscale=3)
 
 
-def plot_mask_pca(mask, noisy=None):
+def plot_mask_pca(mask, noisy=None, tags=KNOWN_TAGS):
   """First two principal components of the attention masks `W_f`, coloured
-  noisy / clean (thesis fig. 2.10, 3.8)."""
+  noisy / clean (thesis fig. 2.10, 3.8) — or by `tags` of another marking."""
   from sklearn.decomposition import PCA
   points = PCA(n_components=2, random_state=0).fit_transform(mask)
   fig, ax = plt.subplots(figsize=(6, 5))
-  _noise_colours(ax, points, noisy)
+  _noise_colours(ax, points, noisy, tags)
   ax.set(title="PCA of the attention masks $W_f$", xlabel="PC 1",
          ylabel="PC 2")
   fig.tight_layout()
@@ -71,14 +76,15 @@ def plot_mask_tsne(mask, labels, class_names, components=50, seed=0):
   return fig
 
 
-def plot_mask_heatmap(mask, noisy, class_name):
+def plot_mask_heatmap(mask, noisy, class_name, tags=("clean", "noisy")):
   """Attention masks of examples of one class, one row each, noisy rows
-  marked (thesis fig. 2.12, 3.5, 3.6, 3.10, 3.11)."""
+  marked (thesis fig. 2.12, 3.5, 3.6, 3.10, 3.11); `tags` name the two kinds
+  of row (e.g. `("", "suspect")` where the truth is unknown)."""
   fig, ax = plt.subplots(figsize=(8, 0.25 * len(mask) + 1.2))
   ax.imshow(mask, aspect="auto", cmap="gray", vmin=0.0, vmax=1.0,
             interpolation="nearest")
   ax.set_yticks(range(len(mask)))
-  ax.set_yticklabels(["noisy" if n else "clean" for n in noisy], fontsize=6)
+  ax.set_yticklabels([tags[1] if n else tags[0] for n in noisy], fontsize=6)
   for tick, n in zip(ax.get_yticklabels(), noisy):
     tick.set_color(_NOISY if n else "black")
   ax.set(title=f"$W_f$ of the first {len(mask)} examples labelled "
@@ -178,7 +184,22 @@ def analyze_run(run, out_dir, class_names=None, num_examples=50,
   counts = split.class_counts(source.num_classes)
   adv = advice_lib.advise(model, source, split,
                           batch_size=config.eval_batch_size)
-  noisy = adv.noisy if adv.noisy.any() else None
+  scores = advice_lib.label_issue_scores(adv)
+  ranking = "advisor" if "advisor" in scores else "loss"
+  # The truth is known only where the noise was synthetic (the protocol kept
+  # the clean labels); otherwise mark the ranking's top suspects, and say so.
+  known = config.noise != "none"
+  if known:
+    marked, tags, row_tags = adv.noisy, KNOWN_TAGS, ("clean", "noisy")
+    marking = "noisy vs clean labels"
+  else:
+    marked = np.zeros(len(adv.given), bool)
+    top = max(1, int(round(SUSPECT_FRACTION * len(marked))))
+    marked[np.argsort(-scores[ranking], kind="stable")[:top]] = True
+    tags, row_tags = SUSPECT_TAGS, ("", "suspect")
+    marking = (f"true labels unknown; marked: the top {SUSPECT_FRACTION:.0%} "
+               f"suspects of the `{ranking}` ranking")
+  noisy = adv.noisy if known and adv.noisy.any() else None
   figures, notes = {}, []
 
   def save(name, fig, caption):
@@ -190,10 +211,9 @@ def analyze_run(run, out_dir, class_names=None, num_examples=50,
   rng = np.random.default_rng(seed)
   sample = np.sort(rng.permutation(len(adv.given))[:max_points])
   if adv.mask is not None:
-    save("mask_pca", plot_mask_pca(adv.mask[sample], None if noisy is None
-                                   else noisy[sample]),
-         "PCA of the attention masks W_f of training examples, noisy vs "
-         "clean labels (thesis fig. 2.10, 3.8).")
+    save("mask_pca", plot_mask_pca(adv.mask[sample], marked[sample], tags),
+         f"PCA of the attention masks W_f of training examples, {marking} "
+         "(thesis fig. 2.10, 3.8).")
     save("mask_tsne", plot_mask_tsne(adv.mask[sample], adv.given[sample],
                                      source.class_names, seed=seed),
          "t-SNE of the masks' principal components by given class "
@@ -207,10 +227,12 @@ def analyze_run(run, out_dir, class_names=None, num_examples=50,
       k = list(source.class_names).index(name)
       members = np.flatnonzero(adv.given == k)[:num_examples]
       save(f"mask_heatmap_{_slug(name)}",
-           plot_mask_heatmap(adv.mask[members], adv.noisy[members], name),
+           plot_mask_heatmap(adv.mask[members], marked[members], name,
+                             row_tags),
            f"W_f of the first {len(members)} training examples labelled "
-           f"{name!r} ({counts[k]} in the class); noisy rows in red "
-           "(fig. 2.12, 3.5, 3.6, 3.10, 3.11).")
+           f"{name!r} ({counts[k]} in the class); "
+           + ("noisy rows in red" if known else
+              f"{marking}, in red") + " (fig. 2.12, 3.5, 3.6, 3.10, 3.11).")
   else:
     notes.append(f"--method={config.method} learns no attention mask: no "
                  "PCA, t-SNE or heat-map figures.")
@@ -233,8 +255,6 @@ def analyze_run(run, out_dir, class_names=None, num_examples=50,
   save("confusion", plot_confusion(metrics["confusion_matrix"],
                                    source.class_names),
        "Row-normalised test confusion matrix.")
-  scores = advice_lib.label_issue_scores(adv)
-  ranking = "advisor" if "advisor" in scores else "loss"
   issues_path = os.path.join(out_dir, "label_issues.csv")
   advice_lib.write_label_issues(issues_path, adv, scores, source, split,
                                 score=ranking)
@@ -242,8 +262,12 @@ def analyze_run(run, out_dir, class_names=None, num_examples=50,
              "method": config.method, "dataset": config.dataset,
              "test_top1": metrics.get("top1"),
              "train_examples": int(len(adv.given)),
-             "realised_noise_rate": float(adv.noisy.mean()),
+             "labels_truth": "known (synthetic noise)" if known else "unknown",
              "label_issue_ranking": ranking, "label_issues_csv": issues_path}
+  if known:
+    summary["realised_noise_rate"] = float(adv.noisy.mean())
+  else:
+    summary["flagged_suspects"] = int(marked.sum())
   if noisy is not None:
     curves = {name: advice_lib.ranking_quality(scores[name], noisy)
               for name in ("advisor", "loss") if name in scores}
@@ -276,8 +300,13 @@ def _headline(summary):
   lines = [f"- run: `{summary['workdir']}` ({summary['method']} on "
            f"{summary['dataset']}), checkpoint `{summary['checkpoint']}`",
            f"- test top-1: {summary['test_top1']:.2f} %",
-           f"- training examples: {summary['train_examples']}, realised "
-           f"noise rate {summary['realised_noise_rate']:.3f}",
+           f"- training examples: {summary['train_examples']}, " + (
+               f"realised noise rate {summary['realised_noise_rate']:.3f}"
+               if "realised_noise_rate" in summary else
+               "true labels unknown (no synthetic noise was injected): "
+               f"figures mark the {summary['flagged_suspects']} most "
+               "suspected examples (top "
+               f"{SUSPECT_FRACTION:.0%}) of the ranking, not known errors"),
            f"- label issues ranked by `{summary['label_issue_ranking']}` → "
            f"`label_issues.csv`"]
   if "advisor_ap" in summary:

@@ -1,3 +1,4 @@
+import hashlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -87,3 +88,42 @@ def directional_check(model, x, y, xm, ym, direction, eps=1e-5):
   analytic = sum(float(np.sum(np.asarray(g) * d))
                  for g, d in zip(grads, direction))
   return analytic, numeric
+
+
+def snapshot(directory):
+  """Every file under `directory` → the SHA-256 of its bytes (to assert a
+  refused run changed nothing)."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[path] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def assert_mirrored_step_equals_single(mode, **model_kwargs):
+  """One train step on two CPU replicas (MirroredStrategy) leaves the same
+  variables as one step on one device with the same global batch."""
+  devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+  assert len(devices) == 2
+  x, y, xm, ym = batches(n=8, m=6)
+  data = tf.data.Dataset.from_tensors(((x, y), (xm, ym)))
+  single = tiny_model(mode, **model_kwargs)
+  tf.function(single.train_step)(next(iter(data)))
+  strategy = tf.distribute.MirroredStrategy(
+      devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+  with strategy.scope():
+    mirrored = tiny_model(mode, **model_kwargs)
+  batch = next(iter(strategy.experimental_distribute_dataset(data)))
+
+  @tf.function
+  def step(batch):
+    return strategy.run(mirrored.train_step, args=(batch,))
+
+  step(batch)
+  for a, b in zip(single.variables, mirrored.variables):
+    b = strategy.experimental_local_results(b)[0] if hasattr(
+        b, "values") else b
+    np.testing.assert_allclose(np.asarray(b), a.numpy(), rtol=1e-5, atol=1e-6,
+                               err_msg=a.path)

@@ -53,3 +53,25 @@ def test_bench_refuses_unknown_choices_in_one_line():
   assert proc.stderr.strip().splitlines() == [
       "advisor-bench: error: --method='bogus' is not allowed; choose one of: "
       "ce, mwnet, mfrw, mes, mfrw_mes, balanced_softmax, eql, focal."]
+
+
+@pytest.mark.slow
+def test_sweep_measures_time_and_memory_per_variant_and_plots(tmp_path):
+  out, plot = tmp_path / "sweep.json", tmp_path / "curves.png"
+  proc = subprocess.run(
+      [sys.executable, "-m", "advisor_tf.tools.bench", "--sweep",
+       '--sweep_groups=[["small_cnn", 8, 1, 3, [4, 8], 4]]',
+       "--methods=ce,mfrw_mes", "--virtual_scopes=all,head", "--steps=1",
+       "--rounds=1", "--warmup=1", f"--plot={plot}", f"--json={out}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(out.read_text())
+  rows = report["sweep"]
+  assert {(r["batch_size"], r["method"], r["virtual_scope"]) for r in rows} \
+      == {(b, "ce", "all") for b in (4, 8)} | {
+          (b, "mfrw_mes", s) for b in (4, 8) for s in ("all", "head")}
+  assert all(r["peak_memory_mb"] > 50 and r["seconds_per_step"] > 0
+             for r in rows)
+  assert all(r["memory_over_ce_mb"] == 0 for r in rows if r["method"] == "ce")
+  assert {s["method"] for s in report["scaling"]} == {"ce", "mfrw_mes"}
+  assert plot.stat().st_size > 10000

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from advisor_tf import losses
-from conftest import batches, tiny_model
+from conftest import assert_mirrored_step_equals_single, batches, tiny_model
 
 MODES = ["ce", "mwnet", "mfrw", "mes", "mfrw_mes"]
 
@@ -238,26 +238,6 @@ def test_advice_is_validated_and_round_trips():
 
 @pytest.mark.slow
 def test_lagged_mirrored_step_equals_single_device_step():
-  devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-  x, y, xm, ym = batches(n=8, m=6)
-  data = tf.data.Dataset.from_tensors(((x, y), (xm, ym)))
-  kwargs = dict(batchnorm=False, lr=0.5, momentum=0.9, weight_decay=1e-3,
-                advice="lagged")
-  single = tiny_model("mfrw_mes", **kwargs)
-  tf.function(single.train_step)(next(iter(data)))
-  strategy = tf.distribute.MirroredStrategy(
-      devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
-  with strategy.scope():
-    mirrored = tiny_model("mfrw_mes", **kwargs)
-  batch = next(iter(strategy.experimental_distribute_dataset(data)))
-
-  @tf.function
-  def step(batch):
-    return strategy.run(mirrored.train_step, args=(batch,))
-
-  step(batch)
-  for a, b in zip(single.variables, mirrored.variables):
-    b = strategy.experimental_local_results(b)[0] if hasattr(
-        b, "values") else b
-    np.testing.assert_allclose(np.asarray(b), a.numpy(), rtol=1e-5, atol=1e-6,
-                               err_msg=a.path)
+  assert_mirrored_step_equals_single(
+      "mfrw_mes", batchnorm=False, lr=0.5, momentum=0.9, weight_decay=1e-3,
+      advice="lagged")

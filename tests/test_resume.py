@@ -2,7 +2,6 @@
 workdirs, non-finite losses."""
 
 import dataclasses
-import hashlib
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import tensorflow as tf
 
 from advisor_tf import config as config_lib
 from advisor_tf import trainer
+from conftest import snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--flagfile=flags/quickstart.cfg", "--epochs=3", "--lr_decay_epochs=2",
@@ -105,24 +105,14 @@ def test_corrupted_newest_checkpoint_falls_back_to_previous(tmp_path):
   assert reference["test/top1"] == metrics["test/top1"]
 
 
-def _snapshot(directory):
-  out = {}
-  for root, _, files in os.walk(directory):
-    for name in files:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        out[path] = hashlib.sha256(f.read()).hexdigest()
-  return out
-
-
 def test_workdir_with_other_configuration_is_refused(tmp_path):
   config = _small(tmp_path / "run", epochs=1)
   trainer.train(config)
-  before = _snapshot(tmp_path / "run")
+  before = snapshot(tmp_path / "run")
   keras.backend.clear_session()
   with pytest.raises(ValueError, match=r"--lr: 0\.05 in the workdir, 0\.1 now"):
     trainer.train(dataclasses.replace(config, lr=0.1, verbose=1))
-  assert _snapshot(tmp_path / "run") == before
+  assert snapshot(tmp_path / "run") == before
 
 
 def test_nonfinite_loss_stops_with_step_and_keeps_good_state(tmp_path):
@@ -154,11 +144,11 @@ def test_bad_input_is_refused_and_workdir_untouched(tmp_path, change,
                                                     message):
   config = _small(tmp_path / "run", epochs=1)
   trainer.train(config)
-  before = _snapshot(tmp_path / "run")
+  before = snapshot(tmp_path / "run")
   keras.backend.clear_session()
   with pytest.raises(ValueError, match=message):
     trainer.train(dataclasses.replace(config, **change))
-  assert _snapshot(tmp_path / "run") == before
+  assert snapshot(tmp_path / "run") == before
 
 
 def _user_data(root):
@@ -203,12 +193,12 @@ def test_bad_dataset_files_are_named_and_workdir_untouched(tmp_path, breakage,
                   meta_batch_size=2, meta_per_class=1, noise="none",
                   noise_rate=0.0)
   trainer.train(config)
-  before = _snapshot(tmp_path / "run")
+  before = snapshot(tmp_path / "run")
   breakage(data)
   keras.backend.clear_session()
   with pytest.raises(ValueError, match=message):
     trainer.train(config)
-  assert _snapshot(tmp_path / "run") == before
+  assert snapshot(tmp_path / "run") == before
 
 
 def test_user_image_folder_from_the_cli(tmp_path):
@@ -235,6 +225,13 @@ def test_user_image_folder_from_the_cli(tmp_path):
                                  str(tmp_path / "analysis"), max_points=24)
   assert "advisor_ap" not in summary
   assert "label_issue_precision_recall" not in summary["figures"]
+  # The truth is unknown: no noise rate, suspects marked instead, said so.
+  assert "realised_noise_rate" not in summary
+  assert summary["labels_truth"] == "unknown"
+  assert summary["flagged_suspects"] == 2  # Top 10 % of 24.
+  report = (tmp_path / "analysis" / "report.md").read_text()
+  assert "true labels unknown" in report and "noise rate" not in report
+  assert "top 10% suspects" in summary["figures"]["mask_pca"]["caption"]
   assert {"mask_pca", "mask_tsne", "confusion"} <= set(summary["figures"])
   import csv
   with open(summary["label_issues_csv"]) as f:

@@ -14,7 +14,7 @@ from advisor_tf import config as config_lib
 from advisor_tf import evaluation
 from advisor_tf import run as run_lib
 from advisor_tf import trainer
-from conftest import tiny_model
+from conftest import snapshot, tiny_model
 
 
 def _folder(root, classes=("ant", "bee"), per_class=4):
@@ -37,16 +37,6 @@ def _config(tmp_path, data, **fields):
       workdir=str(tmp_path / "run"), **fields)
 
 
-def _snapshot(workdir):
-  out = {}
-  for root, _, files in os.walk(workdir):
-    for f in files:
-      path = os.path.join(root, f)
-      with open(path, "rb") as handle:
-        out[os.path.relpath(path, workdir)] = handle.read()
-  return out
-
-
 def test_default_noise_is_none_and_the_folder_labels_are_used(tmp_path):
   assert config_lib.TrainConfig().noise == "none"
   data = _folder(tmp_path / "data")
@@ -66,17 +56,17 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_touches_nothing(
   config = _config(tmp_path, data)
   source, _ = run_lib.prepare_data(config)
   with run_lib.claim(config, source):
-    before = _snapshot(config.workdir)
+    before = snapshot(config.workdir)
     with pytest.raises(ValueError, match="is in use by another run"):
       trainer.train(dataclasses.replace(config, lr=0.2))
-    assert _snapshot(config.workdir) == before
+    assert snapshot(config.workdir) == before
 
 
 def test_resuming_with_other_data_is_refused_naming_what_differs(tmp_path):
   data = _folder(tmp_path / "data")
   config = _config(tmp_path, data)
   trainer.train(config)
-  saved = _snapshot(config.workdir)
+  saved = snapshot(config.workdir)
   data_json = json.loads(saved["data.json"])
   assert data_json["class_names"] == ["ant", "bee"]
   assert data_json["splits"]["train"]["examples"] == 8
@@ -87,12 +77,12 @@ def test_resuming_with_other_data_is_refused_naming_what_differs(tmp_path):
   with pytest.raises(ValueError, match="trained on other data.*'train': 8 "
                      "examples in the workdir, 9 now"):
     trainer.train(config)
-  assert _snapshot(config.workdir) == saved
+  assert snapshot(config.workdir) == saved
   # Same count, other file: refused as well.
   os.remove(os.path.join(data, "train", "ant", "0.png"))
   with pytest.raises(ValueError, match="other files or labels"):
     trainer.train(config)
-  assert _snapshot(config.workdir) == saved
+  assert snapshot(config.workdir) == saved
 
 
 def test_a_checkpoint_is_never_written_with_non_finite_state(tmp_path):

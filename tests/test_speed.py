@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from advisor_tf import backbones
-from conftest import batches, directional_check, tiny_model
+from conftest import (assert_mirrored_step_equals_single, batches,
+                      directional_check, tiny_model)
 
 
 def _dataset(n=16, m=10, batch=4, meta_batch=5, seed=0):
@@ -139,28 +140,5 @@ def test_mixed_precision_hypergradient_and_fit(policy):
 
 @pytest.mark.parametrize("mode", ["ce", "mwnet", "mfrw_mes"])
 def test_mirrored_step_equals_single_device_step(mode):
-  devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-  assert len(devices) == 2
-  x, y, xm, ym = batches(n=8, m=6)
-  data = tf.data.Dataset.from_tensors(
-      ((x, y), (xm, ym)))
-  single = tiny_model(mode, batchnorm=False, lr=0.5, momentum=0.9,
-                      weight_decay=1e-3)
-  tf.function(single.train_step)(next(iter(data)))
-  strategy = tf.distribute.MirroredStrategy(
-      devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
-  with strategy.scope():
-    mirrored = tiny_model(mode, batchnorm=False, lr=0.5, momentum=0.9,
-                          weight_decay=1e-3)
-  batch = next(iter(strategy.experimental_distribute_dataset(data)))
-
-  @tf.function
-  def step(batch):
-    return strategy.run(mirrored.train_step, args=(batch,))
-
-  step(batch)
-  for a, b in zip(single.variables, mirrored.variables):
-    b = strategy.experimental_local_results(b)[0] if hasattr(
-        b, "values") else b
-    np.testing.assert_allclose(np.asarray(b), a.numpy(), rtol=1e-5, atol=1e-6,
-                               err_msg=a.path)
+  assert_mirrored_step_equals_single(mode, batchnorm=False, lr=0.5,
+                                     momentum=0.9, weight_decay=1e-3)

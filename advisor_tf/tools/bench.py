@@ -55,11 +55,25 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Round-robin rounds.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps (trace, compile).")
 _JIT = flags.DEFINE_bool("jit_compile", False, "XLA-compile the steps.")
 _PRECISION = flags.DEFINE_enum(
-    "precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+    "precision", "float32", config_lib.CHOICES["precision"],
     "Keras dtype policy of backbone and head.")
 _STRATEGY = flags.DEFINE_enum("strategy", "default",
-                              ["default", "mirrored", "multi_worker"],
+                              config_lib.CHOICES["strategy"],
                               "tf.distribute strategy.")
+_SWEEP = flags.DEFINE_bool(
+    "sweep", False, "Cost curves instead of one table: every method and "
+    "virtual scope over batch sizes 32-256 on small_cnn and resnet32 (CIFAR "
+    "inputs) and the Clothing1M ResNet-50 at 224 (batch 8, 16); time per "
+    "step round-robin per group, peak memory per variant in a fresh process.")
+_SWEEP_GROUPS = flags.DEFINE_string(
+    "sweep_groups", None, "With --sweep: other groups, as JSON "
+    "[[backbone, input_size, channels, classes, [batch sizes], meta batch "
+    "or null], ...].")
+_PLOT = flags.DEFINE_string("plot", None, "With --sweep: draw the curves "
+                            "(time and peak memory against batch size) here.")
+_MEMORY_OF = flags.DEFINE_string(
+    "memory_of", None, "Internal (--sweep): build METHOD:SCOPE:ADVICE alone, "
+    "run --warmup steps and print the process's peak memory as JSON.")
 _JSON = flags.DEFINE_string("json", None, "Write the results here.")
 _PROFILE = flags.DEFINE_string(
     "profile", None, "Also write a TensorBoard profiler trace of three steps "
@@ -276,6 +290,142 @@ def profile(log_dir, method, backbone, input_size, channels, num_classes,
   return log_dir
 
 
+# (backbone, input side, channels, classes, batch sizes, meta batch) of the
+# cost curves; the meta batch of a None entry is the train batch.
+SWEEP_GROUPS = (("small_cnn", 32, 3, 10, (32, 64, 128, 256), 100),
+                ("resnet32", 32, 3, 10, (32, 64, 128, 256), 100),
+                ("resnet50", 224, 3, 14, (8, 16), None))
+
+
+def peak_memory_alone(method, scope, advice, backbone, input_size, channels,
+                      num_classes, batch_size, meta_batch_size, warmup=1):
+  """Peak resident memory (MiB) of a fresh process that builds this one
+  model and runs `warmup` train steps (CPU: the honest per-variant figure,
+  since a process's high-water mark only grows)."""
+  import subprocess
+  import sys
+  proc = subprocess.run(
+      [sys.executable, "-m", "advisor_tf.tools.bench",
+       f"--memory_of={method}:{scope}:{advice}", f"--backbone={backbone}",
+       f"--input_size={input_size}", f"--channels={channels}",
+       f"--num_classes={num_classes}", f"--batch_size={batch_size}",
+       f"--meta_batch_size={meta_batch_size}", f"--warmup={warmup}"],
+      capture_output=True, text=True, check=False)
+  if proc.returncode:
+    raise RuntimeError(f"memory probe of {method}/{scope} failed: "
+                       f"{proc.stderr[-2000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])["peak_memory_mb"]
+
+
+def _memory_probe(spec):
+  method, scope, advice = spec.split(":")
+  shape = (_INPUT.value, _INPUT.value, _CHANNELS.value)
+  rng = np.random.default_rng(0)
+  data = ((rng.random((_BATCH.value,) + shape, np.float32),
+           rng.integers(0, _CLASSES.value, _BATCH.value)),
+          (rng.random((_META_BATCH.value,) + shape, np.float32),
+           rng.integers(0, _CLASSES.value, _META_BATCH.value)))
+  config = bench_config(method, _BACKBONE.value, scope, advice)
+  model = builder.build_model(config, shape, _CLASSES.value,
+                              class_counts=[_BATCH.value] * _CLASSES.value)
+  model.make_train_function()
+  iterator = iter(tf.data.Dataset.from_tensors(data).repeat())
+  for _ in range(max(_WARMUP.value, 1)):
+    _sync(model.train_function(iterator))
+  print(json.dumps({"peak_memory_mb": round(_peak_mib(False), 1)}))
+
+
+def sweep(methods, scopes, steps, rounds, warmup, groups=SWEEP_GROUPS):
+  """Time per step and peak memory over batch sizes and backbones."""
+  rows = []
+  for backbone, side, channels, classes, batches, meta in groups:
+    for batch in batches:
+      meta_batch = meta or batch
+      keras.backend.clear_session()
+      report = run(methods, scopes, backbone, side, channels, classes, batch,
+                   meta_batch, steps, rounds, warmup, False, "float32",
+                   "default")
+      for row in report["results"]:
+        row = dict(row, backbone=backbone, input_size=side,
+                   batch_size=batch, meta_batch_size=meta_batch)
+        row["peak_memory_mb"] = row["peak_mem_mib"] = peak_memory_alone(
+            row["method"], row["virtual_scope"], row["advice"], backbone,
+            side, channels, classes, batch, meta_batch)
+        rows.append(row)
+      print(f"{backbone} batch {batch}: " + ", ".join(
+          f"{r['method']}/{r['virtual_scope']} {r['seconds_per_step']:.3f}s "
+          f"{r['peak_memory_mb']:.0f}MiB" for r in rows[-len(
+              report["results"]):]), flush=True)
+  by_key = {(r["backbone"], r["batch_size"], r["method"], r["virtual_scope"]):
+            r for r in rows}
+  for r in rows:  # What the nested tapes cost over plain training.
+    ce = by_key[(r["backbone"], r["batch_size"], "ce", "all")]
+    r["memory_over_ce_mb"] = round(r["peak_memory_mb"]
+                                   - ce["peak_memory_mb"], 1)
+  return {"sweep": rows, "device": f"CPU ({os.cpu_count()} cores)",
+          "steps_timed": steps * rounds}
+
+
+def scaling(rows):
+  """Fitted exponents of time and memory in the batch size (log-log slope)
+  per backbone, method and scope, over the batch sizes measured."""
+  out = []
+  keys = sorted({(r["backbone"], r["method"], r["virtual_scope"])
+                 for r in rows})
+  for backbone, method, scope in keys:
+    sel = sorted((r for r in rows if (r["backbone"], r["method"],
+                                      r["virtual_scope"]) ==
+                  (backbone, method, scope)), key=lambda r: r["batch_size"])
+    if len(sel) < 2:
+      continue
+    b = np.log([r["batch_size"] for r in sel])
+    out.append({"backbone": backbone, "method": method,
+                "virtual_scope": scope,
+                "time_exponent": round(float(np.polyfit(b, np.log(
+                    [r["seconds_per_step"] for r in sel]), 1)[0]), 2),
+                "memory_exponent": round(float(np.polyfit(b, np.log(
+                    [r["peak_memory_mb"] for r in sel]), 1)[0]), 2)})
+  return out
+
+
+def plot_sweep(rows, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  backbones = list(dict.fromkeys(r["backbone"] for r in rows))
+  fig, axes = plt.subplots(2, len(backbones), figsize=(4.2 * len(backbones),
+                                                        7), squeeze=False)
+  for j, backbone in enumerate(backbones):
+    variants = dict.fromkeys((r["method"], r["virtual_scope"]) for r in rows
+                             if r["backbone"] == backbone)
+    for method, scope in variants:
+      sel = sorted((r for r in rows if r["backbone"] == backbone
+                    and r["method"] == method
+                    and r["virtual_scope"] == scope),
+                   key=lambda r: r["batch_size"])
+      label = method if method == "ce" else f"{method} / {scope}"
+      style = "-" if scope == "all" else ("--" if scope == "last_stage"
+                                          else ":")
+      batch = [r["batch_size"] for r in sel]
+      axes[0, j].plot(batch, [r["seconds_per_step"] for r in sel], style,
+                      marker="o", label=label)
+      axes[1, j].plot(batch, [r["peak_memory_mb"] for r in sel], style,
+                      marker="o", label=label)
+    axes[0, j].set(title=backbone, ylabel="seconds per step", xscale="log",
+                   yscale="log")
+    axes[1, j].set(xlabel="batch size", ylabel="peak memory (MiB)",
+                   xscale="log")
+    for ax in axes[:, j]:
+      ax.set_xticks(sorted({r["batch_size"] for r in rows
+                            if r["backbone"] == backbone}))
+      ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+  axes[0, 0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def _sync(logs):
   # Reading a value waits for the step to finish.
   return float(np.asarray(logs["loss"]))
@@ -300,12 +450,29 @@ def table(report):
 def main(argv):
   del argv
   cli.quiet_logs()
+  if _MEMORY_OF.value:
+    _memory_probe(_MEMORY_OF.value)
+    return
   with cli.usage_errors():  # Every choice is checked by TrainConfig.
     for m in _METHODS.value:
       for scope in _SCOPES.value:
         for adv in _ADVICE.value:
           bench_config(m, _BACKBONE.value, scope, adv, _META_EVERY.value,
                        _JIT.value, _PRECISION.value, _STRATEGY.value)
+  if _SWEEP.value:
+    groups = (json.loads(_SWEEP_GROUPS.value) if _SWEEP_GROUPS.value
+              else SWEEP_GROUPS)
+    report = sweep(_METHODS.value, _SCOPES.value, _STEPS.value, _ROUNDS.value,
+                   _WARMUP.value, groups)
+    report["scaling"] = scaling(report["sweep"])
+    for line in report["scaling"]:
+      print(line)
+    if _PLOT.value:
+      plot_sweep(report["sweep"], _PLOT.value)
+    if _JSON.value:
+      with open(_JSON.value, "w") as f:
+        json.dump(report, f, indent=2)
+    return
   report = run(_METHODS.value, _SCOPES.value, _BACKBONE.value, _INPUT.value,
                _CHANNELS.value, _CLASSES.value, _BATCH.value,
                _META_BATCH.value, _STEPS.value, _ROUNDS.value, _WARMUP.value,
@@ -341,7 +508,7 @@ GROUPS = {"model": ["backbone", "input_size", "channels", "num_classes",
           "workload": ["batch_size", "meta_batch_size", "precision",
                        "strategy", "jit_compile"],
           "timing": ["steps", "rounds", "warmup", "breakdown", "profile",
-                     "json"]}
+                     "sweep", "sweep_groups", "plot", "json", "memory_of"]}
 
 
 def console():
