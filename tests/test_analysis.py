@@ -87,6 +87,7 @@ def digits_run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_telemetry_writes_advisor_histograms_and_a_trace(digits_run):
   records = telemetry.read_trace(digits_run)
   assert [r["epoch"] for r in records] == [1, 2, 3]
@@ -109,6 +110,7 @@ def test_telemetry_writes_advisor_histograms_and_a_trace(digits_run):
     assert tag in tags, tag
 
 
+@pytest.mark.slow
 def test_analyze_writes_every_figure_report_and_label_issues(digits_run,
                                                               tmp_path):
   out = tmp_path / "analysis"
@@ -139,6 +141,7 @@ def test_analyze_writes_every_figure_report_and_label_issues(digits_run,
              for r in rows)
 
 
+@pytest.mark.slow
 def test_analyze_refuses_a_folder_that_is_not_a_run(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "advisor_tf.analyze", f"--workdir={tmp_path}"],
@@ -147,6 +150,7 @@ def test_analyze_refuses_a_folder_that_is_not_a_run(tmp_path):
   assert f"--workdir={tmp_path}: no config.json" in result.stderr
 
 
+@pytest.mark.slow
 def test_label_issue_experiment_writes_the_promised_json(tmp_path):
   out = tmp_path / "ap.json"
   result = subprocess.run(

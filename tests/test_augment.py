@@ -99,6 +99,7 @@ def test_strong_augmentation_is_deterministic_in_its_seed_and_per_image():
   assert all(changed)  # Cutout at least touches every image.
 
 
+@pytest.mark.slow
 def test_strong_augmentation_flags_reach_the_pipeline_and_refuse_gray():
   cifar = sources.array_source(
       "cifar10", {"train": (np.random.RandomState(0).randint(

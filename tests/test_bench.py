@@ -45,6 +45,7 @@ def test_bench_rows_breakdown_and_profile(tmp_path):
                    recursive=True)
 
 
+@pytest.mark.slow
 def test_bench_refuses_unknown_choices_in_one_line():
   proc = subprocess.run(
       [sys.executable, "-m", "advisor_tf.tools.bench", "--methods=bogus"],

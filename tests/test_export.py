@@ -112,6 +112,7 @@ print(json.dumps(out, default=lambda b: b.decode()))
 """
 
 
+@pytest.mark.slow
 def test_export_serves_itself_with_tensorflow_alone(run, tmp_path):
   source = run["source"]
   files = [str(p) for p in source.paths["test"]]

@@ -61,6 +61,7 @@ def test_every_flagfile_parses_and_runs_two_steps(flagfile, tmp_path):
   assert 0.0 <= metrics["test/top1"] <= 100.0
 
 
+@pytest.mark.slow
 def test_dry_run_prints_and_writes_nothing(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "advisor_tf.train",

@@ -206,6 +206,7 @@ def test_lagged_step_is_the_virtual_gradient_and_the_exact_meta_update(
     np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_lagged_advice_trains():
   model = tiny_model("mfrw_mes", lr=0.2, advice="lagged")
   x, y, xm, ym = batches()

@@ -202,6 +202,7 @@ def test_install_cell_without_advisor_tf_or_a_source_stops_with_a_sentence(
   assert not list(elsewhere.iterdir())  # Nothing cloned, nothing written.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", WHERE)
 def test_install_cell_finds_the_clone_around_the_notebook(tmp_path, where):
   # Jupyter in a clone's colab/ without `pip install -e .`: the clone is used.

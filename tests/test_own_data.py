@@ -132,6 +132,7 @@ def test_own_folder_through_the_cli_to_a_served_classifier(tmp_path):
   assert os.path.isfile(os.path.join(workdir, "classifier.keras"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag,message", [
     ("--lr=nan", "--lr=nan must be a finite number"),
     ("--lr=inf", "--lr=inf must be a finite number"),
@@ -149,6 +150,7 @@ def test_bad_values_get_one_line_naming_the_flag(tmp_path, flag, message):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_unknown_dataset_and_bad_folders_get_one_line(tmp_path):
   proc = _cli("advisor_tf.train", "--dataset=photos", "--dry_run")
   assert proc.returncode != 0 and "--dataset" in proc.stderr
@@ -164,6 +166,7 @@ def test_unknown_dataset_and_bad_folders_get_one_line(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command,groups", [
     ("advisor_tf.train", ["data:", "method:", "optimisation:", "run:"]),
     ("advisor_tf.evaluate", ["run:", "evaluation:"]),

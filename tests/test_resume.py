@@ -48,6 +48,7 @@ def _checkpoint_steps(workdir):
   return [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
   _cli(tmp_path / "straight")
   killed = tmp_path / "killed"
@@ -83,6 +84,7 @@ def _small(workdir, **overrides):
   return dataclasses.replace(config_lib.TrainConfig(), **settings)
 
 
+@pytest.mark.slow
 def test_corrupted_newest_checkpoint_falls_back_to_previous(tmp_path):
   reference = trainer.train(_small(tmp_path / "ref"))
   keras.backend.clear_session()
@@ -105,6 +107,7 @@ def test_corrupted_newest_checkpoint_falls_back_to_previous(tmp_path):
   assert reference["test/top1"] == metrics["test/top1"]
 
 
+@pytest.mark.slow
 def test_workdir_with_other_configuration_is_refused(tmp_path):
   config = _small(tmp_path / "run", epochs=1)
   trainer.train(config)
@@ -127,6 +130,7 @@ def test_nonfinite_loss_stops_with_step_and_keeps_good_state(tmp_path):
              if np.asarray(v).dtype.kind == "f")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change,message", [
     ({"imbalance_factor": 0.5}, "--imbalance_factor=0.5 must be >= 1"),
     ({"noise_rate": 1.0}, r"--noise_rate=1.0 must be in \[0, 1\)"),
@@ -178,6 +182,7 @@ def _break_meta_in_test(root):
   shutil.copytree(root / "meta", root / "test")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("breakage,message", [
     (_break_missing_meta_class, "Class 'bee' has no image in the meta set"),
     # The unreadable file is skipped (and reported), so the data changed.
@@ -201,6 +206,7 @@ def test_bad_dataset_files_are_named_and_workdir_untouched(tmp_path, breakage,
   assert snapshot(tmp_path / "run") == before
 
 
+@pytest.mark.slow
 def test_user_image_folder_from_the_cli(tmp_path):
   data = _user_data(tmp_path / "data")
   proc = subprocess.run(

@@ -48,6 +48,7 @@ def no_op_determinism():
     tf.config.experimental.enable_op_determinism()
 
 
+@pytest.mark.slow
 def test_xla_step_matches_graph_step(no_op_determinism):
   data = _dataset()
   plain = tiny_model("mfrw_mes", compile_kwargs={"jit_compile": False})
@@ -90,6 +91,7 @@ def test_virtual_scope_selects_variables():
                last_stage_prefixes=("nope",))._virtual_flags()
 
 
+@pytest.mark.slow
 def test_meta_update_every_k_steps():
   model = tiny_model("mfrw_mes", meta_update_every=2)
   x, y, xm, ym = batches()
@@ -115,6 +117,7 @@ def _mixed_model(policy):
   return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_hypergradient_and_fit(policy):
   reference = _mixed_model("float32")
@@ -138,6 +141,7 @@ def test_mixed_precision_hypergradient_and_fit(policy):
   assert history.history["advisor_grad_norm"][-1] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ce", "mwnet", "mfrw_mes"])
 def test_mirrored_step_equals_single_device_step(mode):
   assert_mirrored_step_equals_single(mode, batchnorm=False, lr=0.5,

@@ -27,6 +27,7 @@ def _cli(*args):
                         timeout=600)
 
 
+@pytest.mark.slow
 def test_quickstart_flow_end_to_end(tmp_path):
   workdir = tmp_path / "run"
   result = _cli("--flagfile=flags/quickstart.cfg", f"--workdir={workdir}",
@@ -52,10 +53,14 @@ def test_quickstart_flow_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("flag,message", [
-    ("--method=bogus", "<ce|mwnet|mfrw|mes|mfrw_mes|balanced_softmax|eql|focal>"),
-    ("--noise_rate=1.0", "noise_rate"),
-    ("--lr_decay_epochs=5,x", "lr_decay_epochs"),
-    ("--lr_decay_epochs=99", "--lr_decay_epochs"),
+    pytest.param("--method=bogus",
+                 "<ce|mwnet|mfrw|mes|mfrw_mes|balanced_softmax|eql|focal>",
+                 marks=pytest.mark.slow),
+    ("--noise_rate=1.0", "noise_rate"),  # The command line, in the fast tier.
+    pytest.param("--lr_decay_epochs=5,x", "lr_decay_epochs",
+                 marks=pytest.mark.slow),
+    pytest.param("--lr_decay_epochs=99", "--lr_decay_epochs",
+                 marks=pytest.mark.slow),
 ])
 def test_bad_flags_are_named(tmp_path, flag, message):
   result = _cli("--flagfile=flags/quickstart.cfg",
@@ -104,6 +109,7 @@ def _checkpoint_values(workdir):
           if "save_counter" not in k}
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_weights(tmp_path):
   trainer.train(_small(tmp_path / "a"))
   keras.backend.clear_session()
@@ -118,6 +124,7 @@ def test_same_seed_gives_identical_weights(tmp_path):
              if a[k].dtype.kind == "f" and a[k].size > 1)
 
 
+@pytest.mark.slow
 def test_rerun_of_finished_run_resumes_without_training(tmp_path):
   config = _small(tmp_path / "run")
   first = trainer.train(config)
@@ -128,6 +135,7 @@ def test_rerun_of_finished_run_resumes_without_training(tmp_path):
   assert again["test/top1"] == first["test/top1"]
 
 
+@pytest.mark.slow
 def test_a_run_trains_under_mirrored_strategy_on_two_replicas(tmp_path):
   """The whole trainer (Keras' distributed fit, telemetry, evaluation,
   export) under MirroredStrategy on the two logical CPUs of conftest."""
