@@ -7,6 +7,8 @@ Flags are defined in `advisor_tf.cli_flags`; the work is `trainer.train`.
 A workdir holds one run: re-running the same command resumes it.
 """
 
+import shutil
+
 from advisor_tf import cli  # Quiets TensorFlow before it is imported.
 
 from absl import flags  # noqa: E402
@@ -32,6 +34,13 @@ def main(argv):
   print(next_steps(config, metrics))
 
 
+def _command(name):
+  """`advisor-<name>` where the console scripts are installed (`pip install
+  .`), else its `python -m` form."""
+  script = f"advisor-{name}"
+  return script if shutil.which(script) else f"python -m advisor_tf.{name}"
+
+
 def next_steps(config, metrics):
   """The closing lines of a run: its result, where its outputs are and the
   commands to run next."""
@@ -44,9 +53,10 @@ def next_steps(config, metrics):
     lines.append(f"Exported classifier: {workdir}/saved_model (serves "
                  f"itself), {workdir}/classifier.keras (for Keras)")
   lines += ["Next:",
-            f"  advisor-evaluate --workdir={workdir}",
-            f"  advisor-predict --model={workdir}/saved_model IMAGE_OR_FOLDER",
-            f"  advisor-analyze --workdir={workdir}    # report in "
+            f"  {_command('evaluate')} --workdir={workdir}",
+            f"  {_command('predict')} --model={workdir}/saved_model "
+            "IMAGE_OR_FOLDER",
+            f"  {_command('analyze')} --workdir={workdir}    # report in "
             f"{workdir}/analysis/report.html"]
   return "\n".join(lines)
 

@@ -121,7 +121,8 @@ def _train(config, source, split):
                                    cutout=config.cutout)
     model.fit(data, epochs=last_epoch, initial_epoch=first_epoch,
               steps_per_epoch=steps_per_epoch, validation_data=validation,
-              callbacks=callbacks, verbose=config.verbose)
+              callbacks=callbacks, verbose=config.verbose,
+              shuffle=False)  # The stream is shuffled, statelessly, itself.
 
   resumed_from, last = start, builder.total_steps(config, steps)
   while start < last:

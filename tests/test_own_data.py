@@ -88,8 +88,10 @@ def test_own_folder_through_the_cli_to_a_served_classifier(tmp_path):
   metrics = json.load(open(os.path.join(workdir, "metrics.json")))
   assert "train/realised_noise_rate" not in metrics
   # It ends with where things are and what to run next.
-  assert f"advisor-predict --model={workdir}/saved_model" in proc.stdout
-  assert f"advisor-evaluate --workdir={workdir}" in proc.stdout
+  assert (f"advisor-predict --model={workdir}/saved_model" in proc.stdout or
+          f"python -m advisor_tf.predict --model={workdir}/saved_model"
+          in proc.stdout)
+  assert f"evaluate --workdir={workdir}" in proc.stdout
   assert "TensorFlow binary is optimized" not in proc.stderr  # Quiet TF.
   # The labels it trained on are the folder's; hidden entries are not data.
   config, source, split = run_lib.load_data(workdir)
