@@ -88,6 +88,15 @@ _BREAKDOWN = flags.DEFINE_string(
 def _peak_mib(device_is_gpu):
   if device_is_gpu:
     return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+  # This process's own high-water mark: VmHWM belongs to its address space,
+  # whereas Linux carries ru_maxrss over from the parent through fork/exec.
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024.0
+  except OSError:
+    pass
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -450,6 +459,9 @@ def table(report):
 def main(argv):
   del argv
   cli.quiet_logs()
+  # Every timed model has its own train function, by design: TensorFlow's
+  # "excessive retracing" warning does not apply.
+  tf.get_logger().setLevel("ERROR")
   if _MEMORY_OF.value:
     _memory_probe(_MEMORY_OF.value)
     return
