@@ -344,16 +344,44 @@ def _memory_probe(spec):
   print(json.dumps({"peak_memory_mb": round(_peak_mib(False), 1)}))
 
 
+def _group_in_fresh_process(methods, scopes, backbone, side, channels,
+                            classes, batch, meta_batch, steps, rounds,
+                            warmup):
+  """The round-robin table of one sweep group, timed by a fresh process (a
+  process that timed other models keeps their thread pools and input
+  pipelines, which then compete with the models being timed)."""
+  import subprocess
+  import sys
+  import tempfile
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "group.json")
+    proc = subprocess.run(
+        [sys.executable, "-m", "advisor_tf.tools.bench",
+         f"--methods={','.join(methods)}",
+         f"--virtual_scopes={','.join(scopes)}", f"--backbone={backbone}",
+         f"--input_size={side}", f"--channels={channels}",
+         f"--num_classes={classes}", f"--batch_size={batch}",
+         f"--meta_batch_size={meta_batch}", f"--steps={steps}",
+         f"--rounds={rounds}", f"--warmup={warmup}", f"--json={out}"],
+        capture_output=True, text=True, check=False)
+    if proc.returncode:
+      raise RuntimeError(f"timing {backbone} batch {batch} failed: "
+                         f"{proc.stderr[-2000:]}")
+    with open(out) as f:
+      return json.load(f)
+
+
 def sweep(methods, scopes, steps, rounds, warmup, groups=SWEEP_GROUPS):
-  """Time per step and peak memory over batch sizes and backbones."""
+  """Time per step and peak memory over batch sizes and backbones: each
+  group's methods are timed round-robin in one fresh process, each variant's
+  peak memory in a process of its own."""
   rows = []
   for backbone, side, channels, classes, batches, meta in groups:
     for batch in batches:
       meta_batch = meta or batch
-      keras.backend.clear_session()
-      report = run(methods, scopes, backbone, side, channels, classes, batch,
-                   meta_batch, steps, rounds, warmup, False, "float32",
-                   "default")
+      report = _group_in_fresh_process(methods, scopes, backbone, side,
+                                       channels, classes, batch, meta_batch,
+                                       steps, rounds, warmup)
       for row in report["results"]:
         row = dict(row, backbone=backbone, input_size=side,
                    batch_size=batch, meta_batch_size=meta_batch)
