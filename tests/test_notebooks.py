@@ -268,3 +268,21 @@ def test_install_cell_installs_a_wheel_set_in_advisor_tf_source(tmp_path):
   assert flagfile == f"{purelib}/advisor_tf/flags/quickstart.cfg"
   with open(flagfile) as f:
     assert "--noise=flip" in f.read()
+  # The installed console scripts behave like their `python -m` forms from
+  # any directory (here: one without a clone or flags/ folder).
+  for command, group in (("advisor-train", "optimisation:"),
+                         ("advisor-evaluate", "evaluation:"),
+                         ("advisor-analyze", "report:"),
+                         ("advisor-predict", "output:"),
+                         ("advisor-bench", "workload:")):
+    shown = subprocess.run([runtime / "bin" / command, "--help"], cwd=content,
+                           capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert shown.returncode == 0 and f"\n{group}\n" in shown.stdout, (
+        command, shown.stderr[-2000:])
+  resolved = subprocess.run(
+      [runtime / "bin" / "advisor-train", f"--flagfile={flagfile}",
+       "--dry_run"], cwd=content, capture_output=True, text=True, env=env,
+      timeout=300)
+  assert resolved.returncode == 0, resolved.stderr[-2000:]
+  assert json.loads(resolved.stdout)["noise"] == "flip"
