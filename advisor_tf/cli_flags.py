@@ -29,13 +29,21 @@ flags.DEFINE_integer("image_size", _D.image_size,
 flags.DEFINE_bool("augment", _D.augment,
                   "Augment training images (CIFAR: pad-4 crop + flip; "
                   "ImageNet-style data: random 224 crop of 256 + flip).")
-flags.DEFINE_bool("autoaugment", _D.autoaugment,
-                  "Add AutoAugment's CIFAR-10 policy after the standard "
-                  "augmentation (RGB data; thesis Table 3.2).")
+flags.DEFINE_enum("augment_policy", _D.augment_policy, _C["augment_policy"],
+                  "Batch-level augmentation after --augment's crop + flip, "
+                  "on RGB data: autoaugment (AutoAugment's CIFAR-10 policy, "
+                  "thesis Table 3.2), randaugment (keras.layers.RandAugment, "
+                  "2 ops, factor 0.5, per image), augmix (AugMix, width 3, "
+                  "severity 3). Every preset, --cutout and --gridmask draw "
+                  "from (seed, step): bit-exact on resume.")
+flags.DEFINE_bool("autoaugment", False,
+                  "Deprecated spelling of --augment_policy=autoaugment.")
 flags.DEFINE_integer("cutout", _D.cutout,
                      "Side in pixels of the Cutout square erased from every "
-                     "training image, after AutoAugment (0: off; 16 for "
-                     "CIFAR, thesis Table 3.2).")
+                     "training image, after --augment_policy (0: off; 16 for "
+                     "CIFAR, thesis Table 3.2; keras-cv RandomCutout).")
+flags.DEFINE_bool("gridmask", _D.gridmask,
+                  "Add keras-cv's GridMask (its defaults) after --cutout.")
 flags.DEFINE_enum("noise", _D.noise, _C["noise"],
                   "Synthetic label noise injected into the training labels "
                   "(none: your labels are used as given).")
@@ -163,6 +171,12 @@ def to_config(values=None) -> config_lib.TrainConfig:
     if field.name in ("lr_decay_epochs", "lr_decay_steps"):
       value = _int_list(field.name, value)
     kwargs[field.name] = value
+  if values["autoaugment"].value:  # The former flag.
+    if kwargs["augment_policy"] not in ("none", "autoaugment"):
+      raise ValueError("--autoaugment means --augment_policy=autoaugment; "
+                       "drop one of it and --augment_policy="
+                       f"{kwargs['augment_policy']}.")
+    kwargs["augment_policy"] = "autoaugment"
   return config_lib.TrainConfig(**kwargs).validate()
 
 flags.DEFINE_bool("dry_run", False,
@@ -171,9 +185,9 @@ flags.DEFINE_bool("dry_run", False,
 
 # `--help` of advisor-train: every flag above, by topic.
 GROUPS = {
-    "data": ["dataset", "data_dir", "image_size", "augment", "autoaugment",
-             "cutout", "noise", "noise_rate", "flip_targets",
-             "imbalance_factor", "meta_per_class"],
+    "data": ["dataset", "data_dir", "image_size", "augment", "augment_policy",
+             "cutout", "gridmask", "autoaugment", "noise", "noise_rate",
+             "flip_targets", "imbalance_factor", "meta_per_class"],
     "method": ["method", "embedding_size", "rho", "advisor_lr",
                "eql_threshold", "focal_gamma", "advice", "virtual_scope",
                "meta_update_every"],

@@ -16,6 +16,7 @@ import json
 import math
 
 from advisor_tf.backbones import BACKBONES
+from advisor_tf.data.augment import POLICIES as AUGMENT_POLICIES
 from advisor_tf.data.sources import SOURCES
 from advisor_tf.data.noise import FLIP_TARGET_RULES, NOISE_TYPES
 from advisor_tf.distribute import STRATEGIES
@@ -28,6 +29,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # allowed values, in the order `--help` lists them.
 CHOICES = {
     "dataset": tuple(sorted(SOURCES)),
+    "augment_policy": AUGMENT_POLICIES,
     "noise": NOISE_TYPES,
     "flip_targets": FLIP_TARGET_RULES,
     "method": MODES,
@@ -55,8 +57,9 @@ class TrainConfig:
   data_dir: str | None = None
   image_size: int | None = None
   augment: bool = True
-  autoaugment: bool = False
+  augment_policy: str = "none"
   cutout: int = 0
+  gridmask: bool = False
   noise: str = "none"  # Users' labels are theirs: no noise unless asked.
   noise_rate: float = 0.4
   flip_targets: str = "random"
@@ -127,6 +130,8 @@ class TrainConfig:
     if self.advice == "lagged" and self.meta_update_every != 1:
       raise ValueError("--advice=lagged reuses the virtual step's gradient "
                        "and needs --meta_update_every=1.")
+    if self.cutout < 0:
+      raise ValueError(f"--cutout={self.cutout} must be >= 0 (0: off).")
     if self.focal_gamma < 0:
       raise ValueError(f"--focal_gamma={self.focal_gamma} must be >= 0.")
     if not 0 < self.eql_threshold < 1:
@@ -186,7 +191,7 @@ class TrainConfig:
   def from_dict(cls, saved):
     """A config from a saved dict (config.json); unknown keys are ignored
     and fields newer than the saved run take their defaults."""
-    saved = dict(saved)
+    saved = _upgrade(saved)
     for key in ("lr_decay_epochs", "lr_decay_steps"):
       if key in saved:
         saved[key] = tuple(saved[key])
@@ -202,10 +207,20 @@ class TrainConfig:
     now = json.loads(self.to_json())
     # A field newer than the saved run had its default value there.
     defaults = json.loads(TrainConfig().to_json())
-    saved = {**defaults, **saved}
+    saved = {**defaults, **_upgrade(saved)}
     return [f"--{k}: {saved.get(k)!r} in the workdir, {now[k]!r} now"
             for k in sorted(now) if k not in RUN_ONLY_FIELDS
             and saved.get(k) != now[k]]
+
+
+def _upgrade(saved):
+  """A saved config dict in today's fields: runs saved before
+  `augment_policy` stored `autoaugment: true|false`."""
+  saved = dict(saved)
+  autoaugment = saved.pop("autoaugment", None)
+  if autoaugment is not None and "augment_policy" not in saved:
+    saved["augment_policy"] = "autoaugment" if autoaugment else "none"
+  return saved
 
 
 def _choice(flag, value, allowed):

@@ -1,8 +1,15 @@
 """tf.distribute strategies by name.
 
 `mirrored`: all GPUs of this host (or the CPU when there is none).
-`multi_worker`: several hosts, configured by the `TF_CONFIG` environment
-variable as TensorFlow documents; every worker runs the same command.
+`multi_worker`: several hosts (or processes), configured by the `TF_CONFIG`
+environment variable as TensorFlow documents; every worker runs the same
+command with the same --workdir (a folder all hosts see). Every worker
+computes and saves alike (a save may read values through collectives), but
+only the chief — task `chief`, or `worker` 0 when the cluster has no chief —
+writes the workdir; the others write into a scratch folder that is deleted.
+A restarted job resumes from the chief's newest checkpoint on every worker.
+The strategy must exist before TensorFlow runs its first op, so `trainer`
+creates it first.
 Build the model, both optimizers, metrics and checkpoints under
 `strategy.scope()`; `AdvisorModel` scales its losses by the replica count and
 averages the virtual step's gradients across replicas itself.
@@ -29,3 +36,9 @@ def get_strategy(name):
     return tf.distribute.MultiWorkerMirroredStrategy()
   raise ValueError(f"--strategy={name!r} is not allowed; choose one of: "
                    f"{', '.join(STRATEGIES)}.")
+
+
+def writes_workdir(strategy):
+  """Whether this process writes the run's workdir: yes, except for the
+  non-chief workers of a multi-worker job."""
+  return strategy.extended.should_checkpoint

@@ -92,6 +92,20 @@ class ActualStep(NamedTuple):
 
 
 # ---------------------------------------------------------------- plumbing
+def _keras_reducible(logs):
+  """The step's logs in the shape Keras' fit() can reduce. Across several
+  workers (MultiWorkerMirroredStrategy) Keras reduces each log with
+  `strategy.reduce("MEAN", log, axis=0)`, which fails on a scalar
+  (tensorflow/tensorflow#72388): give each log a length-1 axis there, so
+  the reduction is the mean over every replica, as on one host."""
+  strategy = tf.distribute.get_strategy()
+  if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+          # Keras' own test for its multi-worker reduction.
+          and strategy.extended._in_multi_worker_mode()):  # noqa: SLF001
+    return logs
+  return {name: ops.reshape(value, (1,)) for name, value in logs.items()}
+
+
 def _int_labels(labels):
   return ops.reshape(ops.cast(labels, "int32"), (-1,))
 
@@ -370,6 +384,16 @@ class AdvisorModel(keras.Model):
     self.optimizer.build(self.classifier_variables)
     if self.advisor is not None:
       self.advisor_optimizer.build(self.advisor.trainable_variables)
+
+  def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    # Keras' fit() under a tf.distribute strategy builds the model on a batch
+    # it draws from the training iterator: that batch is never trained on
+    # (each fit() call would skip one, so a resumed run would differ), and
+    # under MultiWorkerMirroredStrategy the nested batch cannot be reduced.
+    # Every part is built on known shapes in compile(); nothing to draw.
+    del iterator, data_batch
+    with self.distribute_strategy.scope():
+      self._build_all()
 
   def build(self, input_shape):
     self.backbone.build(input_shape)
@@ -711,7 +735,8 @@ class AdvisorModel(keras.Model):
     for name, value in stats.items():
       weight = meta_weight if name in ("meta_loss", "advisor_grad_norm") else 1
       self._trackers[name].update_state(value, sample_weight=weight)
-    return {name: t.result() for name, t in self._trackers.items()}
+    return _keras_reducible({name: t.result()
+                             for name, t in self._trackers.items()})
 
   # -------------------------------------------------------------- evaluation
   def test_step(self, data):
@@ -721,8 +746,8 @@ class AdvisorModel(keras.Model):
     loss = ops.mean(adv_losses.cross_entropy(y, logits))
     self._trackers["loss"].update_state(loss)
     self._trackers["accuracy"].update_state(y, logits)
-    return {"loss": self._trackers["loss"].result(),
-            "accuracy": self._trackers["accuracy"].result()}
+    return _keras_reducible({"loss": self._trackers["loss"].result(),
+                             "accuracy": self._trackers["accuracy"].result()})
 
   def get_config(self):
     return {

@@ -33,6 +33,7 @@ import fcntl
 import hashlib
 import json
 import os
+import tempfile
 
 from absl import logging
 import keras
@@ -76,7 +77,8 @@ def prepare_data(config):
       meta_labels=None if meta_from == "train" else source.labels[meta_from],
       meta_from=meta_from)
   # Refuse impossible augmentation settings before anything is written.
-  pipeline.strong_transform(source, config.autoaugment, config.cutout)
+  pipeline.strong_transform(source, config.augment_policy, config.cutout,
+                            config.gridmask)
   return source, split
 
 
@@ -211,6 +213,17 @@ def claim(config, source, flags_text=None):
     _write(os.path.join(workdir, DATA_FILE), json.dumps(data, indent=2))
     logging.info("Data fingerprint: %s", data)
     yield workdir
+
+
+@contextlib.contextmanager
+def scratch(config, source):
+  """A non-chief worker's stand-in for `claim`: the same checks of the
+  workdir (read only), then a temporary folder for what the worker writes
+  (its copies of checkpoints, logs and export), deleted at the end. The
+  chief, alone, writes the workdir."""
+  _check_resumable(config, fingerprint(config, source))
+  with tempfile.TemporaryDirectory(prefix="advisor_tf_worker_") as tmp:
+    yield tmp
 
 
 def _write(path, text):

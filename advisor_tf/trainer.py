@@ -65,40 +65,48 @@ def train(config, flags_text=None):
   anything is written.
   """
   config.validate()
+  # First: a multi-worker strategy configures the runtime's collectives,
+  # which must happen before TensorFlow runs any op.
+  strategy = distribute.get_strategy(config.strategy)
   source, split = run_lib.prepare_data(config)
   pipeline.check_batch_sizes(split, config.batch_size, config.meta_batch_size)
   logging.info("Synthetic label noise: %s.", describe_noise(config))
-  with run_lib.claim(config, source, flags_text):
+  chief = distribute.writes_workdir(strategy)
+  with (run_lib.claim(config, source, flags_text) if chief
+        else run_lib.scratch(config, source)) as out:
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
       tf.config.experimental.enable_op_determinism()
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
     try:
-      return _train(config, source, split)
+      return _train(config, source, split, strategy, out)
     finally:
       keras.config.set_dtype_policy(previous_policy)
 
 
-def _train(config, source, split):
+def _train(config, source, split, strategy, out):
+  """Trains in `strategy`, resuming from `config.workdir`'s checkpoints and
+  writing into `out` (the workdir, or a non-chief worker's scratch)."""
   steps = run_lib.steps_per_epoch(config, split)
-  strategy = distribute.get_strategy(config.strategy)
   with strategy.scope():
     model = builder.build_model(
         config, source.image_shape, source.num_classes,
         class_counts=split.class_counts(source.num_classes),
         steps_per_epoch=steps)
     checkpoint = run_lib.checkpoint_of(model)
-    manager = run_lib.checkpoint_manager(checkpoint, config.workdir,
+    manager = run_lib.checkpoint_manager(checkpoint, out,
                                          config.keep_checkpoints)
-    restored = run_lib.restore_latest(checkpoint, manager)
+    restored = run_lib.restore_latest(
+        checkpoint, manager if out == config.workdir else
+        run_lib.checkpoint_manager(checkpoint, config.workdir))
   start = int(model.optimizer.iterations.numpy())
   if restored:
     logging.warning("Resuming from %s (step %d).", restored, start)
   elif config.init_checkpoint:
     run_lib.initialise_classifier(model, config.init_checkpoint)
 
-  log_dir = os.path.join(config.workdir, "tensorboard")
+  log_dir = os.path.join(out, "tensorboard")
   with tf.summary.create_file_writer(
       os.path.join(log_dir, "config")).as_default():
     tf.summary.text("config", "```\n" + config.to_json() + "\n```", step=0)
@@ -108,7 +116,7 @@ def _train(config, source, split):
                    skips_nonfinite=config.strategy == "default")]
   if model.advisor is not None and config.telemetry_examples:
     callbacks.append(telemetry.AdvisorTelemetry(
-        source, split, config.workdir, config.telemetry_examples,
+        source, split, out, config.telemetry_examples,
         config.seed, config.eval_batch_size))
   validation = pipeline.evaluation(source, "test", config.eval_batch_size)
 
@@ -117,7 +125,8 @@ def _train(config, source, split):
                                    config.meta_batch_size, config.seed,
                                    start_step=first_step,
                                    augment=config.augment,
-                                   autoaugment=config.autoaugment,
+                                   policy=config.augment_policy,
+                                   gridmask=config.gridmask,
                                    cutout=config.cutout)
     model.fit(data, epochs=last_epoch, initial_epoch=first_epoch,
               steps_per_epoch=steps_per_epoch, validation_data=validation,
@@ -144,8 +153,8 @@ def _train(config, source, split):
   metrics.update(evaluation.evaluate(model, source, "test",
                                      config.eval_batch_size,
                                      split.class_counts(source.num_classes)))
-  with open(os.path.join(config.workdir, "metrics.json"), "w") as f:
+  with open(os.path.join(out, "metrics.json"), "w") as f:
     json.dump(metrics, f, indent=2)
   if config.export:
-    export_classifier(model, source, config.workdir)
+    export_classifier(model, source, out)
   return metrics

@@ -1,6 +1,7 @@
-"""Augmentation: standard, AutoAugment, Cutout; determinism; the throughput
-benchmark tool."""
+"""Augmentation: standard, AutoAugment, RandAugment, AugMix, Cutout, GridMask;
+determinism; the flags and saved configs; the throughput benchmark tool."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,6 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from absl import flags
+
+from advisor_tf import cli_flags
+from advisor_tf import config as config_lib
 from advisor_tf.data import augment, pipeline, protocols, sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,11 +86,82 @@ def test_cutout_erases_one_square_inside_the_image():
     assert mask.sum() == rows.sum() * cols.sum()
 
 
+def _thesis_cutout(images, seed, size):
+  """The hand-written Cutout this project used before keras-cv's: centre
+  uniform over the image, square clipped at the borders, set to 0."""
+  shape = tf.shape(images)
+  centres = tf.random.stateless_uniform(
+      [shape[0], 2], seed, maxval=tf.int32.max, dtype=tf.int32) % shape[1:3]
+  top = centres[:, 0, None, None] - size // 2
+  left = centres[:, 1, None, None] - size // 2
+  rows = tf.range(shape[1])[None, :, None]
+  cols = tf.range(shape[2])[None, None, :]
+  inside = ((rows >= top) & (rows < top + size) &
+            (cols >= left) & (cols < left + size))
+  return tf.where(inside[..., None], tf.zeros_like(images), images)
+
+
+def test_keras_cv_cutout_agrees_in_distribution_with_the_thesis_cutout():
+  """keras-cv's RandomCutout with a fixed 16-pixel square (raw, and as
+  `augment.cutout` uses it) against the hand-written Cutout, over N = 4096
+  images each: per-pixel erase frequency (the centre's distribution as seen
+  through the clipped square) and the erased area's distribution."""
+  import keras_cv
+  n, size = 4096, 16
+  ones = tf.ones((n, 32, 32, 1))
+  thesis = _thesis_cutout(ones, tf.constant([1, 2], tf.int64), size)
+  layer = keras_cv.layers.RandomCutout((0.5, 0.5), (0.5, 0.5), seed=3)
+  for other in (layer(ones, training=True),
+                augment.cutout(ones, tf.constant([4, 5], tf.int64), size)):
+    a, b = (tf.equal(x[..., 0], 0.0).numpy() for x in (thesis, other))
+    # Erase frequency of every pixel (p ≤ 0.25 at the centre): each estimate
+    # has σ ≤ √(0.25·0.75/4096) ≈ 0.0068, the difference of two ≈ 0.0096;
+    # 5σ ≈ 0.048 bounds all 1024 pixels with failure odds ~1024·6e-7.
+    np.testing.assert_allclose(a.mean(0), b.mean(0), atol=0.048)
+    # Area: 256 px when the centre lies in the 17×17 interior box
+    # (p = 289/1024 under both), fewer near the borders; mean area per
+    # image has σ ≈ 60/√4096 ≈ 1 px, so 6 px is 4σ of the difference.
+    area_a, area_b = a.sum((1, 2)), b.sum((1, 2))
+    assert area_a.max() == area_b.max() == size * size
+    assert abs((area_a == 256).mean() - (area_b == 256).mean()) < 0.04
+    assert abs(area_a.mean() - area_b.mean()) < 6.0
+    # Same footprint: every erased region is one rectangle, ≥ 8×8.
+    assert area_b.min() >= 8 * 8
+
+
+@pytest.mark.parametrize("policy", augment.POLICIES)
+@pytest.mark.parametrize("cutout,gridmask", [(0, False), (16, True)])
+def test_every_preset_keeps_shape_range_and_is_deterministic(policy, cutout,
+                                                             gridmask):
+  if policy == "none" and not (cutout or gridmask):
+    pytest.skip("No batch transform.")
+  mean, std = sources.CIFAR_MEAN["cifar10"], sources.CIFAR_STD["cifar10"]
+  pixels = tf.random.stateless_uniform((8, 32, 32, 3), (5, 6))
+  strong = tf.function(augment.strong(mean, std, policy=policy,
+                                      cutout_size=cutout, gridmask=gridmask))
+  seed = tf.constant([0, 11], tf.int64)
+  out = strong((pixels - mean) / std, seed)
+  assert out.shape == pixels.shape and out.dtype == tf.float32
+  back = (out * std + mean).numpy()
+  assert -1e-5 <= back.min() and back.max() <= 1 + 1e-5
+  np.testing.assert_array_equal(out, strong((pixels - mean) / std, seed))
+  other = strong((pixels - mean) / std, tf.constant([0, 12], tf.int64))
+  assert not np.array_equal(out, other)
+  # Per image: images of one batch are not all changed alike.
+  changed = np.abs(back - pixels.numpy()).mean(axis=(1, 2, 3))
+  assert changed.max() > 0 and np.ptp(changed) > 0
+
+
+def test_unknown_policy_is_refused_in_one_line():
+  with pytest.raises(ValueError, match="choose one of: none, autoaugment"):
+    augment.strong(policy="trivialaugment")
+
+
 def test_strong_augmentation_is_deterministic_in_its_seed_and_per_image():
   mean, std = sources.CIFAR_MEAN["cifar10"], sources.CIFAR_STD["cifar10"]
   pixels = tf.random.stateless_uniform((32, 32, 32, 3), (5, 6))
   images = (pixels - mean) / std
-  strong = augment.strong(mean, std, use_autoaugment=True, cutout_size=16)
+  strong = augment.strong(mean, std, policy="autoaugment", cutout_size=16)
   seed = tf.constant([0, 11], tf.int64)
   out = strong(images, seed)
   assert out.shape == images.shape and out.dtype == tf.float32
@@ -111,21 +187,72 @@ def test_strong_augmentation_flags_reach_the_pipeline_and_refuse_gray():
   split = protocols.apply(protocols.Protocol(noise="none", noise_rate=0.0,
                                              meta_per_class=1),
                           cifar.labels["train"], 10, seed=0)
-  plain, strong = [
+  plain, strong, former = [
       next(iter(pipeline.train_and_meta(cifar, split, 8, 4, 0, augment=False,
-                                        autoaugment=a, cutout=c)))[0][0]
-      for a, c in ((False, 0), (True, 8))]
+                                        **kwargs)))[0][0]
+      for kwargs in ({}, dict(policy="autoaugment", cutout=8),
+                     dict(autoaugment=True, cutout=8))]
+  np.testing.assert_array_equal(strong, former)  # The former keyword.
   assert plain.shape == strong.shape and not np.allclose(plain, strong)
   # A resumed stream augments its batches exactly as the uninterrupted one.
   stream = lambda start: pipeline.train_and_meta(  # noqa: E731
       cifar, split, 8, 4, 0, start_step=start, autoaugment=True, cutout=8)
   fourth = list(stream(0).take(4))[3][0][0]
   np.testing.assert_array_equal(next(iter(stream(3)))[0][0], fourth)
+  for policy in ("randaugment", "augmix"):
+    stream = lambda start: pipeline.train_and_meta(  # noqa: E731
+        cifar, split, 8, 4, 0, start_step=start, policy=policy,
+        gridmask=True)
+    third = list(stream(0).take(3))[2][0][0]
+    np.testing.assert_array_equal(next(iter(stream(2)))[0][0], third)
   digits = sources.load("digits")
-  with pytest.raises(ValueError, match="--autoaugment needs RGB"):
-    pipeline.strong_transform(digits, autoaugment=True)
+  with pytest.raises(ValueError,
+                     match="--augment_policy=autoaugment needs RGB"):
+    pipeline.strong_transform(digits, "autoaugment")
   with pytest.raises(ValueError, match="--cutout=8 must be smaller"):
     pipeline.strong_transform(digits, cutout=8)
+
+
+def test_former_autoaugment_flag_and_saved_configs_still_load():
+  old = json.loads(config_lib.TrainConfig().to_json())
+  del old["augment_policy"], old["gridmask"]
+  saved = dict(old, autoaugment=True, cutout=16)
+  config = config_lib.TrainConfig.from_dict(saved)
+  assert config.augment_policy == "autoaugment" and config.cutout == 16
+  assert config.differences(saved) == []
+  assert config_lib.TrainConfig.from_dict(
+      dict(old, autoaugment=False)).augment_policy == "none"
+  assert config_lib.TrainConfig().differences(dict(old, autoaugment=True)) == [
+      "--augment_policy: 'autoaugment' in the workdir, 'none' now"]
+  cfg = os.path.join(ROOT, "flags", "cifar_lt_strong_aug.cfg")
+  config = cli_flags.config_from_flagfile(cfg)
+  assert (config.augment_policy, config.cutout) == ("autoaugment", 16)
+  for argv, policy in ((["--autoaugment"], "autoaugment"),
+                       (["--augment_policy=augmix", "--gridmask"], "augmix"),
+                       (["--autoaugment", "--augment_policy=autoaugment"],
+                        "autoaugment")):
+    flags.FLAGS.unparse_flags()
+    try:
+      flags.FLAGS(["train"] + argv)
+      assert cli_flags.to_config().augment_policy == policy
+    finally:
+      flags.FLAGS.unparse_flags()
+  for argv, message in (
+      (["--autoaugment", "--augment_policy=randaugment"],
+       "drop one of it and --augment_policy=randaugment"),
+      (["--cutout=-1"], "--cutout=-1 must be >= 0")):
+    flags.FLAGS.unparse_flags()
+    try:
+      flags.FLAGS(["train"] + argv)
+      with pytest.raises(ValueError, match=message):
+        cli_flags.to_config()
+    finally:
+      flags.FLAGS.unparse_flags()
+  with pytest.raises(ValueError, match="--augment_policy='nope' is not "
+                     "allowed; choose one of: none, autoaugment, randaugment, "
+                     "augmix"):
+    dataclasses.replace(config_lib.TrainConfig(),
+                        augment_policy="nope").validate()
 
 
 # --------------------------------------------------------------- backbones

@@ -1,7 +1,10 @@
 """Training-time augmentation, stateless: every random draw is a function of
-(run seed, global example counter), so a resumed run augments exactly as an
-uninterrupted one. (Keras' preprocessing layers draw from a stateful seed
-generator that lives outside the data pipeline, which would break that.)"""
+(run seed, global example counter or step), so a resumed run augments exactly
+as an uninterrupted one. Keras' and keras-cv's preprocessing layers draw from
+stateful generators that live outside the data pipeline, which would break
+that; the layers used here (`keras.layers.RandAugment`, keras-cv's
+`RandomCutout` and `GridMask`) get stand-in generators whose draws are
+stateless in the batch's seed."""
 
 from __future__ import annotations
 
@@ -239,36 +242,213 @@ def autoaugment(images, seed, policy=CIFAR10_POLICY):
   return images
 
 
+# ------------------------------------------- Keras and keras-cv, made stateless
+def _fold(seed, count):
+  return tf.random.experimental.stateless_fold_in(
+      tf.cast(seed, tf.int64), count)
+
+
+class _StepSeeds(keras.random.SeedGenerator):
+  """Stands in for a Keras layer's `SeedGenerator`: its k-th draw within one
+  call is the stateless seed `fold_in(seed, k)`, so the layer's output is a
+  function of `seed` (no state variable is created)."""
+
+  def __init__(self, seed):
+    self.name, self.backend = "step_seeds", keras.backend
+    self._initial_seed, self._seed, self._count = None, seed, 0
+
+  def next(self, ordered=True):
+    del ordered
+    self._count += 1
+    return _fold(self._seed, self._count)
+
+
+class _StatelessDraws:
+  """Stands in for a keras-cv layer's `tf.random.Generator` (the methods its
+  layers call), each draw stateless in `seed` like `_StepSeeds`."""
+
+  def __init__(self, seed):
+    self._seed, self._count = seed, 0
+
+  def _next(self):
+    self._count += 1
+    return _fold(self._seed, self._count)
+
+  def uniform(self, shape, minval=0.0, maxval=None, dtype=tf.float32,
+              **kwargs):
+    del kwargs
+    if maxval is None:
+      maxval = 1.0
+    unit = tf.random.stateless_uniform(shape, self._next(), dtype=tf.float32)
+    return tf.cast(minval + unit * (tf.cast(maxval, tf.float32) - minval),
+                   dtype)
+
+  def normal(self, shape, mean=0.0, stddev=1.0, dtype=tf.float32, **kwargs):
+    del kwargs
+    return tf.random.stateless_normal(shape, self._next(), mean, stddev, dtype)
+
+  random_normal = normal
+
+
+def _with_step_seeds(layer, seed):
+  """Points `layer` and its sub-layers at stateless draws from `seed`."""
+  draws = _StepSeeds(seed)
+  for sub in [layer] + list(layer._flatten_layers(include_self=False)):
+    if hasattr(sub, "generator"):
+      object.__setattr__(sub, "generator", draws)
+      object.__setattr__(sub, "_backend_generators", {})
+  return layer
+
+
+def rand_augment(num_ops=2, factor=0.5):
+  """`(batch of [0, 1] images, batch seed) → images`: Keras'
+  `keras.layers.RandAugment` (defaults: 2 operations, factor 0.5) per image —
+  each image draws its own operations and magnitudes (the layer, called on
+  a batch, would draw one pair of operations for the whole batch) — from
+  seeds folded out of the batch's."""
+  layer = keras.layers.RandAugment(value_range=(0, 1), num_ops=num_ops,
+                                   factor=factor)
+
+  def one(args):
+    image, image_seed = args
+    return _with_step_seeds(layer, image_seed)(image, training=True)
+
+  def transform(images, seed):
+    return tf.map_fn(one, (images, _image_seeds(images, seed, 31)),
+                     fn_output_signature=tf.float32)
+  return transform
+
+
+def _image_seeds(images, seed, salt):
+  """One stateless seed per image of the batch, derived from its seed."""
+  return tf.random.stateless_uniform(
+      [tf.shape(images)[0], 2], _fold(seed, salt), minval=None, maxval=None,
+      dtype=tf.int64)
+
+
 def cutout(images, seed, size):
   """One `size`×`size` square per image, centre drawn uniformly over the
-  image and clipped at the borders, set to 0 (DeVries & Taylor 2017)."""
-  shape = tf.shape(images)
-  centres = tf.random.stateless_uniform(
-      [shape[0], 2], tf.random.experimental.stateless_fold_in(seed, 29),
-      maxval=tf.int32.max, dtype=tf.int32) % shape[1:3][None]
-  top = centres[:, 0, None, None] - size // 2
-  left = centres[:, 1, None, None] - size // 2
-  rows = tf.range(shape[1])[None, :, None]
-  cols = tf.range(shape[2])[None, None, :]
-  inside = ((rows >= top) & (rows < top + size) &
-            (cols >= left) & (cols < left + size))
-  return tf.where(inside[..., None], tf.zeros_like(images), images)
+  image and clipped at the borders, set to 0 (DeVries & Taylor 2017): keras-cv's
+  `RandomCutout` with a fixed square, its centres drawn statelessly."""
+  import keras_cv
+  height, width = images.shape[1], images.shape[2]
+  if height is None or width is None:
+    raise ValueError("cutout needs images of a static size.")
+  layer = _keras_cv_layer(
+      ("cutout", size, height, width), lambda: keras_cv.layers.RandomCutout(
+          keras_cv.core.ConstantFactorSampler(size / height),
+          keras_cv.core.ConstantFactorSampler(size / width),
+          fill_mode="constant", fill_value=0.0))
+  layer._random_generator = _StatelessDraws(_fold(seed, 29))
+  return layer(images, training=True)
 
 
-def strong(mean=None, std=None, use_autoaugment=True, cutout_size=16):
-  """`(batch of images, batch seed) → images`: the strong-augmentation recipe
-  of the long-tailed CIFAR literature, applied after the per-image
-  pad-crop-flip: AutoAugment (CIFAR-10 policy), then Cutout, on [0, 1]
-  pixels. The source's images arrive normalised by (mean, std); this undoes
-  that around the pixel operations and re-applies it."""
+def grid_mask(images, seed):
+  """keras-cv's `GridMask` (Chen et al. 2020; its defaults: grid ratio
+  U(0, 0.5), rotation ±15% of a turn, fill 0), per image, every draw
+  stateless in the batch's seed."""
+  import keras_cv
+  layer = _keras_cv_layer(("gridmask",), keras_cv.layers.GridMask)
+
+  def one(args):
+    image, image_seed = args
+    draws = _StatelessDraws(image_seed)
+    layer._random_generator = draws
+    layer.random_rotate._random_generator = draws
+    layer.ratio_factor = lambda: draws.uniform((), 0.0, 0.5)
+    return layer.augment_image(
+        image, transformation=layer.get_random_transformation(image=image))
+
+  return tf.map_fn(one, (images, _image_seeds(images, seed, 37)),
+                   fn_output_signature=tf.float32)
+
+
+_KERAS_CV_LAYERS = {}
+
+
+def _keras_cv_layer(key, build):
+  """One keras-cv layer per configuration (they hold no state we use)."""
+  if key not in _KERAS_CV_LAYERS:
+    _KERAS_CV_LAYERS[key] = build()
+  return _KERAS_CV_LAYERS[key]
+
+
+AUGMIX_OPS = ("autocontrast", "equalize", "posterize", "rotate", "solarize",
+              "shear_x", "shear_y", "translate_x", "translate_y")
+
+
+def augmix(images, seed, width=3, depth=3, severity=3):
+  """AugMix (Hendrycks et al., ICLR 2020) on a batch of [0, 1] images, per
+  image: `width` chains of 1..`depth` operations drawn from `AUGMIX_OPS`
+  (levels 1..`severity` of the AutoAugment ranges above, random sign), mixed
+  with Dirichlet(1) weights, then with the image by a Beta(1, 1) weight.
+  Stateless and vectorised like `autoaugment`. (Keras' `keras.layers.AugMix`
+  picks its operations with Python's `random` when traced, so inside
+  tf.data every image of the run would get the same chains.)"""
+  count = tf.shape(images)[0]
+  draws = tf.random.stateless_uniform(
+      [count, width, depth, 3], _fold(seed, 41))
+  mixing = tf.random.stateless_uniform([count, width + 2], _fold(seed, 43))
+  chain_depth = 1 + tf.minimum(tf.cast(mixing[:, width] * depth, tf.int32),
+                               depth - 1)
+  codes = tf.constant([_OPS.index(name) for name in AUGMIX_OPS], tf.int32)
+  # Dirichlet(1, ..., 1): normalised exponentials.
+  weights = -tf.math.log(1.0 - mixing[:, :width])
+  weights /= tf.reduce_sum(weights, axis=1, keepdims=True)
+  mixed = tf.zeros_like(images)
+  for chain in range(width):
+    chained = images
+    for step in range(depth):
+      op_draw, level_draw, sign_draw = (draws[:, chain, step, k]
+                                        for k in range(3))
+      op = tf.gather(codes, tf.minimum(
+          tf.cast(op_draw * len(AUGMIX_OPS), tf.int32), len(AUGMIX_OPS) - 1))
+      op = tf.where(step < chain_depth, op, 0)
+      level = 1 + tf.minimum(tf.cast(level_draw * severity, tf.int32),
+                             severity - 1)
+      chained = _apply(chained, op, level,
+                       tf.where(sign_draw < 0.5, -1.0, 1.0))
+    mixed += weights[:, chain, None, None, None] * chained
+  keep = mixing[:, width + 1, None, None, None]  # Beta(1, 1) = U(0, 1).
+  return tf.clip_by_value(keep * images + (1.0 - keep) * mixed, 0.0, 1.0)
+
+
+POLICIES = ("none", "autoaugment", "randaugment", "augmix")
+
+
+def strong(mean=None, std=None, policy="autoaugment", cutout_size=16,
+           gridmask=False, use_autoaugment=None):
+  """`(batch of images, batch seed) → images`: the batch-level augmentation
+  applied after the per-image crop and flip, on [0, 1] pixels: `policy`
+  (one of `POLICIES`: AutoAugment's CIFAR-10 policy, Keras' RandAugment or
+  AugMix), then Cutout of `cutout_size` pixels (0: none), then GridMask.
+  The strong recipe of the long-tailed CIFAR literature is AutoAugment +
+  Cutout 16. The source's images arrive normalised by (mean, std); this
+  undoes that around the pixel operations and re-applies it. Every draw is
+  stateless in the batch seed. (`use_autoaugment`: the former flag; True
+  means `policy="autoaugment"`, False `policy="none"`.)"""
+  if use_autoaugment is not None:
+    policy = "autoaugment" if use_autoaugment else "none"
+  if policy not in POLICIES:
+    raise ValueError(f"Unknown augmentation policy {policy!r}; choose one of: "
+                     f"{', '.join(POLICIES)}.")
   mean = tf.constant(mean if mean is not None else 0.0, tf.float32)
   std = tf.constant(std if std is not None else 1.0, tf.float32)
+  randaugment = rand_augment() if policy == "randaugment" else None
 
   def transform(images, seed):
     images = images * std + mean
-    if use_autoaugment:
-      images = autoaugment(tf.clip_by_value(images, 0.0, 1.0), seed)
+    if policy != "none":
+      images = tf.clip_by_value(images, 0.0, 1.0)
+    if policy == "autoaugment":
+      images = autoaugment(images, seed)
+    elif policy == "randaugment":
+      images = randaugment(images, seed)
+    elif policy == "augmix":
+      images = augmix(images, seed)
     if cutout_size:
       images = cutout(images, seed, cutout_size)
+    if gridmask:
+      images = grid_mask(images, seed)
     return (images - mean) / std
   return transform

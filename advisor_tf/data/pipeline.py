@@ -89,39 +89,49 @@ def check_batch_sizes(split, batch_size, meta_batch_size):
                      "--meta_per_class.")
 
 
-def strong_transform(source, autoaugment=False, cutout=0):
-  """The batch-level `(images, batch seed) → images` strong augmentation
-  (AutoAugment and/or Cutout), or None; checks it suits the source."""
-  if not (autoaugment or cutout):
+def strong_transform(source, policy="none", cutout=0, gridmask=False,
+                     autoaugment=False):
+  """The batch-level `(images, batch seed) → images` augmentation (`policy`
+  of `augment.POLICIES`, Cutout, GridMask), or None; checks it suits the
+  source. `autoaugment=True` is the former spelling of
+  `policy="autoaugment"`."""
+  if policy is True or autoaugment:
+    policy = "autoaugment"
+  policy = policy or "none"
+  if policy == "none" and not (cutout or gridmask):
     return None
-  if autoaugment and source.image_shape[-1] != 3:
-    raise ValueError(f"--autoaugment needs RGB images; --dataset="
+  if policy != "none" and source.image_shape[-1] != 3:
+    raise ValueError(f"--augment_policy={policy} needs RGB images; --dataset="
                      f"{source.name} has {source.image_shape[-1]} channel(s).")
   if cutout >= min(source.image_shape[:2]):
     raise ValueError(f"--cutout={cutout} must be smaller than the image side "
                      f"({min(source.image_shape[:2])} for --dataset="
                      f"{source.name}).")
-  return augment_lib.strong(source.pixel_mean, source.pixel_std,
-                            use_autoaugment=autoaugment, cutout_size=cutout)
+  return augment_lib.strong(source.pixel_mean, source.pixel_std, policy=policy,
+                            cutout_size=cutout, gridmask=gridmask)
 
 
 def train_and_meta(source, split, batch_size, meta_batch_size, seed,
-                   start_step=0, augment=True, autoaugment=False, cutout=0):
+                   start_step=0, augment=True, policy="none", cutout=0,
+                   gridmask=False, autoaugment=False):
   """`((x, y), (x_meta, y_meta))` batches for `AdvisorModel.fit`, endless.
 
   One step consumes one train batch (full batches only: static shapes, one
   trace of the train step) and one meta batch. Training images get the
-  source's `train_transform` when `augment`, then, per batch, AutoAugment's
-  CIFAR policy when `autoaugment` and Cutout of `cutout` pixels when > 0
-  (seeded by run seed and step, so resumes match); the meta set is never
-  augmented (it is the trusted reference) but, where the source's train
-  loader stores larger images for random crops, meta images from the train
-  split are centre-cropped by the same transform's deterministic part.
+  source's `train_transform` when `augment`, then, per batch, the `policy`
+  of `augment.POLICIES` (`autoaugment=True`: the former spelling of
+  `policy="autoaugment"`), Cutout of `cutout` pixels when > 0 and GridMask
+  when `gridmask` (seeded by run seed and step, so resumes match); the meta
+  set is never augmented (it is the trusted reference) but, where the
+  source's train loader stores larger images for random crops, meta images
+  from the train split are centre-cropped by the same transform's
+  deterministic part.
   """
   check_batch_sizes(split, batch_size, meta_batch_size)
   n, m = len(split.train_indices), len(split.meta_indices)
   transform = source.train_transform if augment else None
-  batch_transform = strong_transform(source, autoaugment, cutout)
+  batch_transform = strong_transform(source, policy, cutout, gridmask,
+                                     autoaugment)
   train = (_shuffled_batches(n, batch_size, seed, 0, True).skip(start_step)
            .unbatch().enumerate(start=start_step * batch_size)
            .map(_load(source, "train", split.train_indices,
@@ -142,11 +152,20 @@ def train_and_meta(source, split, batch_size, meta_batch_size, seed,
                      split.meta_labels, seed, meta_transform),
                num_parallel_calls=AUTOTUNE, deterministic=True)
           .batch(meta_batch_size, drop_remainder=True))
-  return tf.data.Dataset.zip(train, meta).prefetch(AUTOTUNE)
+  return _shard_by_data(tf.data.Dataset.zip(train, meta).prefetch(AUTOTUNE))
+
+
+def _shard_by_data(dataset):
+  """Under a multi-worker strategy, each worker takes its replicas' slices of
+  every global batch (the stream is computed, not read from files)."""
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.DATA)
+  return dataset.with_options(options)
 
 
 def evaluation(source, split_name, batch_size):
   """`(x, y)` batches of a whole split, in order."""
   labels = source.labels[split_name]
-  return labelled(source, split_name, np.arange(len(labels)), labels).batch(
-      batch_size).prefetch(AUTOTUNE)
+  return _shard_by_data(labelled(source, split_name, np.arange(len(labels)),
+                                 labels).batch(batch_size).prefetch(AUTOTUNE))

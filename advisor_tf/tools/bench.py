@@ -60,6 +60,17 @@ _PRECISION = flags.DEFINE_enum(
 _STRATEGY = flags.DEFINE_enum("strategy", "default",
                               config_lib.CHOICES["strategy"],
                               "tf.distribute strategy.")
+_INTRA = flags.DEFINE_integer(
+    "intra_op_threads", 0, "Threads inside one op (0: TensorFlow's choice, "
+    "the core count).", lower_bound=0)
+_INTER = flags.DEFINE_integer(
+    "inter_op_threads", 0, "Ops run side by side (0: TensorFlow's choice).",
+    lower_bound=0)
+_CE_SETTINGS = flags.DEFINE_bool(
+    "ce_settings", False, "Tune the floor of everything: time the CE step "
+    "alone under each CPU setting (threads, oneDNN, XLA, bfloat16), each in "
+    "fresh processes, rounds interleaved; prints each setting's time and its "
+    "ratio to TensorFlow's defaults.")
 _SWEEP = flags.DEFINE_bool(
     "sweep", False, "Cost curves instead of one table: every method and "
     "virtual scope over batch sizes 32-256 on small_cnn and resnet32 (CIFAR "
@@ -153,6 +164,7 @@ def run(methods, scopes, backbone, input_size, channels, num_classes,
     peak = _peak_mib(gpu) - (0.0 if gpu else mem_before)
     runners.append({"method": method, "virtual_scope": scope, "advice": adv,
                     "step": lambda f=train_function, it=iterator: _sync(f(it)),
+                    "function": train_function,
                     "times": [], "peak_mem_mib": round(peak, 1)})
   for _ in range(rounds):
     for r in runners:
@@ -174,7 +186,9 @@ def run(methods, scopes, backbone, input_size, channels, num_classes,
         "p90_s": round(float(np.percentile(t, 90)), 5),
         "ratio_to_ce": round(median / ce_median, 3),
         "images_per_s": round(batch_size / median, 1),
-        "peak_mem_mib": r["peak_mem_mib"]})
+        "peak_mem_mib": r["peak_mem_mib"],
+        # 1 unless the step retraces (a new graph per call would show here).
+        "traces": int(r["function"].experimental_get_tracing_count())})
   device = (tf.config.experimental.get_device_details(
       tf.config.list_physical_devices("GPU")[0]).get("device_name", "GPU")
             if gpu else f"CPU ({os.cpu_count()} cores)")
@@ -425,6 +439,63 @@ def scaling(rows):
   return out
 
 
+# The CE step's CPU settings: (name, environment, bench flags).
+CE_SETTINGS = (
+    ("defaults", {}, []),
+    ("oneDNN off", {"TF_ENABLE_ONEDNN_OPTS": "0"}, []),
+    ("intra 2 / inter 1", {}, ["--intra_op_threads=2", "--inter_op_threads=1"]),
+    ("intra 1 / inter 2", {}, ["--intra_op_threads=1", "--inter_op_threads=2"]),
+    ("intra 2 / inter 2", {}, ["--intra_op_threads=2", "--inter_op_threads=2"]),
+    ("XLA (jit_compile)", {}, ["--jit_compile"]),
+    ("mixed_bfloat16", {}, ["--precision=mixed_bfloat16"]),
+)
+
+
+def ce_settings(backbone, input_size, channels, num_classes, batch_size,
+                steps, rounds, warmup, settings=CE_SETTINGS):
+  """The CE step's time under each setting. Each round runs every setting
+  once, in a fresh process (threads and oneDNN are fixed at start-up), in
+  the same order, so the settings share the machine's drift; a setting's
+  figure is the median over rounds of its per-process median."""
+  import subprocess
+  import sys
+  import tempfile
+  times = {name: [] for name, _, _ in settings}
+  traces = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "ce.json")
+    for _ in range(rounds):
+      for name, env, extra in settings:
+        proc = subprocess.run(
+            [sys.executable, "-m", "advisor_tf.tools.bench", "--methods=ce",
+             f"--backbone={backbone}", f"--input_size={input_size}",
+             f"--channels={channels}", f"--num_classes={num_classes}",
+             f"--batch_size={batch_size}", f"--steps={steps}", "--rounds=1",
+             f"--warmup={warmup}", f"--json={out}", *extra],
+            env=dict(os.environ, **env), capture_output=True, text=True,
+            check=False)
+        if proc.returncode:
+          raise RuntimeError(f"CE step under {name!r} failed: "
+                             f"{proc.stderr[-2000:]}")
+        with open(out) as f:
+          row = json.load(f)["results"][0]
+        times[name].append(row["seconds_per_step"])
+        traces[name] = row["traces"]
+  base = float(np.median(times[settings[0][0]]))
+  rows = []
+  for name, env, extra in settings:
+    median = float(np.median(times[name]))
+    rows.append({"setting": name, "environment": env, "flags": extra,
+                 "seconds_per_step": round(median, 4),
+                 "per_round": times[name],
+                 "ratio_to_defaults": round(median / base, 3),
+                 "images_per_s": round(batch_size / median, 1),
+                 "traces": traces[name]})
+  return {"ce_settings": rows, "device": f"CPU ({os.cpu_count()} cores)",
+          "backbone": backbone, "batch_size": batch_size,
+          "steps_per_process": steps, "rounds": rounds}
+
+
 def plot_sweep(rows, path):
   import matplotlib
   matplotlib.use("Agg")
@@ -456,6 +527,7 @@ def plot_sweep(rows, path):
       ax.set_xticks(sorted({r["batch_size"] for r in rows
                             if r["backbone"] == backbone}))
       ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+      ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
   axes[0, 0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -490,8 +562,25 @@ def main(argv):
   # Every timed model has its own train function, by design: TensorFlow's
   # "excessive retracing" warning does not apply.
   tf.get_logger().setLevel("ERROR")
+  if _INTRA.value or _INTER.value:  # Before TensorFlow's runtime starts.
+    tf.config.threading.set_intra_op_parallelism_threads(_INTRA.value)
+    tf.config.threading.set_inter_op_parallelism_threads(_INTER.value)
   if _MEMORY_OF.value:
     _memory_probe(_MEMORY_OF.value)
+    return
+  if _CE_SETTINGS.value:
+    report = ce_settings(_BACKBONE.value, _INPUT.value, _CHANNELS.value,
+                         _CLASSES.value, _BATCH.value, _STEPS.value,
+                         _ROUNDS.value, _WARMUP.value)
+    print("| CE step setting | s/step | × defaults | images/s | traces |")
+    print("|---|---|---|---|---|")
+    for r in report["ce_settings"]:
+      print(f"| {r['setting']} | {r['seconds_per_step']:.4f} | "
+            f"{r['ratio_to_defaults']:.3f} | {r['images_per_s']:.0f} | "
+            f"{r['traces']} |")
+    if _JSON.value:
+      with open(_JSON.value, "w") as f:
+        json.dump(report, f, indent=2)
     return
   with cli.usage_errors():  # Every choice is checked by TrainConfig.
     for m in _METHODS.value:
@@ -546,9 +635,11 @@ GROUPS = {"model": ["backbone", "input_size", "channels", "num_classes",
                     "methods", "virtual_scopes", "advice",
                     "meta_update_every"],
           "workload": ["batch_size", "meta_batch_size", "precision",
-                       "strategy", "jit_compile"],
+                       "strategy", "jit_compile", "intra_op_threads",
+                       "inter_op_threads"],
           "timing": ["steps", "rounds", "warmup", "breakdown", "profile",
-                     "sweep", "sweep_groups", "plot", "json", "memory_of"]}
+                     "sweep", "sweep_groups", "plot", "json", "memory_of",
+                     "ce_settings"]}
 
 
 def console():
