@@ -44,6 +44,16 @@ def export_classifier(model, source, workdir):
   return path
 
 
+def train_stream(config, source, split, start_step=0, seed=None):
+  """The `((x, y), (x_meta, y_meta))` stream `config` trains on, from step
+  `start_step` (its data seed: `seed`, default the run's)."""
+  return pipeline.train_and_meta(
+      source, split, config.batch_size, config.meta_batch_size,
+      config.seed if seed is None else seed, start_step=start_step,
+      augment=config.augment, policy=config.augment_policy,
+      cutout=config.cutout, gridmask=config.gridmask)
+
+
 def describe_noise(config):
   """Which synthetic noise the run injects, in words."""
   if config.noise == "none":
@@ -121,13 +131,7 @@ def _train(config, source, split, strategy, out):
   validation = pipeline.evaluation(source, "test", config.eval_batch_size)
 
   def fit(first_step, first_epoch, last_epoch, steps_per_epoch):
-    data = pipeline.train_and_meta(source, split, config.batch_size,
-                                   config.meta_batch_size, config.seed,
-                                   start_step=first_step,
-                                   augment=config.augment,
-                                   policy=config.augment_policy,
-                                   gridmask=config.gridmask,
-                                   cutout=config.cutout)
+    data = train_stream(config, source, split, start_step=first_step)
     model.fit(data, epochs=last_epoch, initial_epoch=first_epoch,
               steps_per_epoch=steps_per_epoch, validation_data=validation,
               callbacks=callbacks, verbose=config.verbose,

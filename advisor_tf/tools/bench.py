@@ -96,6 +96,21 @@ _BREAKDOWN = flags.DEFINE_string(
     "virtual_step, meta_step, actual_step), per --advice.")
 
 
+def _count_traces(model):
+  """Counts the traces of the model's train step: Python runs `train_step`
+  only while TensorFlow traces it, so more than one trace per replica means
+  the step retraces."""
+  count = [0]
+  step = model.train_step
+
+  def counted(data):
+    count[0] += 1
+    return step(data)
+
+  model.train_step = counted
+  return count
+
+
 def _peak_mib(device_is_gpu):
   if device_is_gpu:
     return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
@@ -156,6 +171,7 @@ def run(methods, scopes, backbone, input_size, channels, num_classes,
       keras.utils.set_random_seed(0)  # Identical weights for every model.
       model = builder.build_model(config, shape, num_classes,
                                   class_counts=[batch_size] * num_classes)
+    traces = _count_traces(model)
     model.make_train_function()
     train_function = model.train_function
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
@@ -164,7 +180,7 @@ def run(methods, scopes, backbone, input_size, channels, num_classes,
     peak = _peak_mib(gpu) - (0.0 if gpu else mem_before)
     runners.append({"method": method, "virtual_scope": scope, "advice": adv,
                     "step": lambda f=train_function, it=iterator: _sync(f(it)),
-                    "function": train_function,
+                    "traces": traces,
                     "times": [], "peak_mem_mib": round(peak, 1)})
   for _ in range(rounds):
     for r in runners:
@@ -188,7 +204,7 @@ def run(methods, scopes, backbone, input_size, channels, num_classes,
         "images_per_s": round(batch_size / median, 1),
         "peak_mem_mib": r["peak_mem_mib"],
         # 1 unless the step retraces (a new graph per call would show here).
-        "traces": int(r["function"].experimental_get_tracing_count())})
+        "traces": r["traces"][0]})
   device = (tf.config.experimental.get_device_details(
       tf.config.list_physical_devices("GPU")[0]).get("device_name", "GPU")
             if gpu else f"CPU ({os.cpu_count()} cores)")
