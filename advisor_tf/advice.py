@@ -8,12 +8,14 @@ Used by the TensorBoard telemetry callback during training, by
   >>> run = run_lib.load("runs/quickstart")     # advisor_tf.run
   >>> adv = advice.advise(run.model, run.source, run.split)
   >>> scores = advice.label_issue_scores(adv)   # higher = more suspect
+  >>> rankings = advice.single_run_rankings(adv)  # analyze's --ranking choices
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import warnings
 import weakref
 from typing import Optional
 
@@ -173,6 +175,110 @@ def ranking_quality(scores, noisy):
   precision, recall, _ = precision_recall_curve(noisy, scores)
   return {"ap": float(average_precision_score(noisy, scores)),
           "precision": precision, "recall": recall}
+
+
+def precision_at_k(scores, noisy):
+  """Precision among the `k` highest-scored examples, `k` = the true number
+  of corrupted labels (so precision = recall there; ties broken by position);
+  None when there is no noisy or no clean example."""
+  noisy = np.asarray(noisy, bool)
+  if noisy.all() or not noisy.any():
+    return None
+  k = int(noisy.sum())
+  top = np.argsort(-np.asarray(scores, np.float64), kind="stable")[:k]
+  return float(noisy[top].mean())
+
+
+# Rankings one finished run can compute (`analyze --ranking`), and the one
+# `analyze` uses by default: the one the dirty-labels grid
+# (`advisor_tf.experiments.dirty_labels`) is expected to favour. The grid also
+# measures `ce_loss` and `cleanlab_cv`, which need extra training runs.
+RANKINGS = ("rank_average", "advisor", "loss", "cleanlab_model")
+DEFAULT_RANKING = "rank_average"
+RANKING_HELP = {
+    "rank_average": "mean percentile rank of `advisor` and `cleanlab_model` "
+                    "(advisor runs; `cleanlab_model` alone for runs without "
+                    "an advisor)",
+    "advisor": "how strongly the advisor discounts the example's loss",
+    "loss": "the example's cross-entropy under the run's classifier",
+    "cleanlab_model": "cleanlab's confident-learning issues, then its "
+                      "label-quality score, on the run's own predicted "
+                      "probabilities",
+    "ce_loss": "the loss of a plain cross-entropy run of the same data",
+    "cleanlab_cv": "cleanlab on out-of-sample probabilities of K-fold "
+                   "cross-entropy training (the usual confident-learning "
+                   "recipe; K extra trainings)",
+}
+
+
+def cleanlab_scores(labels, pred_probs):
+  """cleanlab's ranking as suspicion scores (higher = more suspect).
+
+  The examples `cleanlab.filter.find_label_issues` flags (confident learning,
+  `prune_by_noise_rate`, per-class thresholds) come first, each group
+  ordered by `1 − cleanlab.rank.get_label_quality_scores` (self-confidence):
+  `score = flagged + 1 − quality`, in [0, 2].
+
+  Args:
+    labels: `(N,)` given labels.
+    pred_probs: `(N, C)` predicted probabilities (out-of-sample for the
+      usual recipe).
+  """
+  from cleanlab.filter import find_label_issues
+  from cleanlab.rank import get_label_quality_scores
+  labels = np.asarray(labels, np.int64)
+  probs = np.asarray(pred_probs, np.float64)
+  probs = probs / probs.sum(axis=1, keepdims=True)
+  quality = get_label_quality_scores(labels, probs)
+  with warnings.catch_warnings():  # "Class k has too few examples" notes.
+    warnings.filterwarnings("ignore", category=UserWarning,
+                            module="cleanlab")
+    flagged = find_label_issues(labels, probs, n_jobs=1)
+  return flagged.astype(np.float64) + 1.0 - quality
+
+
+def rank_average(*scores):
+  """Mean percentile rank (average ranks of ties, in (0, 1]) of several
+  score arrays: a combination blind to their scales."""
+  from scipy.stats import rankdata
+  return np.mean([rankdata(np.asarray(s, np.float64)) / len(s)
+                  for s in scores], axis=0)
+
+
+def probabilities(advice):
+  """The classifier's softmax probabilities of an `Advice`."""
+  return _softmax(advice.logits)
+
+
+def single_run_rankings(advice, scores=None):
+  """Every ranking of `RANKINGS` that one run can compute, `{name: scores}`
+  (higher = more suspect): `loss`, `cleanlab_model` and, for the advisor
+  methods, `advisor` and `rank_average`."""
+  scores = scores if scores is not None else label_issue_scores(advice)
+  out = {"loss": scores["loss"],
+         "cleanlab_model": cleanlab_scores(advice.given, probabilities(advice))}
+  if "advisor" in scores:
+    out["advisor"] = scores["advisor"]
+    out["rank_average"] = rank_average(scores["advisor"],
+                                       out["cleanlab_model"])
+  return out
+
+
+def resolve_ranking(ranking, available):
+  """The ranking to use: `ranking` (None: `DEFAULT_RANKING`) if `available`
+  has it; the default falls back to `cleanlab_model` on runs without an
+  advisor. Returns `(name, note or None)`; raises ValueError naming
+  `--ranking` when an explicit choice is unavailable."""
+  if ranking is None:
+    if DEFAULT_RANKING in available:
+      return DEFAULT_RANKING, None
+    return "cleanlab_model", (f"the default ranking {DEFAULT_RANKING!r} needs "
+                              "an advisor; this run has none, so label issues "
+                              "are ranked by 'cleanlab_model'.")
+  if ranking not in available:
+    raise ValueError(f"--ranking={ranking} needs an advisor method; this "
+                     f"run offers: {', '.join(sorted(available))}.")
+  return ranking, None
 
 
 def write_label_issues(path, advice, scores, source, split, score="advisor"):

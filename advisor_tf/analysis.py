@@ -4,7 +4,10 @@ report `python -m advisor_tf.analyze` writes.
 Every `plot_*` function takes plain arrays and returns a `Figure`, so the
 notebooks can show them inline; `analyze_run` makes all of them for one run
 and writes PNGs, `report.md`, `report.html`, `label_issues.csv` and
-`summary.json`.
+`summary.json`. The label issues are ranked by one of `advice.RANKINGS`
+(default `advice.DEFAULT_RANKING`); the report states the ranking's mean
+average precision measured by the dirty-labels grid (`GRID_RESULTS`, written
+by `python -m advisor_tf.experiments.dirty_labels`), when that file exists.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import numpy as np
 from advisor_tf import advice as advice_lib
 from advisor_tf import evaluation
 from advisor_tf import telemetry
+from advisor_tf.data import pipeline
+from advisor_tf.model import ADVISOR_MODES
 
 _NOISY, _CLEAN = "tab:red", "tab:blue"
 # Where the true labels are unknown (no synthetic noise), the figures mark the
@@ -26,6 +31,45 @@ _NOISY, _CLEAN = "tab:red", "tab:blue"
 SUSPECT_FRACTION = 0.1
 KNOWN_TAGS = ("clean label", "noisy label")
 SUSPECT_TAGS = ("not flagged", f"flagged (top {SUSPECT_FRACTION:.0%} suspects)")
+# The dirty-labels grid's results as shipped in the repository (absent from
+# an installed package: the report then says "not measured yet"), and the
+# rankings it measures.
+GRID_RESULTS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
+    "dirty_labels.json")
+GRID_RANKINGS = ("rank_average", "advisor", "loss", "cleanlab_model",
+                 "cleanlab_cv", "ce_loss")
+NOT_MEASURED = "not measured yet"
+
+
+def grid_ranking_means(results, group="label_issue_ap"):
+  """Mean of each ranking's `group` values (AP or precision@k) over the
+  grid's noisy cells, advisor methods and seeds: `{ranking: mean or None}`
+  (`{}` when the grid has no noisy cell with an advisor method yet). The
+  advisor methods are the runs where every ranking exists, so each mean is
+  over the same runs."""
+  values = {name: [] for name in GRID_RANKINGS}
+  for by_method in results.values():
+    for method, entry in by_method.items():
+      if method not in ADVISOR_MODES:
+        continue
+      for name, per_seed in entry.get(group, {}).items():
+        values.setdefault(name, []).extend(
+            v for v in per_seed if v is not None)
+  if not any(values.values()):
+    return {}
+  return {name: float(np.mean(v)) if v else None
+          for name, v in values.items()}
+
+
+def grid_ranking_ap(ranking, path=None):
+  """The mean AP of `ranking` over the dirty-labels grid in `path`
+  (default `GRID_RESULTS`); None when not measured (no file, or no value)."""
+  path = GRID_RESULTS if path is None else path
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return grid_ranking_means(json.load(f)).get(ranking)
 
 
 def _noise_colours(ax, points, noisy, tags=KNOWN_TAGS):
@@ -173,19 +217,72 @@ def plot_label_issue_curves(curves):
   return fig
 
 
+def plot_top_suspects(images, given, predicted, class_names, noisy=None,
+                      scores=None, cols=8, ranking=""):
+  """A gallery of training images, most suspected first, each titled
+  `given→predicted` label; where the truth is known (`noisy`), the titles of
+  truly corrupted labels are red and the others blue."""
+  images = np.asarray(images, np.float64)
+  rows = max(1, -(-len(images) // cols))
+  fig, axes = plt.subplots(rows, cols, figsize=(1.35 * cols,
+                                                1.5 * rows + 0.5),
+                           squeeze=False)
+  for i, ax in enumerate(axes.flat):
+    ax.axis("off")
+    if i >= len(images):
+      continue
+    image = images[i]
+    low, high = image.min(), image.max()
+    image = (image - low) / (high - low) if high > low else image * 0.0
+    if image.shape[-1] == 1:
+      ax.imshow(image[..., 0], cmap="gray", interpolation="nearest")
+    else:
+      ax.imshow(image[..., :3], interpolation="nearest")
+    colour = "black" if noisy is None else (_NOISY if noisy[i] else _CLEAN)
+    title = f"{class_names[given[i]]}→{class_names[predicted[i]]}"
+    if scores is not None:
+      title += f"\n{scores[i]:.3g}"
+    ax.set_title(title, fontsize=7, color=colour)
+  fig.suptitle(f"Top {len(images)} suspected training images"
+               + (f" by `{ranking}`" if ranking else "")
+               + ": given→predicted label" + (
+                   " (red: truly corrupted)" if noisy is not None else ""),
+               fontsize=9)
+  fig.tight_layout()
+  return fig
+
+
+def top_suspect_images(source, split, advice, order):
+  """The training images at positions `advice.positions[order]`, as the
+  model sees them without augmentation."""
+  if not len(order):
+    return np.zeros((0,) + tuple(source.image_shape))
+  indices = np.asarray(split.train_indices)[advice.positions[order]]
+  data = pipeline.unaugmented_train(source, indices, advice.given[order])
+  return np.stack([np.asarray(x) for x, _ in data])
+
+
 # ------------------------------------------------------------------ report
 def analyze_run(run, out_dir, class_names=None, num_examples=50,
-                max_points=2000, seed=0):
+                max_points=2000, seed=0, ranking=None, num_suspects=24,
+                grid_results=None):
   """Makes every figure that applies to `run` (a `run.Run`) and writes
   the report into `out_dir`. Returns the summary dict (also written as
-  `summary.json`); `summary["figures"]` maps figure names to PNG paths."""
+  `summary.json`); `summary["figures"]` maps figure names to PNG paths.
+
+  `ranking` (one of `advice.RANKINGS`, None: the default) orders the label
+  issues, the suspects marked where the truth is unknown, and the gallery of
+  the `num_suspects` top suspects; `grid_results` is the dirty-labels grid's
+  JSON the report quotes the ranking's mean AP from (default
+  `GRID_RESULTS`)."""
   os.makedirs(out_dir, exist_ok=True)
   config, source, split, model = run.config, run.source, run.split, run.model
   counts = split.class_counts(source.num_classes)
   adv = advice_lib.advise(model, source, split,
                           batch_size=config.eval_batch_size)
   scores = advice_lib.label_issue_scores(adv)
-  ranking = "advisor" if "advisor" in scores else "loss"
+  rankings = advice_lib.single_run_rankings(adv, scores)
+  ranking, fallback = advice_lib.resolve_ranking(ranking, rankings)
   # The truth is known only where the noise was synthetic (the protocol kept
   # the clean labels); otherwise mark the ranking's top suspects, and say so.
   known = config.noise != "none"
@@ -195,12 +292,12 @@ def analyze_run(run, out_dir, class_names=None, num_examples=50,
   else:
     marked = np.zeros(len(adv.given), bool)
     top = max(1, int(round(SUSPECT_FRACTION * len(marked))))
-    marked[np.argsort(-scores[ranking], kind="stable")[:top]] = True
+    marked[np.argsort(-rankings[ranking], kind="stable")[:top]] = True
     tags, row_tags = SUSPECT_TAGS, ("", "suspect")
     marking = (f"true labels unknown; marked: the top {SUSPECT_FRACTION:.0%} "
                f"suspects of the `{ranking}` ranking")
   noisy = adv.noisy if known and adv.noisy.any() else None
-  figures, notes = {}, []
+  figures, notes = {}, [fallback] if fallback else []
 
   def save(name, fig, caption):
     path = os.path.join(out_dir, f"{name}.png")
@@ -256,25 +353,41 @@ def analyze_run(run, out_dir, class_names=None, num_examples=50,
                                    source.class_names),
        "Row-normalised test confusion matrix.")
   issues_path = os.path.join(out_dir, "label_issues.csv")
-  advice_lib.write_label_issues(issues_path, adv, scores, source, split,
+  advice_lib.write_label_issues(issues_path, adv, rankings, source, split,
                                 score=ranking)
+  order = np.argsort(-rankings[ranking], kind="stable")[:num_suspects]
+  if len(order):
+    save("top_suspects", plot_top_suspects(
+        top_suspect_images(source, split, adv, order), adv.given[order],
+        adv.predicted[order], source.class_names,
+        noisy=adv.noisy[order] if known else None,
+        scores=rankings[ranking][order], ranking=ranking),
+         f"The {len(order)} training images the `{ranking}` ranking suspects "
+         "most, each titled given→predicted label (and its score)"
+         + ("; red titles: truly corrupted labels." if known else "."))
+  grid_ap = grid_ranking_ap(ranking, grid_results)
   summary = {"workdir": config.workdir, "checkpoint": run.checkpoint,
              "method": config.method, "dataset": config.dataset,
              "test_top1": metrics.get("top1"),
              "train_examples": int(len(adv.given)),
              "labels_truth": "known (synthetic noise)" if known else "unknown",
-             "label_issue_ranking": ranking, "label_issues_csv": issues_path}
+             "label_issue_ranking": ranking,
+             "label_issue_ranking_means": advice_lib.RANKING_HELP[ranking],
+             "label_issue_ranking_grid_ap": grid_ap,
+             "label_issues_csv": issues_path}
   if known:
     summary["realised_noise_rate"] = float(adv.noisy.mean())
   else:
     summary["flagged_suspects"] = int(marked.sum())
   if noisy is not None:
-    curves = {name: advice_lib.ranking_quality(scores[name], noisy)
-              for name in ("advisor", "loss") if name in scores}
+    curves = {name: advice_lib.ranking_quality(rankings[name], noisy)
+              for name in advice_lib.RANKINGS if name in rankings}
     summary.update({f"{name}_ap": q["ap"] for name, q in curves.items()})
+    summary.update({f"{name}_precision_at_k": advice_lib.precision_at_k(
+        rankings[name], noisy) for name in curves})
     save("label_issue_precision_recall", plot_label_issue_curves(curves),
-         "Precision/recall of the label-issue ranking for the corrupted "
-         "labels: the advisor's discount against plain loss.")
+         "Precision/recall of the label-issue rankings for the corrupted "
+         "labels: " + ", ".join(curves) + f" (the report uses `{ranking}`).")
   summary["figures"] = figures
   summary["notes"] = notes
   with open(os.path.join(out_dir, "summary.json"), "w") as f:
@@ -307,13 +420,27 @@ def _headline(summary):
                f"figures mark the {summary['flagged_suspects']} most "
                "suspected examples (top "
                f"{SUSPECT_FRACTION:.0%}) of the ranking, not known errors"),
+           ranking_line(summary),
            f"- label issues ranked by `{summary['label_issue_ranking']}` → "
-           f"`label_issues.csv`"]
-  if "advisor_ap" in summary:
-    lines.append(f"- average precision for the corrupted labels: advisor "
-                 f"{summary['advisor_ap']:.3f}, plain loss "
-                 f"{summary['loss_ap']:.3f}")
+           f"`label_issues.csv`; {summary['label_issue_ranking']}: "
+           f"{summary['label_issue_ranking_means']}"]
+  measured = [name for name in advice_lib.RANKINGS
+              if f"{name}_ap" in summary]
+  if measured:
+    lines.append("- this run's average precision (precision at the true "
+                 "number of corrupted labels) for the corrupted labels: "
+                 + ", ".join(f"{name} {summary[f'{name}_ap']:.3f} "
+                             f"({summary[f'{name}_precision_at_k']:.3f})"
+                             for name in measured))
   return lines + [f"- note: {n}" for n in summary["notes"]]
+
+
+def ranking_line(summary):
+  """`- ranking: X (mean AP over the dirty-labels grid: V)`."""
+  grid_ap = summary.get("label_issue_ranking_grid_ap")
+  return (f"- ranking: {summary['label_issue_ranking']} (mean AP over the "
+          "dirty-labels grid: "
+          + (NOT_MEASURED if grid_ap is None else f"{grid_ap:.3f}") + ")")
 
 
 def _write_markdown(path, summary):

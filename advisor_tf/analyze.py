@@ -1,15 +1,29 @@
 r"""See what the advisor learned in a run: figures, a report and label issues.
 
   advisor-analyze --workdir=runs/quickstart \
-      [--out=WORKDIR/analysis] [--classes=3,8] [--num_examples=30]
+      [--out=WORKDIR/analysis] [--classes=3,8] [--num_examples=30] \
+      [--ranking=rank_average] [--num_suspects=24]
 
 Restores the run's newest checkpoint, runs classifier and advisor over the
 training split and writes into `--out`: PNG figures (PCA and t-SNE of the
 attention masks, mask heat maps, s_k against class sizes over training,
 per-class accuracy against class size, confusion matrix, label-issue
-precision/recall), `report.md`, `report.html`, `label_issues.csv` (training
-examples ranked by how strongly the advisor discounts them) and
-`summary.json`.
+precision/recall, a gallery of the top suspected images with given and
+predicted labels), `report.md`, `report.html`, `label_issues.csv` (training
+examples ranked by `--ranking`) and `summary.json`.
+
+`--ranking` (default `rank_average`, the ranking the dirty-labels grid,
+`python -m advisor_tf.experiments.dirty_labels`, is expected to favour; the
+report states its mean AP over the grid, or "not measured yet"):
+  rank_average    mean percentile rank of `advisor` and `cleanlab_model`
+                  (`cleanlab_model` alone for a run without an advisor)
+  advisor         how strongly the advisor discounts the example's loss
+  loss            the example's cross-entropy under the run's classifier
+  cleanlab_model  cleanlab's confident-learning issues, then its label-quality
+                  score, on the run's own predicted probabilities
+The grid also measures `cleanlab_cv` (cleanlab on out-of-sample probabilities
+of K-fold cross-entropy training) and `ce_loss` (a plain CE run's loss): they
+need extra training runs, so `analyze` leaves them to the experiment.
 """
 
 import os
@@ -20,6 +34,7 @@ from advisor_tf import cli  # Quiets TensorFlow before it is imported.
 
 from absl import flags  # noqa: E402
 
+from advisor_tf import advice  # noqa: E402
 from advisor_tf import analysis  # noqa: E402
 from advisor_tf import run as run_lib  # noqa: E402
 
@@ -35,6 +50,15 @@ _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 50,
 _MAX_POINTS = flags.DEFINE_integer("max_points", 2000,
                                    "Training examples in the PCA / t-SNE "
                                    "plots (a seeded sample).", lower_bound=10)
+_RANKING = flags.DEFINE_enum(
+    "ranking", None, advice.RANKINGS,
+    "How to rank the label issues (default "
+    f"{advice.DEFAULT_RANKING}): " + "; ".join(
+        f"{name}: {advice.RANKING_HELP[name]}" for name in advice.RANKINGS)
+    + ".")
+_NUM_SUSPECTS = flags.DEFINE_integer("num_suspects", 24,
+                                     "Images in the gallery of the top "
+                                     "suspects.", lower_bound=0)
 
 
 def main(argv):
@@ -45,7 +69,9 @@ def main(argv):
     finished = run_lib.load(_WORKDIR.value, _DATA_DIR.value)
     summary = analysis.analyze_run(finished, out, class_names=_CLASSES.value,
                                    num_examples=_NUM_EXAMPLES.value,
-                                   max_points=_MAX_POINTS.value)
+                                   max_points=_MAX_POINTS.value,
+                                   ranking=_RANKING.value,
+                                   num_suspects=_NUM_SUSPECTS.value)
   for line in analysis._headline(summary):
     print(line)
   print(f"→ {os.path.join(out, 'report.html')} ({len(summary['figures'])} "
@@ -53,7 +79,8 @@ def main(argv):
 
 
 GROUPS = {"run": ["workdir", "data_dir"],
-          "report": ["out", "classes", "num_examples", "max_points"]}
+          "report": ["out", "classes", "num_examples", "max_points",
+                     "ranking", "num_suspects"]}
 
 
 def console():

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from advisor_tf import advice, telemetry, trainer
+from advisor_tf import advice, analysis, telemetry, trainer
+from advisor_tf import run as run_lib
 from advisor_tf.experiments import BASE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,6 +76,23 @@ def test_class_suppression_and_eql_thresholds_by_hand():
                              np.exp(-np.array([.9, .09, .01]) / 0.05))
 
 
+def test_top_suspects_gallery_titles_given_and_predicted(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.random((10, 8, 8, 1))
+  given, predicted = np.arange(10) % 3, (np.arange(10) + 1) % 3
+  fig = analysis.plot_top_suspects(images, given, predicted, ["a", "b", "c"],
+                                   noisy=np.arange(10) < 4, cols=4,
+                                   ranking="rank_average")
+  titled = [ax for ax in fig.axes if ax.get_title()]
+  assert len(fig.axes) == 12 and len(titled) == 10
+  assert titled[0].get_title() == "a→b" and titled[1].get_title() == "b→c"
+  assert titled[0].title.get_color() == analysis._NOISY
+  assert titled[5].title.get_color() == analysis._CLEAN
+  path = tmp_path / "top_suspects.png"
+  fig.savefig(path)
+  assert path.stat().st_size > 5000
+
+
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
   """A 3-epoch MFRW-MES digits run (Flip p = 0.6) with telemetry."""
@@ -122,8 +140,11 @@ def test_analyze_writes_every_figure_report_and_label_issues(digits_run,
   summary = json.loads((out / "summary.json").read_text())
   names = set(summary["figures"])
   assert {"mask_pca", "mask_tsne", "suppression_vs_class_size",
-          "per_class_accuracy", "confusion",
+          "per_class_accuracy", "confusion", "top_suspects",
           "label_issue_precision_recall"} <= names
+  assert summary["label_issue_ranking"] == advice.DEFAULT_RANKING
+  assert f"ranking: {advice.DEFAULT_RANKING} (mean AP over the dirty-labels " \
+         "grid: " in result.stdout
   assert sum(n.startswith("mask_heatmap_") for n in names) == 2
   for figure in summary["figures"].values():
     assert os.path.getsize(figure["path"]) > 5000
@@ -139,6 +160,32 @@ def test_analyze_writes_every_figure_report_and_label_issues(digits_run,
   assert noisy.mean() == pytest.approx(summary["realised_noise_rate"])
   assert all((r["given_label"] != r["clean_label"]) == bool(int(r["noisy"]))
              for r in rows)
+
+
+@pytest.mark.slow
+def test_analysis_ranks_by_the_chosen_ranking_and_shows_the_suspects(
+    digits_run, tmp_path):
+  finished = run_lib.load(digits_run)
+  summary = analysis.analyze_run(finished, str(tmp_path), max_points=200,
+                                 num_examples=5, ranking="cleanlab_model",
+                                 num_suspects=10,
+                                 grid_results=str(tmp_path / "absent.json"))
+  assert summary["label_issue_ranking"] == "cleanlab_model"
+  assert summary["label_issue_ranking_grid_ap"] is None
+  gallery = tmp_path / "top_suspects.png"
+  assert gallery.stat().st_size > 5000
+  report = (tmp_path / "report.md").read_text()
+  assert "- ranking: cleanlab_model (mean AP over the dirty-labels grid: " \
+         "not measured yet)" in report
+  assert "![top_suspects](top_suspects.png)" in report
+  assert "top_suspects.png" in (tmp_path / "report.html").read_text()
+  for name in advice.RANKINGS:
+    assert 0.0 < summary[f"{name}_ap"] <= 1.0
+    assert 0.0 <= summary[f"{name}_precision_at_k"] <= 1.0
+  with open(tmp_path / "label_issues.csv") as f:
+    rows = list(csv.DictReader(f))
+  scores = [float(r["score"]) for r in rows]
+  assert scores == sorted(scores, reverse=True) and max(scores) <= 2.0
 
 
 @pytest.mark.slow

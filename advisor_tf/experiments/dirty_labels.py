@@ -1,0 +1,533 @@
+r"""The dirty-labels grid: every method on noisy and long-tailed digits, and
+which signal finds the corrupted labels best.
+
+  python -m advisor_tf.experiments.dirty_labels \
+      --out=results/dirty_labels.json \
+      [--cells=sym0.4,flip0.4] [--methods=ce,mfrw_mes] [--seeds=0,1,2] \
+      [--epochs=30] [--workdir=runs/dirty_labels] [--folds=5]
+
+Offline, on the bundled digits (scikit-learn's 1 797 8×8 images: 1 198
+training images, of which 10 per class are taken out, clean, as the meta set;
+599 test images). Every run uses the repository's defaults (`TrainConfig`:
+small CNN, 30 epochs, SGD lr 0.05 with momentum 0.9 and weight decay 5e-4,
+decayed ×0.1 at 2/3 and 5/6 of the epochs (20 and 25), batch 64, meta batch
+50, augmentation on), with `export=False, verbose=0`. The cells (`CELLS`),
+each applied to the training split after the meta split; the noise is drawn
+from the run's seed:
+
+  sym0.2, sym0.4, sym0.6  symmetric noise at rate p: a label moves to each of
+                          the 9 other classes with probability p / 9
+  flip0.4                 Flip noise at 0.4: each class has one target class,
+                          drawn at random per seed (`flip_targets=random`, as
+                          in the other digits experiments' BASE), that 40 % of
+                          its labels move to
+  lt20, lt50              long tail with imbalance factor 20 / 50 (class c
+                          keeps n_max · IF^(−c/9) images: class 0 the most,
+                          class 9 the fewest), no noise
+  lt20_sym0.4             long tail 20, then symmetric noise 0.4
+  lt20_flip0.4            long tail 20, then Flip noise 0.4 (random targets)
+
+Methods ce, mwnet, mfrw, mes, mfrw_mes; seeds 0, 1, 2. Per (cell, method)
+the JSON holds, in the order of `seeds`:
+
+  accuracy             test top-1 (%)
+  tail_accuracy        mean test accuracy (%) of the tail classes: the rarest
+                       third (C // 3 = 3 of 10) of the classes by clean
+                       training count in the long-tailed cells, which are
+                       classes 7, 8, 9; in the balanced cells the same classes
+                       by index order (`tail_classes`)
+  realised_noise_rate  the fraction of wrong training labels (noisy cells)
+  label_issue_ap, label_issue_precision_at_k
+                       `{ranking: [per seed]}`, average precision and
+                       precision at k = the true number of corrupted labels,
+                       of each ranking of the training examples for finding
+                       the corrupted ones (empty in cells without noise):
+    advisor            the advisor's discount (advisor methods only)
+    loss               the per-example loss of the same run
+    ce_loss            the per-example loss of the `ce` run of the same cell
+                       and seed (same data)
+    cleanlab_cv        cleanlab 2.9 (`advice.cleanlab_scores`: issues found
+                       by `find_label_issues` first, then by
+                       `get_label_quality_scores`) on out-of-sample predicted
+                       probabilities of K-fold cross-entropy training: the
+                       usual confident-learning recipe; the same for every
+                       method of a (cell, seed)
+    cleanlab_model     the same cleanlab ranking on this run's own predicted
+                       probabilities
+    rank_average       mean percentile rank of `advisor` and `cleanlab_model`
+                       (advisor methods only; `analyze`'s default)
+  train_seconds        wall time of the run's training
+
+The K fold trainings (`cross_validated_probabilities`) train the `ce`
+configuration of the cell (same backbone, epochs, optimizer, schedule,
+augmentation and data stream as a `ce` run) on 4/5 of the run's training
+split (stratified by given label, seeded by the run's seed) and predict the
+held-out fifth. They are done here with `builder.build_model` and a plain
+Keras `fit` (the trainer trains on whole splits), without checkpoints or
+per-epoch test evaluation.
+
+Resumable and incremental: after every finished training run the JSON is
+rewritten (atomically), and a restart skips the (cell, method, seed) entries
+already in it, so the grid (about two hours on two CPU cores) can be run
+across sessions. `ce_loss` and `cleanlab_cv` of a (cell, seed) are read back
+from its `ce` entry; the `ce` run of a noisy (cell, seed) is therefore done
+(and recorded) first, even if `--methods` leaves `ce` out. With a kept
+`--workdir`, an interrupted run resumes from its checkpoints and the folds'
+out-of-sample probabilities are reused (`cv_probs.npy`).
+"""
+
+import dataclasses
+import json
+import logging as pylogging
+import os
+import tempfile
+import time
+import types
+import warnings
+
+from advisor_tf import cli  # Quiets TensorFlow before it is imported.
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras  # noqa: E402
+
+from advisor_tf import advice  # noqa: E402
+from advisor_tf import analysis  # noqa: E402
+from advisor_tf import builder  # noqa: E402
+from advisor_tf import config as config_lib  # noqa: E402
+from advisor_tf import run as run_lib  # noqa: E402
+from advisor_tf import trainer  # noqa: E402
+from advisor_tf.experiments import BASE  # noqa: E402
+
+METHODS = ("ce", "mwnet", "mfrw", "mes", "mfrw_mes")
+# Cell name → the TrainConfig fields it sets (over `BASE`).
+CELLS = {
+    "sym0.2": dict(noise="symmetric", noise_rate=0.2),
+    "sym0.4": dict(noise="symmetric", noise_rate=0.4),
+    "sym0.6": dict(noise="symmetric", noise_rate=0.6),
+    "flip0.4": dict(noise="flip", noise_rate=0.4),
+    "lt20": dict(noise="none", noise_rate=0.0, imbalance_factor=20.0),
+    "lt50": dict(noise="none", noise_rate=0.0, imbalance_factor=50.0),
+    "lt20_sym0.4": dict(noise="symmetric", noise_rate=0.4,
+                        imbalance_factor=20.0),
+    "lt20_flip0.4": dict(noise="flip", noise_rate=0.4, imbalance_factor=20.0),
+}
+SEEDS = (0, 1, 2)
+FOLDS = 5
+DEFAULT_EPOCHS = config_lib.TrainConfig().epochs
+
+# ---------------------------------------------------------------- protocol
+def cell_config(cell, method, seed, epochs=DEFAULT_EPOCHS, root="runs"):
+  """The `TrainConfig` of one run of the grid."""
+  if cell not in CELLS:
+    raise ValueError(f"--cells: {cell!r} is not one of {', '.join(CELLS)}.")
+  decay = (max(1, int(epochs * 2 / 3)), max(1, int(epochs * 5 / 6)))
+  return dataclasses.replace(
+      BASE, **CELLS[cell], method=method, seed=seed, epochs=epochs,
+      lr_decay_epochs=decay,
+      workdir=os.path.join(root, cell, f"{method}_s{seed}")).validate()
+
+
+def is_noisy(cell):
+  return CELLS[cell]["noise"] != "none"
+
+
+def tail_classes(split, num_classes, imbalance_factor):
+  """The tail: the rarest third (`num_classes // 3`, at least one) of the
+  classes by clean training count when the cell is long-tailed (ties: the
+  higher index is rarer), the last third by index when it is balanced."""
+  size = max(1, num_classes // 3)
+  if imbalance_factor <= 1:
+    return np.arange(num_classes - size, num_classes)
+  counts = np.bincount(split.train_clean_labels, minlength=num_classes)
+  order = np.lexsort((-np.arange(num_classes), counts))  # Rarest first.
+  return np.sort(order[:size])
+
+
+def tail_accuracy(per_class_accuracy, tail):
+  values = [per_class_accuracy[k] for k in tail
+            if per_class_accuracy[k] is not None]
+  return float(np.mean(values)) if values else None
+
+
+# ----------------------------------------------------------- K-fold CE
+def cross_validated_probabilities(config, source, split, folds=FOLDS,
+                                  cache=None):
+  """Out-of-sample predicted probabilities of every training example of
+  `split`, from `folds` cross-entropy models each trained on the other folds.
+
+  Each fold trains `config` with `method="ce"` (built by
+  `builder.build_model`, fed by the trainer's own `train_stream`) on a
+  stratified (by given label, seeded by `config.seed`)
+  `(folds − 1) / folds` of the training split, and predicts the held-out
+  part without augmentation. With `cache` (a `.npy` path), the result is
+  read from there when present and written there otherwise.
+  """
+  from sklearn.model_selection import StratifiedKFold
+  if cache and os.path.exists(cache):
+    return np.load(cache)
+  config = dataclasses.replace(config, method="ce", virtual_scope="all",
+                               meta_update_every=1, advice="exact")
+  labels = np.asarray(split.train_labels)
+  probs = np.zeros((len(labels), source.num_classes))
+  with warnings.catch_warnings():  # Tail classes may have < folds members.
+    warnings.simplefilter("ignore", UserWarning)
+    parts = list(StratifiedKFold(folds, shuffle=True,
+                                 random_state=config.seed).split(
+                                     np.zeros(len(labels)), labels))
+  for k, (fit, held) in enumerate(parts):
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(config.seed * 1000 + k)
+    fold = dataclasses.replace(
+        split, train_indices=np.asarray(split.train_indices)[fit],
+        train_labels=labels[fit],
+        train_clean_labels=np.asarray(split.train_clean_labels)[fit])
+    steps = run_lib.steps_per_epoch(config, fold)
+    model = builder.build_model(
+        config, source.image_shape, source.num_classes,
+        class_counts=fold.class_counts(source.num_classes),
+        steps_per_epoch=steps)
+    model.fit(trainer.train_stream(config, source, fold,
+                                   seed=config.seed + k),
+        epochs=config.epochs, steps_per_epoch=steps, verbose=0,
+        shuffle=False)
+    probs[held] = advice.probabilities(advice.advise(
+        model, source, split, positions=held,
+        batch_size=config.eval_batch_size))
+  keras.backend.clear_session()
+  if cache:
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    np.save(cache, probs)
+  return probs
+
+
+# --------------------------------------------------------------- results
+def load_results(path):
+  """The grid's results so far (`{}` when `path` does not exist)."""
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_results(path, results):
+  """Writes through a temporary file, so a crash never leaves half a JSON."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".dirty_labels.", dir=folder)
+  with os.fdopen(fd, "w") as f:
+    json.dump(results, f, indent=2)
+  os.replace(tmp, path)
+
+
+def done(results, cell, method, seed):
+  """Whether the (cell, method, seed) run is in `results`."""
+  return seed in results.get(cell, {}).get(method, {}).get("seeds", [])
+
+
+def record(results, cell, method, seed, values, rankings=None):
+  """Adds one run to `results`, keeping every per-seed list in the order of
+  `seeds` (a value missing for a seed is None).
+
+  Args:
+    results: the grid's dict (changed in place).
+    cell, method, seed: the run.
+    values: `{key: value}` of per-seed scalars (accuracy, ...).
+    rankings: `{"label_issue_ap": {ranking: value}, ...}`.
+  """
+  entry = results.setdefault(cell, {}).setdefault(method, {"seeds": []})
+  seeds = entry["seeds"]
+  if seed in seeds:
+    raise ValueError(f"{cell}/{method}/seed {seed} is already recorded.")
+  at = int(np.searchsorted(seeds, seed))
+  old = len(seeds)
+  seeds.insert(at, seed)
+
+  def put(table, key, value):
+    table.setdefault(key, [None] * old).insert(at, value)
+
+  for key in set(values) | {k for k, v in entry.items()
+                            if k != "seeds" and isinstance(v, list)}:
+    put(entry, key, values.get(key))
+  for group in ("label_issue_ap", "label_issue_precision_at_k"):
+    table = entry.setdefault(group, {})
+    new = (rankings or {}).get(group, {})
+    for key in set(new) | set(table):
+      put(table, key, new.get(key))
+    entry[group] = _ordered(table, analysis.GRID_RANKINGS)
+  results[cell][method] = _ordered(entry, _KEYS)
+  return results[cell][method]
+
+
+_KEYS = ("seeds", "accuracy", "tail_accuracy", "realised_noise_rate",
+         "train_seconds", "label_issue_ap", "label_issue_precision_at_k")
+
+
+def _ordered(table, first):
+  """`table` with the keys of `first` first (in that order), then the others
+  sorted: a stable, readable JSON."""
+  keys = [k for k in first if k in table] + sorted(set(table) - set(first))
+  return {k: table[k] for k in keys}
+
+
+def per_seed(results, cell, method, seed, group, ranking):
+  """One recorded ranking value (None when absent)."""
+  entry = results.get(cell, {}).get(method, {})
+  if seed not in entry.get("seeds", []):
+    return None
+  values = entry.get(group, {}).get(ranking)
+  return None if values is None else values[entry["seeds"].index(seed)]
+
+
+def _mean(values):
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else None
+
+
+# -------------------------------------------------------------- the runs
+def _train_and_advise(config):
+  keras.backend.clear_session()
+  start = time.time()
+  metrics = trainer.train(config)
+  seconds = time.time() - start
+  keras.backend.clear_session()
+  finished = run_lib.load(config.workdir)
+  adv = advice.advise(finished.model, finished.source, finished.split,
+                      batch_size=config.eval_batch_size)
+  return metrics, adv, finished, seconds
+
+
+def _quality(scores, noisy):
+  quality = advice.ranking_quality(scores, noisy)
+  return {"label_issue_ap": None if quality is None else quality["ap"],
+          "label_issue_precision_at_k": advice.precision_at_k(scores, noisy)}
+
+
+def run_one(cell, method, seed, epochs, root, shared):
+  """Trains one run and measures it. `shared` holds the (cell, seed)'s
+  `ce_loss` and `cleanlab_cv` qualities (`{ranking: {group: value}}`) when
+  known. Returns `(values, rankings, advice)`."""
+  config = cell_config(cell, method, seed, epochs, root)
+  metrics, adv, finished, seconds = _train_and_advise(config)
+  num_classes = finished.source.num_classes
+  tail = tail_classes(finished.split, num_classes, config.imbalance_factor)
+  values = {"accuracy": metrics["test/top1"],
+            "tail_accuracy": tail_accuracy(
+                metrics["test/per_class_accuracy"], tail),
+            "train_seconds": round(seconds, 1)}
+  rankings = {"label_issue_ap": {}, "label_issue_precision_at_k": {}}
+  if is_noisy(cell):
+    values["realised_noise_rate"] = float(adv.noisy.mean())
+    measured = {name: _quality(scores, adv.noisy) for name, scores in
+                advice.single_run_rankings(adv).items()}
+    if method == "ce":
+      measured["ce_loss"] = measured["loss"]
+    measured.update({k: v for k, v in shared.items() if k not in measured})
+    for name, quality in measured.items():
+      for group, value in quality.items():
+        rankings[group][name] = value
+  return values, rankings, adv
+
+
+def _shared(results, cell, seed):
+  """`ce_loss` and `cleanlab_cv` of a (cell, seed), as recorded with any of
+  its runs (the `ce` run first)."""
+  out = {}
+  for name in ("ce_loss", "cleanlab_cv"):
+    for method in METHODS:
+      quality = {group: per_seed(results, cell, method, seed, group, name)
+                 for group in ("label_issue_ap",
+                               "label_issue_precision_at_k")}
+      if quality["label_issue_ap"] is not None:
+        out[name] = quality
+        break
+  return out
+
+
+def run_grid(out, cells, methods, seeds, epochs, root, folds=FOLDS,
+             cleanlab_cv=True, log=print):
+  """Runs the missing (cell, method, seed) entries of the grid, rewriting
+  `out` after each. Returns the results dict."""
+  results = load_results(out)
+  runs = [(c, s, m) for c in cells for s in seeds for m in methods]
+  todo = [(c, s, m) for c, s, m in runs if not done(results, c, m, s)]
+  already = len(runs) - len(todo)
+  todo += sorted({(c, s, "ce") for c, s, _ in todo  # ce_loss needs ce.
+                  if is_noisy(c) and "ce" not in methods
+                  and not done(results, c, "ce", s)})
+  log(f"dirty_labels: {len(todo)} run(s) to do, {already} already in "
+      f"{out}.")
+  count = 0
+  for cell in cells:
+    for seed in seeds:
+      wanted = [m for m in methods if not done(results, cell, m, seed)]
+      if not wanted:
+        continue
+      shared = {}
+      if is_noisy(cell):
+        shared = _shared(results, cell, seed)
+        # The ce run measures ce_loss for all: it goes first.
+        if not done(results, cell, "ce", seed):
+          wanted = ["ce"] + [m for m in wanted if m != "ce"]
+        if cleanlab_cv and "cleanlab_cv" not in shared:
+          config = cell_config(cell, "ce", seed, epochs, root)
+          source, split = run_lib.prepare_data(config)
+          start = time.time()
+          cache = os.path.join(root, cell, f"folds{folds}_e{epochs}_s{seed}",
+                               "cv_probs.npy")
+          probs = cross_validated_probabilities(config, source, split, folds,
+                                                cache)
+          noisy = split.train_labels != split.train_clean_labels
+          shared["cleanlab_cv"] = _quality(
+              advice.cleanlab_scores(split.train_labels, probs), noisy)
+          log(f"  {cell} seed {seed}: {folds}-fold CE for cleanlab_cv, AP "
+              f"{shared['cleanlab_cv']['label_issue_ap']:.4f} "
+              f"({time.time() - start:.0f} s)")
+      for method in wanted:
+        values, rankings, _ = run_one(cell, method, seed, epochs, root, shared)
+        record(results, cell, method, seed, values, rankings)
+        write_results(out, results)
+        if method == "ce" and is_noisy(cell):
+          shared = {**_shared(results, cell, seed), **shared}
+        count += 1
+        ap = rankings.get("label_issue_ap", {})
+        log(f"[{count}/{len(todo)}] {cell} {method} seed {seed}: top-1 "
+            f"{values['accuracy']:.2f}, tail "
+            + (f"{values['tail_accuracy']:.2f}"
+               if values["tail_accuracy"] is not None else "-")
+            + "".join(f", {k} AP {v:.3f}" for k, v in sorted(ap.items())
+                      if v is not None)
+            + f" ({values.get('train_seconds', 0):.0f} s) → {out}")
+  return results
+
+
+# ---------------------------------------------------------------- tables
+def tables(results):
+  """Markdown tables: test top-1 and tail accuracy per cell and method
+  (mean ± std over seeds); per noisy cell, the mean AP and precision@k of
+  each ranking over the advisor methods and seeds."""
+  methods = [m for m in METHODS if any(m in r for r in results.values())]
+  lines = ["Test top-1 % / tail accuracy % (mean ± std over seeds):", "",
+           "| cell | " + " | ".join(methods) + " |",
+           "|---|" + "---|" * len(methods)]
+
+  def stat(values):
+    values = [v for v in values if v is not None]
+    return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if values else "-"
+
+  for cell, by_method in results.items():
+    row = [f"{stat(by_method[m].get('accuracy', []))} / "
+           f"{stat(by_method[m].get('tail_accuracy', []))}"
+           if m in by_method else "-" for m in methods]
+    lines.append(f"| {cell} | " + " | ".join(row) + " |")
+  names = analysis.GRID_RANKINGS
+  for group, title in (("label_issue_ap", "average precision"),
+                       ("label_issue_precision_at_k",
+                        "precision at the true number of corrupted labels")):
+    lines += ["", f"Finding the corrupted labels, {title} (mean over the "
+              "advisor methods and seeds):", "",
+              "| cell | " + " | ".join(names) + " |",
+              "|---|" + "---|" * len(names)]
+    for cell in results:
+      means = analysis.grid_ranking_means({cell: results[cell]}, group)
+      if means:
+        lines.append(f"| {cell} | " + " | ".join(
+            f"{means[n]:.3f}" if means.get(n) is not None else "-"
+            for n in names) + " |")
+  return "\n".join(lines)
+
+
+def goal_check(results, ranking=None):
+  """Per noisy cell, whether `ranking` (default: `analyze`'s) has a mean AP
+  (over the advisor methods and seeds) at least cleanlab's, both
+  `cleanlab_cv` and `cleanlab_model`: the issue's goal. Lines of text."""
+  ranking = ranking or advice.DEFAULT_RANKING
+  lines = []
+  for cell in results:
+    means = analysis.grid_ranking_means({cell: results[cell]})
+    if not means or means.get(ranking) is None:
+      continue
+    verdicts = [f"{'≥' if means[ranking] >= means[c] else '<'} {c} "
+                f"{means[c]:.3f}" for c in ("cleanlab_cv", "cleanlab_model")
+                if means.get(c) is not None]
+    lines.append(f"{cell}: {ranking} {means[ranking]:.3f} "
+                 + ", ".join(verdicts))
+  return lines
+
+
+class _NoRetracingWarnings(pylogging.Filter):
+  """Drops TensorFlow's retracing warning: each fold and run is a new model,
+  so `advice.advise` traces once per model, as intended."""
+
+  def filter(self, record):
+    return "triggered tf.function retracing" not in record.getMessage()
+
+
+def _define_flags():
+  """The command's flags. Defined only when the module runs as a command,
+  so that importing it (tests, notebooks) defines no second `--epochs` or
+  `--workdir` beside `advisor_tf.cli_flags`."""
+  return types.SimpleNamespace(
+      out=flags.DEFINE_string("out", "results/dirty_labels.json",
+                              "Where to write (and resume) the JSON."),
+      cells=flags.DEFINE_list("cells", list(CELLS),
+                              f"Cells, from {', '.join(CELLS)}."),
+      methods=flags.DEFINE_list("methods", list(METHODS),
+                                f"Methods, from {', '.join(METHODS)}."),
+      seeds=flags.DEFINE_list("seeds", [str(s) for s in SEEDS],
+                              "Seeds (integers >= 0)."),
+      epochs=flags.DEFINE_integer("epochs", DEFAULT_EPOCHS,
+                                  "Epochs per run (default: TrainConfig's).",
+                                  lower_bound=1),
+      folds=flags.DEFINE_integer("folds", FOLDS, "K of the K-fold "
+                                 "cross-entropy training behind the "
+                                 "cleanlab_cv ranking.", lower_bound=2),
+      cleanlab_cv=flags.DEFINE_bool(
+          "cleanlab_cv", True, "Measure the cleanlab_cv ranking (K extra "
+          "cross-entropy trainings per noisy cell and seed)."),
+      workdir=flags.DEFINE_string("workdir", None, "Keep each run here "
+                                  "(default: a temp dir)."))
+
+
+def main(argv, f):
+  del argv
+  cli.quiet_logs()
+  pylogging.getLogger("tensorflow").addFilter(_NoRetracingWarnings())
+  for cell in f.cells.value:
+    if cell not in CELLS:
+      raise app.UsageError(f"--cells: {cell!r} is not one of "
+                           f"{', '.join(CELLS)}.")
+  for method in f.methods.value:
+    if method not in METHODS:
+      raise app.UsageError(f"--methods: {method!r} is not one of "
+                           f"{', '.join(METHODS)}.")
+  try:
+    seeds = sorted({int(s) for s in f.seeds.value})
+  except ValueError:
+    raise app.UsageError(f"--seeds={','.join(f.seeds.value)} must be "
+                         "integers >= 0.") from None
+  if not seeds or min(seeds) < 0:
+    raise app.UsageError(f"--seeds={','.join(f.seeds.value)} must be "
+                         "integers >= 0.")
+  with tempfile.TemporaryDirectory() as tmp:
+    results = run_grid(f.out.value, f.cells.value, f.methods.value, seeds,
+                       f.epochs.value, f.workdir.value or tmp, f.folds.value,
+                       f.cleanlab_cv.value)
+  print(tables(results))
+  print("\nDefault ranking against cleanlab, per cell (mean AP):")
+  print("\n".join(goal_check(results)) or "(no noisy cell measured)")
+  means = analysis.grid_ranking_means(results)
+  if means:
+    best = max((n for n in advice.RANKINGS if means.get(n) is not None),
+               key=means.get, default=None)
+    print("Mean AP over the grid: " + ", ".join(
+        f"{n} {v:.4f}" for n, v in means.items() if v is not None)
+          + f"; best single-run ranking: {best} (analyze's default: "
+          f"{advice.DEFAULT_RANKING}).")
+
+
+if __name__ == "__main__":
+  _FLAGS = _define_flags()
+  app.run(lambda argv: main(argv, _FLAGS))

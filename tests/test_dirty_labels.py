@@ -1,0 +1,248 @@
+"""The dirty-labels grid: its protocol, its label-issue rankings (cleanlab's
+included), its resumable JSON, and the report naming the ranking."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from advisor_tf import advice, analysis
+from advisor_tf import run as run_lib
+from advisor_tf.experiments import dirty_labels as grid
+
+
+# ---------------------------------------------------------------- protocol
+@pytest.mark.parametrize("cell", list(grid.CELLS))
+def test_every_cell_gives_its_noise_and_imbalance(cell):
+  fields = grid.CELLS[cell]
+  config = grid.cell_config(cell, "mfrw_mes", seed=1, epochs=30, root="/x")
+  assert config.dataset == "digits" and config.backbone == "small_cnn"
+  assert config.epochs == 30 and config.lr_decay_epochs == (20, 25)
+  assert config.flip_targets == "random" and not config.export
+  assert config.workdir == os.path.join("/x", cell, "mfrw_mes_s1")
+  source, split = run_lib.prepare_data(config)
+  counts = np.bincount(split.train_clean_labels, minlength=10)
+  imbalance = fields.get("imbalance_factor", 1.0)
+  if imbalance > 1:
+    assert counts.argmax() == 0 and counts.argmin() == 9
+    assert counts[0] / counts[9] == pytest.approx(imbalance, rel=0.25)
+  else:
+    assert counts.max() / counts.min() < 1.2
+  noisy = split.train_labels != split.train_clean_labels
+  if fields["noise"] == "none":
+    assert not noisy.any() and not grid.is_noisy(cell)
+    return
+  assert grid.is_noisy(cell)
+  assert noisy.mean() == pytest.approx(fields["noise_rate"], abs=0.06)
+  wrong = split.train_labels[noisy], split.train_clean_labels[noisy]
+  targets = {(c, g) for g, c in zip(*wrong)}
+  if fields["noise"] == "flip":  # One target class per class.
+    assert len({c for c, _ in targets}) == len(targets)
+  else:  # Symmetric: corrupted labels spread over the other classes.
+    assert len(targets) > 30
+
+
+def test_tail_classes_are_the_rarest_third():
+  config = grid.cell_config("lt50", "ce", 0)
+  _, split = run_lib.prepare_data(config)
+  np.testing.assert_array_equal(grid.tail_classes(split, 10, 50.0), [7, 8, 9])
+  balanced = grid.cell_config("sym0.2", "ce", 0)
+  _, split = run_lib.prepare_data(balanced)
+  np.testing.assert_array_equal(grid.tail_classes(split, 10, 1.0), [7, 8, 9])
+  per_class = [90.0] * 7 + [60.0, None, 30.0]
+  assert grid.tail_accuracy(per_class, [7, 8, 9]) == 45.0
+
+
+def test_cells_and_flags_refuse_unknown_names():
+  with pytest.raises(ValueError, match="--cells: 'sym0.9'"):
+    grid.cell_config("sym0.9", "ce", 0)
+
+
+# ---------------------------------------------------------------- rankings
+def _obvious(n=300, num_classes=4, corrupted=30, seed=0):
+  """Probabilities confident in the clean class; `corrupted` labels moved."""
+  rng = np.random.default_rng(seed)
+  clean = rng.integers(0, num_classes, n)
+  given = clean.copy()
+  bad = rng.choice(n, corrupted, replace=False)
+  given[bad] = (clean[bad] + rng.integers(1, num_classes, corrupted)) % (
+      num_classes)
+  probs = rng.dirichlet(np.ones(num_classes), n) * 0.2
+  probs[np.arange(n), clean] += 0.8
+  return given, clean, probs
+
+
+def test_cleanlab_ranks_the_obvious_label_errors_first():
+  given, clean, probs = _obvious()
+  scores = advice.cleanlab_scores(given, probs)
+  noisy = given != clean
+  assert advice.ranking_quality(scores, noisy)["ap"] == 1.0
+  assert advice.precision_at_k(scores, noisy) == 1.0
+  assert set(np.argsort(-scores)[:noisy.sum()]) == set(np.flatnonzero(noisy))
+  # Flagged issues come first: their scores exceed 1.
+  assert (scores[noisy] > 1).all() and (scores[~noisy] <= 1).all()
+
+
+def test_precision_at_k_and_rank_average_by_hand():
+  noisy = np.array([True, False, True, False, False])
+  # Top 2 of [.9, .8, .1, .3, .2]: positions 0 and 1 → one of two noisy.
+  assert advice.precision_at_k([.9, .8, .1, .3, .2], noisy) == 0.5
+  assert advice.precision_at_k([1, 2, 3], np.zeros(3, bool)) is None
+  np.testing.assert_allclose(advice.rank_average([1, 2, 3], [30, 10, 20]),
+                             [(1 + 3) / 6, (2 + 1) / 6, (3 + 2) / 6])
+
+
+def _advice(with_advisor):
+  given, clean, probs = _obvious(n=120, num_classes=3, corrupted=12)
+  loss = -np.log(probs[np.arange(len(given)), given])
+  fields = dict(positions=np.arange(len(given)), given=given, clean=clean,
+                logits=np.log(probs), loss=loss)
+  if with_advisor:
+    weight = np.exp(-loss)  # Meta-Weight-Net-like: low weight, high loss.
+    fields.update(weight=weight, advised_loss=weight * loss)
+  return advice.Advice(**fields)
+
+
+def test_single_run_rankings_and_the_default():
+  adv = _advice(with_advisor=True)
+  rankings = advice.single_run_rankings(adv)
+  assert set(rankings) == set(advice.RANKINGS)
+  for name, scores in rankings.items():
+    assert advice.ranking_quality(scores, adv.noisy)["ap"] > 0.9, name
+  assert advice.resolve_ranking(None, rankings) == (advice.DEFAULT_RANKING,
+                                                    None)
+  assert advice.resolve_ranking("loss", rankings) == ("loss", None)
+  plain = advice.single_run_rankings(_advice(with_advisor=False))
+  assert set(plain) == {"loss", "cleanlab_model"}
+  name, note = advice.resolve_ranking(None, plain)
+  assert name == "cleanlab_model" and "needs an advisor" in note
+  with pytest.raises(ValueError, match="--ranking=advisor"):
+    advice.resolve_ranking("advisor", plain)
+
+
+# ------------------------------------------------------------ resumable JSON
+def test_record_keeps_seeds_in_order_and_lists_aligned(tmp_path):
+  results = {}
+  ap = {"label_issue_ap": {"loss": 0.5, "advisor": 0.7},
+        "label_issue_precision_at_k": {"loss": 0.4, "advisor": 0.6}}
+  grid.record(results, "sym0.4", "mwnet", 2, {"accuracy": 90.0,
+                                               "tail_accuracy": 80.0}, ap)
+  grid.record(results, "sym0.4", "mwnet", 0, {"accuracy": 91.0,
+                                               "tail_accuracy": 81.0},
+              {"label_issue_ap": {"loss": 0.6, "cleanlab_cv": 0.8}})
+  entry = results["sym0.4"]["mwnet"]
+  assert entry["seeds"] == [0, 2] and entry["accuracy"] == [91.0, 90.0]
+  assert entry["label_issue_ap"] == {"loss": [0.6, 0.5],
+                                     "advisor": [None, 0.7],
+                                     "cleanlab_cv": [0.8, None]}
+  assert entry["label_issue_precision_at_k"]["loss"] == [None, 0.4]
+  assert grid.done(results, "sym0.4", "mwnet", 0)
+  assert not grid.done(results, "sym0.4", "mwnet", 1)
+  assert not grid.done(results, "lt20", "mwnet", 0)
+  with pytest.raises(ValueError, match="already recorded"):
+    grid.record(results, "sym0.4", "mwnet", 0, {"accuracy": 1.0})
+  out = tmp_path / "sub" / "grid.json"
+  grid.write_results(str(out), results)
+  assert grid.load_results(str(out)) == results
+  assert os.listdir(out.parent) == ["grid.json"]  # No temporary left.
+  assert grid.load_results(str(tmp_path / "absent.json")) == {}
+
+
+def test_grid_skips_what_is_done_and_shares_ce_and_cleanlab_cv(
+    tmp_path, monkeypatch):
+  trained = []
+
+  def fake_run_one(cell, method, seed, epochs, root, shared):
+    trained.append((cell, method, seed))
+    if not grid.is_noisy(cell):
+      return {"accuracy": 50.0, "tail_accuracy": 40.0}, {}, None
+    ap = {"loss": 0.1 * (seed + 1)}
+    if method == "ce":
+      ap["ce_loss"] = ap["loss"]
+    ap.update({k: v["label_issue_ap"] for k, v in shared.items()
+               if k not in ap})
+    return ({"accuracy": 50.0, "tail_accuracy": 40.0},
+            {"label_issue_ap": ap, "label_issue_precision_at_k": {}}, None)
+
+  folds = []
+
+  def fake_probs(config, source, split, folds_, cache=None):
+    folds.append((config.seed, folds_))
+    probs = np.full((len(split.train_labels), 10), 0.01)
+    probs[np.arange(len(probs)), split.train_clean_labels] = 0.91
+    return probs
+
+  monkeypatch.setattr(grid, "run_one", fake_run_one)
+  monkeypatch.setattr(grid, "cross_validated_probabilities", fake_probs)
+  out = str(tmp_path / "grid.json")
+  # Some methods, without ce: ce is trained (first) for ce_loss anyway.
+  grid.run_grid(out, ["sym0.4", "lt20"], ["mwnet"], [0], 2, str(tmp_path),
+                folds=3, log=lambda _: None)
+  assert trained == [("sym0.4", "ce", 0), ("sym0.4", "mwnet", 0),
+                     ("lt20", "mwnet", 0)]
+  assert folds == [(0, 3)]  # Only the noisy cell needs cleanlab_cv.
+  saved = json.load(open(out))
+  assert saved["sym0.4"]["mwnet"]["label_issue_ap"]["ce_loss"] == [0.1]
+  assert saved["sym0.4"]["mwnet"]["label_issue_ap"]["cleanlab_cv"] == [1.0]
+  assert saved["lt20"]["mwnet"]["label_issue_ap"] == {}
+  # A restart with more seeds and methods does only what is missing, and
+  # reads ce_loss and cleanlab_cv of seed 0 back from the JSON.
+  trained.clear()
+  grid.run_grid(out, ["sym0.4"], ["ce", "mwnet", "mes"], [0, 1], 2,
+                str(tmp_path), folds=3, log=lambda _: None)
+  assert trained == [("sym0.4", "mes", 0), ("sym0.4", "ce", 1),
+                     ("sym0.4", "mwnet", 1), ("sym0.4", "mes", 1)]
+  assert folds == [(0, 3), (1, 3)]
+  saved = json.load(open(out))
+  assert saved["sym0.4"]["mes"]["seeds"] == [0, 1]
+  assert saved["sym0.4"]["mes"]["label_issue_ap"]["ce_loss"] == [0.1, 0.2]
+  assert saved["sym0.4"]["mwnet"]["label_issue_ap"]["cleanlab_cv"] == [1.0,
+                                                                       1.0]
+
+
+def test_grid_means_are_over_the_advisor_methods():
+  results = {
+      "sym0.4": {
+          "ce": {"seeds": [0], "label_issue_ap": {"loss": [0.1]}},
+          "mwnet": {"seeds": [0, 1], "label_issue_ap": {
+              "loss": [0.5, 0.7], "rank_average": [0.9, None]}}},
+      "lt20": {"mwnet": {"seeds": [0], "label_issue_ap": {}}}}
+  means = analysis.grid_ranking_means(results)
+  assert means["loss"] == pytest.approx(0.6)
+  assert means["rank_average"] == pytest.approx(0.9)
+  assert means["cleanlab_cv"] is None
+  assert analysis.grid_ranking_means({"lt20": results["lt20"]}) == {}
+  assert "| sym0.4 | 0.900 |" in grid.tables(results)
+
+
+# ---------------------------------------------------------------- report
+def test_report_names_the_ranking_and_its_grid_ap(tmp_path):
+  summary = {"label_issue_ranking": "rank_average",
+             "label_issue_ranking_grid_ap": None}
+  assert analysis.ranking_line(summary) == (
+      "- ranking: rank_average (mean AP over the dirty-labels grid: not "
+      "measured yet)")
+  path = tmp_path / "grid.json"
+  path.write_text(json.dumps({"sym0.4": {"mfrw_mes": {
+      "seeds": [0, 1], "label_issue_ap": {"rank_average": [0.8, 0.9]}}}}))
+  assert analysis.grid_ranking_ap("rank_average", str(path)) == (
+      pytest.approx(0.85))
+  assert analysis.grid_ranking_ap("rank_average",
+                                  str(tmp_path / "absent.json")) is None
+  summary["label_issue_ranking_grid_ap"] = 0.85
+  assert analysis.ranking_line(summary).endswith("grid: 0.850)")
+
+
+def test_the_default_ranking_is_the_grids_best_where_measured():
+  """Once results/dirty_labels.json holds the grid, the default ranking must
+  be the single-run ranking with the best mean AP there."""
+  if not os.path.exists(analysis.GRID_RESULTS):
+    pytest.skip("the dirty-labels grid has not been run yet")
+  with open(analysis.GRID_RESULTS) as f:
+    means = analysis.grid_ranking_means(json.load(f))
+  measured = {n: means[n] for n in advice.RANKINGS
+              if means.get(n) is not None}
+  if not measured:
+    pytest.skip("the dirty-labels grid holds no advisor run of a noisy cell")
+  assert advice.DEFAULT_RANKING == max(measured, key=measured.get), measured
