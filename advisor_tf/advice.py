@@ -193,7 +193,9 @@ def precision_at_k(scores, noisy):
 # `analyze` uses by default: the one the dirty-labels grid
 # (`advisor_tf.experiments.dirty_labels`) is expected to favour. The grid also
 # measures `ce_loss` and `cleanlab_cv`, which need extra training runs.
-RANKINGS = ("rank_average", "advisor", "loss", "cleanlab_model")
+RANKINGS = ("rank_average", "advisor", "loss", "cleanlab_model", "cleanlab_cv")
+# Rankings that train more models (`crossval`): computed only when chosen.
+TRAINED_RANKINGS = ("cleanlab_cv",)
 DEFAULT_RANKING = "rank_average"
 RANKING_HELP = {
     "rank_average": "mean percentile rank of `advisor` and `cleanlab_model` "

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from advisor_tf import advice as advice_lib
+from advisor_tf import crossval
 from advisor_tf import evaluation
 from advisor_tf import telemetry
 from advisor_tf.data import pipeline
@@ -265,7 +266,7 @@ def top_suspect_images(source, split, advice, order):
 # ------------------------------------------------------------------ report
 def analyze_run(run, out_dir, class_names=None, num_examples=50,
                 max_points=2000, seed=0, ranking=None, num_suspects=24,
-                grid_results=None):
+                grid_results=None, folds=crossval.FOLDS):
   """Makes every figure that applies to `run` (a `run.Run`) and writes
   the report into `out_dir`. Returns the summary dict (also written as
   `summary.json`); `summary["figures"]` maps figure names to PNG paths.
@@ -274,7 +275,8 @@ def analyze_run(run, out_dir, class_names=None, num_examples=50,
   issues, the suspects marked where the truth is unknown, and the gallery of
   the `num_suspects` top suspects; `grid_results` is the dirty-labels grid's
   JSON the report quotes the ranking's mean AP from (default
-  `GRID_RESULTS`)."""
+  `GRID_RESULTS`). `cleanlab_cv` trains `folds` cross-entropy models first
+  (`crossval`; their probabilities are cached in `out_dir`)."""
   os.makedirs(out_dir, exist_ok=True)
   config, source, split, model = run.config, run.source, run.split, run.model
   counts = split.class_counts(source.num_classes)
@@ -282,7 +284,14 @@ def analyze_run(run, out_dir, class_names=None, num_examples=50,
                           batch_size=config.eval_batch_size)
   scores = advice_lib.label_issue_scores(adv)
   rankings = advice_lib.single_run_rankings(adv, scores)
-  ranking, fallback = advice_lib.resolve_ranking(ranking, rankings)
+  ranking, fallback = advice_lib.resolve_ranking(
+      ranking, set(rankings) | set(advice_lib.TRAINED_RANKINGS))
+  if ranking == "cleanlab_cv":  # K cross-entropy trainings, cached.
+    probs = crossval.cross_validated_probabilities(
+        config, source, split, folds,
+        cache=os.path.join(out_dir, f"cv_probabilities_{folds}fold.npy"))
+    rankings["cleanlab_cv"] = advice_lib.cleanlab_scores(
+        adv.given, probs[adv.positions])
   # The truth is known only where the noise was synthetic (the protocol kept
   # the clean labels); otherwise mark the ranking's top suspects, and say so.
   known = config.noise != "none"

@@ -21,9 +21,12 @@ report states its mean AP over the grid, or "not measured yet"):
   loss            the example's cross-entropy under the run's classifier
   cleanlab_model  cleanlab's confident-learning issues, then its label-quality
                   score, on the run's own predicted probabilities
-The grid also measures `cleanlab_cv` (cleanlab on out-of-sample probabilities
-of K-fold cross-entropy training) and `ce_loss` (a plain CE run's loss): they
-need extra training runs, so `analyze` leaves them to the experiment.
+  cleanlab_cv     the same on out-of-sample probabilities of `--folds`-fold
+                  cross-entropy training of the run's configuration (the
+                  usual confident-learning recipe): trains K models first,
+                  cached in `--out`
+The grid also measures `ce_loss` (a plain CE run's loss), which needs a run
+of its own.
 """
 
 import os
@@ -36,6 +39,7 @@ from absl import flags  # noqa: E402
 
 from advisor_tf import advice  # noqa: E402
 from advisor_tf import analysis  # noqa: E402
+from advisor_tf import crossval  # noqa: E402
 from advisor_tf import run as run_lib  # noqa: E402
 
 _WORKDIR, _DATA_DIR = cli.define_run_flags("analyse")
@@ -56,6 +60,9 @@ _RANKING = flags.DEFINE_enum(
     f"{advice.DEFAULT_RANKING}): " + "; ".join(
         f"{name}: {advice.RANKING_HELP[name]}" for name in advice.RANKINGS)
     + ".")
+_FOLDS = flags.DEFINE_integer("folds", crossval.FOLDS, "K of the K-fold "
+                              "cross-entropy training behind "
+                              "--ranking=cleanlab_cv.", lower_bound=2)
 _NUM_SUSPECTS = flags.DEFINE_integer("num_suspects", 24,
                                      "Images in the gallery of the top "
                                      "suspects.", lower_bound=0)
@@ -71,7 +78,8 @@ def main(argv):
                                    num_examples=_NUM_EXAMPLES.value,
                                    max_points=_MAX_POINTS.value,
                                    ranking=_RANKING.value,
-                                   num_suspects=_NUM_SUSPECTS.value)
+                                   num_suspects=_NUM_SUSPECTS.value,
+                                   folds=_FOLDS.value)
   for line in analysis._headline(summary):
     print(line)
   print(f"→ {os.path.join(out, 'report.html')} ({len(summary['figures'])} "
@@ -80,7 +88,7 @@ def main(argv):
 
 GROUPS = {"run": ["workdir", "data_dir"],
           "report": ["out", "classes", "num_examples", "max_points",
-                     "ranking", "num_suspects"]}
+                     "ranking", "folds", "num_suspects"]}
 
 
 def console():

@@ -179,13 +179,36 @@ def test_analysis_ranks_by_the_chosen_ranking_and_shows_the_suspects(
          "not measured yet)" in report
   assert "![top_suspects](top_suspects.png)" in report
   assert "top_suspects.png" in (tmp_path / "report.html").read_text()
-  for name in advice.RANKINGS:
+  for name in set(advice.RANKINGS) - set(advice.TRAINED_RANKINGS):
     assert 0.0 < summary[f"{name}_ap"] <= 1.0
     assert 0.0 <= summary[f"{name}_precision_at_k"] <= 1.0
   with open(tmp_path / "label_issues.csv") as f:
     rows = list(csv.DictReader(f))
   scores = [float(r["score"]) for r in rows]
   assert scores == sorted(scores, reverse=True) and max(scores) <= 2.0
+
+
+@pytest.mark.slow
+def test_cleanlab_cv_ranking_trains_the_folds_once_and_ranks_by_them(
+    digits_run, tmp_path):
+  finished = run_lib.load(digits_run)
+  finished = dataclasses.replace(finished, config=dataclasses.replace(
+      finished.config, epochs=1, lr_decay_epochs=(1,)))  # Quick folds.
+  summary = analysis.analyze_run(finished, str(tmp_path), max_points=200,
+                                 num_examples=5, ranking="cleanlab_cv",
+                                 num_suspects=4, folds=2)
+  assert summary["label_issue_ranking"] == "cleanlab_cv"
+  assert 0.0 < summary["cleanlab_cv_ap"] <= 1.0
+  cache = tmp_path / "cv_probabilities_2fold.npy"
+  probs = np.load(cache)
+  assert probs.shape == (summary["train_examples"], 10)
+  np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+  stamp = cache.stat().st_mtime_ns
+  again = analysis.analyze_run(finished, str(tmp_path), max_points=200,
+                               num_examples=5, ranking="cleanlab_cv",
+                               num_suspects=4, folds=2)
+  assert cache.stat().st_mtime_ns == stamp  # Read back, not retrained.
+  assert again["cleanlab_cv_ap"] == summary["cleanlab_cv_ap"]
 
 
 @pytest.mark.slow

@@ -58,11 +58,11 @@ the JSON holds, in the order of `seeds`:
                        (advisor methods only; `analyze`'s default)
   train_seconds        wall time of the run's training
 
-The K fold trainings (`cross_validated_probabilities`) train the `ce`
+The K fold trainings (`crossval.cross_validated_probabilities`) train the `ce`
 configuration of the cell (same backbone, epochs, optimizer, schedule,
 augmentation and data stream as a `ce` run) on 4/5 of the run's training
 split (stratified by given label, seeded by the run's seed) and predict the
-held-out fifth. They are done here with `builder.build_model` and a plain
+held-out fifth. They are done with `builder.build_model` and a plain
 Keras `fit` (the trainer trains on whole splits), without checkpoints or
 per-epoch test evaluation.
 
@@ -83,7 +83,6 @@ import os
 import tempfile
 import time
 import types
-import warnings
 
 from advisor_tf import cli  # Quiets TensorFlow before it is imported.
 
@@ -95,8 +94,8 @@ import keras  # noqa: E402
 
 from advisor_tf import advice  # noqa: E402
 from advisor_tf import analysis  # noqa: E402
-from advisor_tf import builder  # noqa: E402
 from advisor_tf import config as config_lib  # noqa: E402
+from advisor_tf import crossval  # noqa: E402
 from advisor_tf import run as run_lib  # noqa: E402
 from advisor_tf import trainer  # noqa: E402
 from advisor_tf.experiments import BASE  # noqa: E402
@@ -115,7 +114,7 @@ CELLS = {
     "lt20_flip0.4": dict(noise="flip", noise_rate=0.4, imbalance_factor=20.0),
 }
 SEEDS = (0, 1, 2)
-FOLDS = 5
+FOLDS = crossval.FOLDS
 DEFAULT_EPOCHS = config_lib.TrainConfig().epochs
 
 # ---------------------------------------------------------------- protocol
@@ -153,56 +152,6 @@ def tail_accuracy(per_class_accuracy, tail):
 
 
 # ----------------------------------------------------------- K-fold CE
-def cross_validated_probabilities(config, source, split, folds=FOLDS,
-                                  cache=None):
-  """Out-of-sample predicted probabilities of every training example of
-  `split`, from `folds` cross-entropy models each trained on the other folds.
-
-  Each fold trains `config` with `method="ce"` (built by
-  `builder.build_model`, fed by the trainer's own `train_stream`) on a
-  stratified (by given label, seeded by `config.seed`)
-  `(folds − 1) / folds` of the training split, and predicts the held-out
-  part without augmentation. With `cache` (a `.npy` path), the result is
-  read from there when present and written there otherwise.
-  """
-  from sklearn.model_selection import StratifiedKFold
-  if cache and os.path.exists(cache):
-    return np.load(cache)
-  config = dataclasses.replace(config, method="ce", virtual_scope="all",
-                               meta_update_every=1, advice="exact")
-  labels = np.asarray(split.train_labels)
-  probs = np.zeros((len(labels), source.num_classes))
-  with warnings.catch_warnings():  # Tail classes may have < folds members.
-    warnings.simplefilter("ignore", UserWarning)
-    parts = list(StratifiedKFold(folds, shuffle=True,
-                                 random_state=config.seed).split(
-                                     np.zeros(len(labels)), labels))
-  for k, (fit, held) in enumerate(parts):
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(config.seed * 1000 + k)
-    fold = dataclasses.replace(
-        split, train_indices=np.asarray(split.train_indices)[fit],
-        train_labels=labels[fit],
-        train_clean_labels=np.asarray(split.train_clean_labels)[fit])
-    steps = run_lib.steps_per_epoch(config, fold)
-    model = builder.build_model(
-        config, source.image_shape, source.num_classes,
-        class_counts=fold.class_counts(source.num_classes),
-        steps_per_epoch=steps)
-    model.fit(trainer.train_stream(config, source, fold,
-                                   seed=config.seed + k),
-        epochs=config.epochs, steps_per_epoch=steps, verbose=0,
-        shuffle=False)
-    probs[held] = advice.probabilities(advice.advise(
-        model, source, split, positions=held,
-        batch_size=config.eval_batch_size))
-  keras.backend.clear_session()
-  if cache:
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    np.save(cache, probs)
-  return probs
-
-
 # --------------------------------------------------------------- results
 def load_results(path):
   """The grid's results so far (`{}` when `path` does not exist)."""
@@ -377,7 +326,8 @@ def run_grid(out, cells, methods, seeds, epochs, root, folds=FOLDS,
           start = time.time()
           cache = os.path.join(root, cell, f"folds{folds}_e{epochs}_s{seed}",
                                "cv_probs.npy")
-          probs = cross_validated_probabilities(config, source, split, folds,
+          probs = crossval.cross_validated_probabilities(config, source, split,
+                                                         folds,
                                                 cache)
           noisy = split.train_labels != split.train_clean_labels
           shared["cleanlab_cv"] = _quality(

@@ -1,0 +1,74 @@
+"""Out-of-sample predicted probabilities by K-fold cross-entropy training:
+what confident learning (cleanlab) ranks label issues from.
+
+  >>> probs = crossval.cross_validated_probabilities(run.config, run.source,
+  ...                                                run.split, folds=5)
+  >>> scores = advice.cleanlab_scores(run.split.train_labels, probs)
+
+Used by `analyze --ranking=cleanlab_cv` and the dirty-labels grid
+(`advisor_tf.experiments.dirty_labels`). It costs K trainings of the run's
+configuration as plain cross-entropy, each on (K − 1)/K of the training set.
+"""
+
+import dataclasses
+import os
+import warnings
+
+import keras
+import numpy as np
+
+from advisor_tf import advice
+from advisor_tf import builder
+from advisor_tf import run as run_lib
+from advisor_tf import trainer
+
+FOLDS = 5
+
+
+def cross_validated_probabilities(config, source, split, folds=FOLDS,
+                                  cache=None):
+  """Out-of-sample predicted probabilities of every training example of
+  `split`, from `folds` cross-entropy models each trained on the other folds.
+
+  Each fold trains `config` with `method="ce"` (built by
+  `builder.build_model`, fed by the trainer's own `train_stream`) on a
+  stratified (by given label, seeded by `config.seed`)
+  `(folds − 1) / folds` of the training split, and predicts the held-out
+  part without augmentation. With `cache` (a `.npy` path), the result is
+  read from there when present and written there otherwise.
+  """
+  from sklearn.model_selection import StratifiedKFold
+  if cache and os.path.exists(cache):
+    return np.load(cache)
+  config = dataclasses.replace(config, method="ce", virtual_scope="all",
+                               meta_update_every=1, advice="exact")
+  labels = np.asarray(split.train_labels)
+  probs = np.zeros((len(labels), source.num_classes))
+  with warnings.catch_warnings():  # Tail classes may have < folds members.
+    warnings.simplefilter("ignore", UserWarning)
+    parts = list(StratifiedKFold(folds, shuffle=True,
+                                 random_state=config.seed).split(
+                                     np.zeros(len(labels)), labels))
+  for k, (fit, held) in enumerate(parts):
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(config.seed * 1000 + k)
+    fold = dataclasses.replace(
+        split, train_indices=np.asarray(split.train_indices)[fit],
+        train_labels=labels[fit],
+        train_clean_labels=np.asarray(split.train_clean_labels)[fit])
+    steps = run_lib.steps_per_epoch(config, fold)
+    model = builder.build_model(
+        config, source.image_shape, source.num_classes,
+        class_counts=fold.class_counts(source.num_classes),
+        steps_per_epoch=steps)
+    model.fit(trainer.train_stream(config, source, fold, seed=config.seed + k),
+              epochs=config.epochs, steps_per_epoch=steps, verbose=0,
+              shuffle=False)
+    probs[held] = advice.probabilities(advice.advise(
+        model, source, split, positions=held,
+        batch_size=config.eval_batch_size))
+  keras.backend.clear_session()
+  if cache:
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    np.save(cache, probs)
+  return probs
