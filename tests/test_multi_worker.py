@@ -127,8 +127,8 @@ def test_multi_worker_training_equals_one_process_with_the_same_batch(
 
 def test_multi_worker_job_killed_mid_run_resumes_from_the_chiefs_checkpoint(
     tmp_path):
-  config = _config(tmp_path / "job", epochs=6, steps_per_epoch=8,
-                   lr_decay_epochs=(4,), checkpoint_every=2)
+  config = _config(tmp_path / "job", epochs=4, steps_per_epoch=8,
+                   lr_decay_epochs=(3,), checkpoint_every=2)
   ckpt_dir = os.path.join(config.workdir, "checkpoints")
   procs = _start_workers(config, tmp_path)
   chief_pids = {str(procs[0].pid)}
@@ -143,20 +143,20 @@ def test_multi_worker_job_killed_mid_run_resumes_from_the_chiefs_checkpoint(
     proc.wait()
   assert not os.path.exists(os.path.join(config.workdir, "metrics.json"))
   killed_at = int(tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1])
-  assert 0 < killed_at < 48
+  assert 0 < killed_at < 32
 
   procs = _start_workers(config, tmp_path)
   chief_pids.add(str(procs[0].pid))
   _wait(procs, tmp_path)
   with open(os.path.join(config.workdir, "metrics.json")) as f:
     metrics = json.load(f)
-  assert metrics["train/steps"] == 48
-  assert killed_at <= metrics["resumed_from_step"] < 48
+  assert metrics["train/steps"] == 32
+  assert killed_at <= metrics["resumed_from_step"] < 32
   for index in range(2):
     log = (tmp_path / f"worker{index}.log").read_text()
     assert f"Resuming from {ckpt_dir}" in log, log[-3000:]
-  _, want = _reference(tmp_path, epochs=6, steps_per_epoch=8,
-                       lr_decay_epochs=(4,), checkpoint_every=2)
+  _, want = _reference(tmp_path, epochs=4, steps_per_epoch=8,
+                       lr_decay_epochs=(3,), checkpoint_every=2)
   _assert_same_weights(_final_weights(config.workdir), want)
   # Only the chief wrote the workdir: the TensorBoard event files carry the
   # writing process's id, and every one is a chief's (of either launch).
