@@ -193,9 +193,10 @@ def precision_at_k(scores, noisy):
 # `analyze` uses by default: the one the dirty-labels grid
 # (`advisor_tf.experiments.dirty_labels`) is expected to favour. The grid also
 # measures `ce_loss` and `cleanlab_cv`, which need extra training runs.
-RANKINGS = ("rank_average", "advisor", "loss", "cleanlab_model", "cleanlab_cv")
+RANKINGS = ("rank_average", "advisor", "loss", "cleanlab_model",
+            "cleanlab_cv", "cv_loss", "cv_advisor")
 # Rankings that train more models (`crossval`): computed only when chosen.
-TRAINED_RANKINGS = ("cleanlab_cv",)
+TRAINED_RANKINGS = ("cleanlab_cv", "cv_loss", "cv_advisor")
 DEFAULT_RANKING = "rank_average"
 RANKING_HELP = {
     "rank_average": "mean percentile rank of `advisor` and `cleanlab_model` "
@@ -210,6 +211,10 @@ RANKING_HELP = {
     "cleanlab_cv": "cleanlab on out-of-sample probabilities of K-fold "
                    "cross-entropy training (the usual confident-learning "
                    "recipe; K extra trainings)",
+    "cv_loss": "mean percentile rank of `cleanlab_cv` and `loss` (K extra "
+               "trainings)",
+    "cv_advisor": "mean percentile rank of `cleanlab_cv` and `advisor` "
+                  "(advisor runs; K extra trainings)",
 }
 
 
@@ -264,6 +269,27 @@ def single_run_rankings(advice, scores=None):
     out["rank_average"] = rank_average(scores["advisor"],
                                        out["cleanlab_model"])
   return out
+
+
+def cv_rankings(rankings, cv_scores):
+  """The rankings built on cleanlab's out-of-sample scores `cv_scores` (one
+  per example of `rankings`, same order): `cleanlab_cv` itself and its
+  combinations with this run's `loss` and, for advisor runs, `advisor`
+  (mean percentile ranks)."""
+  out = {"cleanlab_cv": np.asarray(cv_scores, np.float64)}
+  out["cv_loss"] = rank_average(out["cleanlab_cv"], rankings["loss"])
+  if "advisor" in rankings:
+    out["cv_advisor"] = rank_average(out["cleanlab_cv"], rankings["advisor"])
+  return out
+
+
+def available_rankings(rankings):
+  """The names `resolve_ranking` may choose for a run whose single-run
+  rankings are `rankings`: those, and the trained ones that apply."""
+  trained = {"cleanlab_cv", "cv_loss"}
+  if "advisor" in rankings:
+    trained.add("cv_advisor")
+  return set(rankings) | trained
 
 
 def resolve_ranking(ranking, available):

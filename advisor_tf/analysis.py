@@ -39,7 +39,7 @@ GRID_RESULTS = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
     "dirty_labels.json")
 GRID_RANKINGS = ("rank_average", "advisor", "loss", "cleanlab_model",
-                 "cleanlab_cv", "ce_loss")
+                 "cleanlab_cv", "cv_loss", "cv_advisor", "ce_loss")
 NOT_MEASURED = "not measured yet"
 
 
@@ -285,13 +285,13 @@ def analyze_run(run, out_dir, class_names=None, num_examples=50,
   scores = advice_lib.label_issue_scores(adv)
   rankings = advice_lib.single_run_rankings(adv, scores)
   ranking, fallback = advice_lib.resolve_ranking(
-      ranking, set(rankings) | set(advice_lib.TRAINED_RANKINGS))
-  if ranking == "cleanlab_cv":  # K cross-entropy trainings, cached.
+      ranking, advice_lib.available_rankings(rankings))
+  if ranking in advice_lib.TRAINED_RANKINGS:  # K CE trainings, cached.
     probs = crossval.cross_validated_probabilities(
         config, source, split, folds,
         cache=os.path.join(out_dir, f"cv_probabilities_{folds}fold.npy"))
-    rankings["cleanlab_cv"] = advice_lib.cleanlab_scores(
-        adv.given, probs[adv.positions])
+    rankings.update(advice_lib.cv_rankings(rankings, advice_lib.cleanlab_scores(
+        adv.given, probs[adv.positions])))
   # The truth is known only where the noise was synthetic (the protocol kept
   # the clean labels); otherwise mark the ranking's top suspects, and say so.
   known = config.noise != "none"

@@ -25,6 +25,10 @@ report states its mean AP over the grid, or "not measured yet"):
                   cross-entropy training of the run's configuration (the
                   usual confident-learning recipe): trains K models first,
                   cached in `--out`
+  cv_loss         mean percentile rank of `cleanlab_cv` and `loss` (the K
+                  models too)
+  cv_advisor      mean percentile rank of `cleanlab_cv` and `advisor` (the K
+                  models too)
 The grid also measures `ce_loss` (a plain CE run's loss), which needs a run
 of its own.
 """

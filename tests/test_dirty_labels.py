@@ -121,6 +121,24 @@ def test_single_run_rankings_and_the_default():
     advice.resolve_ranking("advisor", plain)
 
 
+def test_rankings_on_out_of_sample_scores_combine_by_rank():
+  adv = _advice(with_advisor=True)
+  single = advice.single_run_rankings(adv)
+  cv = np.arange(len(adv.given), dtype=float)  # Any scores: ranks matter.
+  combined = advice.cv_rankings(single, cv)
+  assert set(combined) == set(advice.TRAINED_RANKINGS)
+  np.testing.assert_array_equal(combined["cleanlab_cv"], cv)
+  np.testing.assert_allclose(combined["cv_loss"],
+                             advice.rank_average(cv, single["loss"]))
+  np.testing.assert_allclose(combined["cv_advisor"],
+                             advice.rank_average(cv, single["advisor"]))
+  plain = advice.single_run_rankings(_advice(with_advisor=False))
+  assert set(advice.cv_rankings(plain, cv)) == {"cleanlab_cv", "cv_loss"}
+  assert "cv_advisor" not in advice.available_rankings(plain)
+  with pytest.raises(ValueError, match="--ranking=cv_advisor"):
+    advice.resolve_ranking("cv_advisor", advice.available_rankings(plain))
+
+
 # ------------------------------------------------------------ resumable JSON
 def test_record_keeps_seeds_in_order_and_lists_aligned(tmp_path):
   results = {}
@@ -153,7 +171,7 @@ def test_grid_skips_what_is_done_and_shares_ce_and_cleanlab_cv(
     tmp_path, monkeypatch):
   trained = []
 
-  def fake_run_one(cell, method, seed, epochs, root, shared):
+  def fake_run_one(cell, method, seed, epochs, root, shared, cv_scores=None):
     trained.append((cell, method, seed))
     if not grid.is_noisy(cell):
       return {"accuracy": 50.0, "tail_accuracy": 40.0}, {}, None

@@ -254,10 +254,28 @@ def _quality(scores, noisy):
           "label_issue_precision_at_k": advice.precision_at_k(scores, noisy)}
 
 
-def run_one(cell, method, seed, epochs, root, shared):
+def measure_rankings(adv, method, shared, cv_scores=None):
+  """`{ranking: {group: value}}` of a noisy run's advice `adv`: every
+  single-run ranking, `ce_loss` for the `ce` run, the (cell, seed)'s
+  `shared` qualities and, given `cv_scores` (cleanlab's out-of-sample
+  scores in the split's order), the rankings built on them."""
+  single = advice.single_run_rankings(adv)
+  if cv_scores is not None:
+    single.update(advice.cv_rankings(single,
+                                     np.asarray(cv_scores)[adv.positions]))
+  measured = {name: _quality(scores, adv.noisy)
+              for name, scores in single.items()}
+  if method == "ce":
+    measured["ce_loss"] = measured["loss"]
+  measured.update({k: v for k, v in shared.items() if k not in measured})
+  return measured
+
+
+def run_one(cell, method, seed, epochs, root, shared, cv_scores=None):
   """Trains one run and measures it. `shared` holds the (cell, seed)'s
   `ce_loss` and `cleanlab_cv` qualities (`{ranking: {group: value}}`) when
-  known. Returns `(values, rankings, advice)`."""
+  known; `cv_scores` cleanlab's out-of-sample scores. Returns
+  `(values, rankings, advice)`."""
   config = cell_config(cell, method, seed, epochs, root)
   metrics, adv, finished, seconds = _train_and_advise(config)
   num_classes = finished.source.num_classes
@@ -269,11 +287,7 @@ def run_one(cell, method, seed, epochs, root, shared):
   rankings = {"label_issue_ap": {}, "label_issue_precision_at_k": {}}
   if is_noisy(cell):
     values["realised_noise_rate"] = float(adv.noisy.mean())
-    measured = {name: _quality(scores, adv.noisy) for name, scores in
-                advice.single_run_rankings(adv).items()}
-    if method == "ce":
-      measured["ce_loss"] = measured["loss"]
-    measured.update({k: v for k, v in shared.items() if k not in measured})
+    measured = measure_rankings(adv, method, shared, cv_scores)
     for name, quality in measured.items():
       for group, value in quality.items():
         rankings[group][name] = value
@@ -295,6 +309,62 @@ def _shared(results, cell, seed):
   return out
 
 
+def cv_cache(cell, seed, epochs, root, folds):
+  """Where the (cell, seed)'s out-of-sample probabilities are kept."""
+  return os.path.join(root, cell, f"folds{folds}_e{epochs}_s{seed}",
+                      "cv_probs.npy")
+
+
+def cv_scores_of(cell, seed, epochs, root, folds=FOLDS):
+  """cleanlab's scores on the (cell, seed)'s out-of-sample probabilities
+  (K-fold CE, cached under `root`) and their quality: `(scores, quality)`."""
+  config = cell_config(cell, "ce", seed, epochs, root)
+  source, split = run_lib.prepare_data(config)
+  probs = crossval.cross_validated_probabilities(
+      config, source, split, folds, cv_cache(cell, seed, epochs, root, folds))
+  scores = advice.cleanlab_scores(split.train_labels, probs)
+  noisy = split.train_labels != split.train_clean_labels
+  return scores, _quality(scores, noisy)
+
+
+def rescore(out, root, epochs=DEFAULT_EPOCHS, folds=FOLDS, log=print):
+  """Measures every ranking again, without training, for the runs of `out`
+  whose workdirs are kept under `root` (so new rankings reach finished
+  runs): reloads each run's checkpoint, advises, and rewrites its ranking
+  values. Returns the results dict."""
+  results = load_results(out)
+  for cell, by_method in results.items():
+    if not is_noisy(cell):
+      continue
+    for seed in sorted({s for e in by_method.values() for s in e["seeds"]}):
+      cv_scores, quality = cv_scores_of(cell, seed, epochs, root, folds)
+      shared = {"cleanlab_cv": quality}
+      for method, entry in by_method.items():
+        config = cell_config(cell, method, seed, epochs, root)
+        if seed not in entry["seeds"] or not run_lib.has_checkpoint(
+            config.workdir):
+          continue
+        measured = measure_rankings(_advise(config.workdir), method, shared,
+                                    cv_scores)
+        at = entry["seeds"].index(seed)
+        for name, values in measured.items():
+          for group, value in values.items():
+            table = entry.setdefault(group, {})
+            table.setdefault(name, [None] * len(entry["seeds"]))[at] = value
+        for group in ("label_issue_ap", "label_issue_precision_at_k"):
+          entry[group] = _ordered(entry[group], analysis.GRID_RANKINGS)
+      write_results(out, results)
+      log(f"rescored {cell} seed {seed}")
+  return results
+
+
+def _advise(workdir):
+  keras.backend.clear_session()
+  finished = run_lib.load(workdir)
+  return advice.advise(finished.model, finished.source, finished.split,
+                       batch_size=finished.config.eval_batch_size)
+
+
 def run_grid(out, cells, methods, seeds, epochs, root, folds=FOLDS,
              cleanlab_cv=True, log=print):
   """Runs the missing (cell, method, seed) entries of the grid, rewriting
@@ -314,29 +384,24 @@ def run_grid(out, cells, methods, seeds, epochs, root, folds=FOLDS,
       wanted = [m for m in methods if not done(results, cell, m, seed)]
       if not wanted:
         continue
-      shared = {}
+      shared, cv_scores = {}, None
       if is_noisy(cell):
         shared = _shared(results, cell, seed)
         # The ce run measures ce_loss for all: it goes first.
         if not done(results, cell, "ce", seed):
           wanted = ["ce"] + [m for m in wanted if m != "ce"]
-        if cleanlab_cv and "cleanlab_cv" not in shared:
-          config = cell_config(cell, "ce", seed, epochs, root)
-          source, split = run_lib.prepare_data(config)
+        # Out-of-sample scores: trained once per (cell, seed), then read
+        # from the JSON (their quality) or the kept workdir (the scores).
+        if cleanlab_cv and ("cleanlab_cv" not in shared or os.path.exists(
+            cv_cache(cell, seed, epochs, root, folds))):
           start = time.time()
-          cache = os.path.join(root, cell, f"folds{folds}_e{epochs}_s{seed}",
-                               "cv_probs.npy")
-          probs = crossval.cross_validated_probabilities(config, source, split,
-                                                         folds,
-                                                cache)
-          noisy = split.train_labels != split.train_clean_labels
-          shared["cleanlab_cv"] = _quality(
-              advice.cleanlab_scores(split.train_labels, probs), noisy)
+          cv_scores, quality = cv_scores_of(cell, seed, epochs, root, folds)
+          shared["cleanlab_cv"] = quality
           log(f"  {cell} seed {seed}: {folds}-fold CE for cleanlab_cv, AP "
-              f"{shared['cleanlab_cv']['label_issue_ap']:.4f} "
-              f"({time.time() - start:.0f} s)")
+              f"{quality['label_issue_ap']:.4f} ({time.time() - start:.0f} s)")
       for method in wanted:
-        values, rankings, _ = run_one(cell, method, seed, epochs, root, shared)
+        values, rankings, _ = run_one(cell, method, seed, epochs, root, shared,
+                                      cv_scores)
         record(results, cell, method, seed, values, rankings)
         write_results(out, results)
         if method == "ce" and is_noisy(cell):
@@ -438,7 +503,10 @@ def _define_flags():
           "cleanlab_cv", True, "Measure the cleanlab_cv ranking (K extra "
           "cross-entropy trainings per noisy cell and seed)."),
       workdir=flags.DEFINE_string("workdir", None, "Keep each run here "
-                                  "(default: a temp dir)."))
+                                  "(default: a temp dir)."),
+      rescore=flags.DEFINE_bool(
+          "rescore", False, "Train nothing: measure every ranking again for "
+          "the runs in --out whose workdirs are kept in --workdir."))
 
 
 def main(argv, f):
@@ -461,10 +529,17 @@ def main(argv, f):
   if not seeds or min(seeds) < 0:
     raise app.UsageError(f"--seeds={','.join(f.seeds.value)} must be "
                          "integers >= 0.")
-  with tempfile.TemporaryDirectory() as tmp:
-    results = run_grid(f.out.value, f.cells.value, f.methods.value, seeds,
-                       f.epochs.value, f.workdir.value or tmp, f.folds.value,
-                       f.cleanlab_cv.value)
+  if f.rescore.value:
+    if not f.workdir.value:
+      raise app.UsageError("--rescore needs --workdir, the folder the grid's "
+                           "runs were kept in.")
+    results = rescore(f.out.value, f.workdir.value, f.epochs.value,
+                      f.folds.value)
+  else:
+    with tempfile.TemporaryDirectory() as tmp:
+      results = run_grid(f.out.value, f.cells.value, f.methods.value,
+                         seeds, f.epochs.value, f.workdir.value or tmp,
+                         f.folds.value, f.cleanlab_cv.value)
   print(tables(results))
   print("\nDefault ranking against cleanlab, per cell (mean AP):")
   print("\n".join(goal_check(results)) or "(no noisy cell measured)")
@@ -474,7 +549,7 @@ def main(argv, f):
                key=means.get, default=None)
     print("Mean AP over the grid: " + ", ".join(
         f"{n} {v:.4f}" for n, v in means.items() if v is not None)
-          + f"; best single-run ranking: {best} (analyze's default: "
+          + f"; best ranking: {best} (analyze's default: "
           f"{advice.DEFAULT_RANKING}).")
 
 
