@@ -110,15 +110,20 @@ def test_single_run_rankings_and_the_default():
   assert set(rankings) == set(advice.RANKINGS) - set(advice.TRAINED_RANKINGS)
   for name, scores in rankings.items():
     assert advice.ranking_quality(scores, adv.noisy)["ap"] > 0.9, name
-  assert advice.resolve_ranking(None, rankings) == (advice.DEFAULT_RANKING,
-                                                    None)
-  assert advice.resolve_ranking("loss", rankings) == ("loss", None)
+  available = advice.available_rankings(rankings)
+  assert available == set(advice.RANKINGS)
+  assert advice.resolve_ranking(None, available) == (advice.DEFAULT_RANKING,
+                                                     None)
+  assert advice.resolve_ranking("loss", available) == ("loss", None)
   plain = advice.single_run_rankings(_advice(with_advisor=False))
   assert set(plain) == {"loss", "cleanlab_model"}
-  name, note = advice.resolve_ranking(None, plain)
-  assert name == "cleanlab_model" and "needs an advisor" in note
+  name, note = advice.resolve_ranking(None, advice.available_rankings(plain))
+  if advice.DEFAULT_RANKING in ("advisor", "rank_average", "cv_advisor"):
+    assert name == "cleanlab_model" and "needs an advisor" in note
+  else:  # A default every run has.
+    assert (name, note) == (advice.DEFAULT_RANKING, None)
   with pytest.raises(ValueError, match="--ranking=advisor"):
-    advice.resolve_ranking("advisor", plain)
+    advice.resolve_ranking("advisor", advice.available_rankings(plain))
 
 
 def test_rankings_on_out_of_sample_scores_combine_by_rank():
