@@ -270,3 +270,24 @@ def test_augmentation_benchmark_times_every_recipe():
                                          "autoaugment_cutout"}
   assert all(v > 0 for v in result["images_per_s"].values())
   assert result["time_vs_pad_crop_flip"]["pad_crop_flip"] == 1.0
+
+
+def test_keras_cv_presets_build_under_op_determinism_without_a_global_seed():
+  """keras-cv layers take TensorFlow's global generator unless seeded, which
+  op determinism (on by default in training) refuses without a global seed;
+  ours are built seeded and draw statelessly, so they run in any process."""
+  code = (
+      "import numpy as np, tensorflow as tf\n"
+      "tf.config.experimental.enable_op_determinism()\n"
+      "from advisor_tf.data import augment\n"
+      "x = tf.random.stateless_uniform((4, 32, 32, 3), seed=[1, 2])\n"
+      "f = augment.strong(np.zeros(3, np.float32), np.ones(3, np.float32),\n"
+      "                   policy='randaugment', cutout_size=16, gridmask=True)\n"
+      "a = f(x, tf.constant([1, 2], tf.int64))\n"
+      "b = f(x, tf.constant([1, 2], tf.int64))\n"
+      "assert a.shape == x.shape and bool(tf.reduce_all(a == b))\n"
+      "print('ok')\n")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0 and result.stdout.strip() == "ok", (
+      result.stderr[-2000:])

@@ -338,7 +338,7 @@ def cutout(images, seed, size):
       ("cutout", size, height, width), lambda: keras_cv.layers.RandomCutout(
           keras_cv.core.ConstantFactorSampler(size / height),
           keras_cv.core.ConstantFactorSampler(size / width),
-          fill_mode="constant", fill_value=0.0))
+          fill_mode="constant", fill_value=0.0, seed=_UNUSED_SEED))
   layer._random_generator = _StatelessDraws(_fold(seed, 29))
   return layer(images, training=True)
 
@@ -348,7 +348,8 @@ def grid_mask(images, seed):
   U(0, 0.5), rotation ±15% of a turn, fill 0), per image, every draw
   stateless in the batch's seed."""
   import keras_cv
-  layer = _keras_cv_layer(("gridmask",), keras_cv.layers.GridMask)
+  layer = _keras_cv_layer(("gridmask",), lambda: keras_cv.layers.GridMask(
+      seed=_UNUSED_SEED))
 
   def one(args):
     image, image_seed = args
@@ -364,6 +365,11 @@ def grid_mask(images, seed):
 
 
 _KERAS_CV_LAYERS = {}
+# keras-cv layers built without a seed take TensorFlow's global generator,
+# which op determinism refuses unless a global seed is set; every draw they
+# make is replaced by stateless ones (`_StatelessDraws`), so this seed only
+# lets them be built anywhere.
+_UNUSED_SEED = 1
 
 
 def _keras_cv_layer(key, build):
