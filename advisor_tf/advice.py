@@ -191,13 +191,14 @@ def precision_at_k(scores, noisy):
 
 # Rankings one finished run can compute (`analyze --ranking`), and the one
 # `analyze` uses by default: the one the dirty-labels grid
-# (`advisor_tf.experiments.dirty_labels`) is expected to favour. The grid also
+# (`advisor_tf.experiments.dirty_labels`, results/dirty_labels.json) measured
+# best by mean AP. The grid also
 # measures `ce_loss` and `cleanlab_cv`, which need extra training runs.
 RANKINGS = ("rank_average", "advisor", "loss", "cleanlab_model",
             "cleanlab_cv", "cv_loss", "cv_advisor")
 # Rankings that train more models (`crossval`): computed only when chosen.
 TRAINED_RANKINGS = ("cleanlab_cv", "cv_loss", "cv_advisor")
-DEFAULT_RANKING = "rank_average"
+DEFAULT_RANKING = "cv_loss"
 RANKING_HELP = {
     "rank_average": "mean percentile rank of `advisor` and `cleanlab_model` "
                     "(advisor runs; `cleanlab_model` alone for runs without "

@@ -2,7 +2,7 @@ r"""See what the advisor learned in a run: figures, a report and label issues.
 
   advisor-analyze --workdir=runs/quickstart \
       [--out=WORKDIR/analysis] [--classes=3,8] [--num_examples=30] \
-      [--ranking=rank_average] [--num_suspects=24]
+      [--ranking=cv_loss] [--num_suspects=24]
 
 Restores the run's newest checkpoint, runs classifier and advisor over the
 training split and writes into `--out`: PNG figures (PCA and t-SNE of the
@@ -12,9 +12,9 @@ precision/recall, a gallery of the top suspected images with given and
 predicted labels), `report.md`, `report.html`, `label_issues.csv` (training
 examples ranked by `--ranking`) and `summary.json`.
 
-`--ranking` (default `rank_average`, the ranking the dirty-labels grid,
-`python -m advisor_tf.experiments.dirty_labels`, is expected to favour; the
-report states its mean AP over the grid, or "not measured yet"):
+`--ranking` (default `cv_loss`, the ranking with the best mean AP over the
+dirty-labels grid, `python -m advisor_tf.experiments.dirty_labels`; the
+report states the chosen ranking's mean AP over the grid):
   rank_average    mean percentile rank of `advisor` and `cleanlab_model`
                   (`cleanlab_model` alone for a run without an advisor)
   advisor         how strongly the advisor discounts the example's loss
