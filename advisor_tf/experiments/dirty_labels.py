@@ -241,10 +241,7 @@ def _train_and_advise(config):
   start = time.time()
   metrics = trainer.train(config)
   seconds = time.time() - start
-  keras.backend.clear_session()
-  finished = run_lib.load(config.workdir)
-  adv = advice.advise(finished.model, finished.source, finished.split,
-                      batch_size=config.eval_batch_size)
+  adv, finished = _advise(config.workdir)
   return metrics, adv, finished, seconds
 
 
@@ -344,8 +341,8 @@ def rescore(out, root, epochs=DEFAULT_EPOCHS, folds=FOLDS, log=print):
         if seed not in entry["seeds"] or not run_lib.has_checkpoint(
             config.workdir):
           continue
-        measured = measure_rankings(_advise(config.workdir), method, shared,
-                                    cv_scores)
+        measured = measure_rankings(_advise(config.workdir)[0], method,
+                                    shared, cv_scores)
         at = entry["seeds"].index(seed)
         for name, values in measured.items():
           for group, value in values.items():
@@ -359,10 +356,11 @@ def rescore(out, root, epochs=DEFAULT_EPOCHS, folds=FOLDS, log=print):
 
 
 def _advise(workdir):
+  """The advice of the run kept in `workdir`, and the run: `(advice, run)`."""
   keras.backend.clear_session()
   finished = run_lib.load(workdir)
   return advice.advise(finished.model, finished.source, finished.split,
-                       batch_size=finished.config.eval_batch_size)
+                       batch_size=finished.config.eval_batch_size), finished
 
 
 def run_grid(out, cells, methods, seeds, epochs, root, folds=FOLDS,
