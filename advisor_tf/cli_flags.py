@@ -63,7 +63,8 @@ flags.DEFINE_enum("method", _D.method, _C["method"], "Training method.")
 flags.DEFINE_integer("embedding_size", _D.embedding_size,
                      "Advisor embedding size E.")
 flags.DEFINE_float("rho", _D.rho, "MES Bernoulli probability ρ.")
-flags.DEFINE_float("advisor_lr", _D.advisor_lr, "Advisor Adam learning rate.")
+flags.DEFINE_float("advisor_lr", _D.advisor_lr, "Advisor Adam learning rate "
+                   "(the thesis flagfiles set its 1e-4).")
 flags.DEFINE_float("eql_threshold", _D.eql_threshold,
                    "Equalization loss: classes with a smaller share of the "
                    "training images than this get no discouraging gradient.")

@@ -21,6 +21,7 @@ from advisor_tf.data.sources import SOURCES
 from advisor_tf.data.noise import FLIP_TARGET_RULES, NOISE_TYPES
 from advisor_tf.distribute import STRATEGIES
 from advisor_tf.model import ADVICE_MODES, ADVISOR_MODES, MODES, VIRTUAL_SCOPES
+from advisor_tf.model import DEFAULT_ADVISOR_LR
 
 LR_SCHEDULES = ("constant", "step", "cosine")
 JIT_CHOICES = ("auto", "true", "false")
@@ -69,7 +70,7 @@ class TrainConfig:
   method: str = "mfrw_mes"
   embedding_size: int = 100
   rho: float = 0.9
-  advisor_lr: float = 1e-4
+  advisor_lr: float = DEFAULT_ADVISOR_LR  # The thesis flagfiles set 1e-4.
   eql_threshold: float = 0.01
   focal_gamma: float = 2.0
   # Classifier and optimisation.

@@ -96,3 +96,21 @@ def test_every_command_of_the_flagfile_index_parses_and_validates():
       cli_flags.to_config().validate()
     finally:
       flags.FLAGS.unparse_flags()
+
+
+def test_thesis_flagfiles_pin_the_thesis_advisor_lr_while_users_get_the_default():
+  """The defaults serve users' short runs (advisor Adam 1e-3); every thesis
+  flagfile sets the thesis' 1e-4 itself, so it reproduces the thesis whatever
+  the default is. The quickstart is not a thesis run: it takes the default."""
+  from advisor_tf import config as config_lib
+  from advisor_tf import model as model_lib
+  assert config_lib.TrainConfig().advisor_lr == model_lib.DEFAULT_ADVISOR_LR
+  assert flags.FLAGS["advisor_lr"].default == model_lib.DEFAULT_ADVISOR_LR
+  for name in FLAGFILES:
+    with open(os.path.join(ROOT, "flags", name)) as f:
+      lines = [line.strip() for line in f if line.startswith("--")]
+    lrs = [line for line in lines if line.startswith("--advisor_lr=")]
+    if name == "quickstart.cfg":
+      assert lrs == [], name
+    else:
+      assert lrs == ["--advisor_lr=1e-4"], name

@@ -55,7 +55,10 @@ the JSON holds, in the order of `seeds`:
     cleanlab_model     the same cleanlab ranking on this run's own predicted
                        probabilities
     rank_average       mean percentile rank of `advisor` and `cleanlab_model`
-                       (advisor methods only; `analyze`'s default)
+                       (advisor methods only)
+    cv_loss            mean percentile rank of `cleanlab_cv` and `loss`
+                       (`analyze`'s default: the best grid mean)
+    cv_advisor         mean percentile rank of `cleanlab_cv` and `advisor`
   train_seconds        wall time of the run's training
 
 The K fold trainings (`crossval.cross_validated_probabilities`) train the `ce`
