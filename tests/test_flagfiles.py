@@ -114,3 +114,16 @@ def test_thesis_flagfiles_pin_the_thesis_advisor_lr_while_users_get_the_default(
       assert lrs == [], name
     else:
       assert lrs == ["--advisor_lr=1e-4"], name
+
+
+def test_digits_experiment_refuses_a_bad_advisor_lr_before_training(tmp_path):
+  """`digits_noise --advisor_lr` is checked like a run's flag, before any run
+  trains, and nothing is written."""
+  out = tmp_path / "results.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "advisor_tf.experiments.digits_noise",
+       "--advisor_lr=0", f"--out={out}", f"--workdir={tmp_path / 'runs'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "--advisor_lr=0.0 must be > 0." in result.stderr
+  assert not out.exists() and not (tmp_path / "runs").exists()

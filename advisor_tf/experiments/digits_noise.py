@@ -88,6 +88,10 @@ def main(argv):
     if m not in MODES:
       raise app.UsageError(f"--methods: {m!r} is not one of {', '.join(MODES)}.")
   rates = [f"{float(r):.1f}" for r in _RATES.value]
+  try:  # Before any training: the flags' values, checked as a run's.
+    dataclasses.replace(BASE, advisor_lr=_ADVISOR_LR.value).validate()
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   with tempfile.TemporaryDirectory() as tmp:
     results = run(_METHODS.value, rates, _SEEDS.value, _EPOCHS.value,
                   _WORKDIR.value or tmp, _SCOPE.value, _META_EVERY.value,
