@@ -58,6 +58,24 @@ flags.DEFINE_integer("meta_per_class", _D.meta_per_class,
                      "Clean meta images per class, taken from train before "
                      "corruption, or from the dataset's own meta/val split "
                      "(0: all of that split).")
+flags.DEFINE_enum("meta_source", _D.meta_source, _C["meta_source"],
+                  "Where the meta set comes from. folder: the dataset's own "
+                  "trusted split (your meta/ folder or meta.csv); random: "
+                  "--meta_per_class per class drawn out of train before any "
+                  "synthetic --noise (clean labels under synthetic noise, "
+                  "the thesis' protocol; your labels as given on your own "
+                  "data) and taken out of training; random_noisy: the same "
+                  "draw after the synthetic noise; auto: chosen from the "
+                  "training labels as given, without any trusted label "
+                  "(per class the examples of smallest loss after a short "
+                  "warm-up, refreshed every epoch, kept in training). Unset: "
+                  "folder when the dataset has one, else auto.")
+flags.DEFINE_string("corrections", _D.corrections,
+                    "A corrections.csv from advisor-review (path,given_label,"
+                    "action,new_label,...): trains with its relabel and drop "
+                    "rows applied to the train split of image_folder / "
+                    "image_csv (keep, unsure and unreviewed rows keep their "
+                    "label); your files are not touched.")
 # Method.
 flags.DEFINE_enum("method", _D.method, _C["method"], "Training method.")
 flags.DEFINE_integer("embedding_size", _D.embedding_size,
@@ -188,7 +206,9 @@ flags.DEFINE_bool("dry_run", False,
 GROUPS = {
     "data": ["dataset", "data_dir", "image_size", "augment", "augment_policy",
              "cutout", "gridmask", "autoaugment", "noise", "noise_rate",
-             "flip_targets", "imbalance_factor", "meta_per_class"],
+             "flip_targets", "imbalance_factor", "meta_per_class",
+             "meta_source",
+             "corrections"],
     "method": ["method", "embedding_size", "rho", "advisor_lr",
                "eql_threshold", "focal_gamma", "advice", "virtual_scope",
                "meta_update_every"],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 
 from advisor_tf.backbones import BACKBONES
 from advisor_tf.data.augment import POLICIES as AUGMENT_POLICIES
@@ -24,6 +25,9 @@ from advisor_tf.model import ADVICE_MODES, ADVISOR_MODES, MODES, VIRTUAL_SCOPES
 from advisor_tf.model import DEFAULT_ADVISOR_LR
 
 LR_SCHEDULES = ("constant", "step", "cosine")
+# Where the meta set comes from (`advisor_tf.meta_select`); unset: `folder`
+# when the dataset ships a trusted split, else `meta_select.DEFAULT_DRAW`.
+META_SOURCES = ("folder", "random", "random_noisy", "auto")
 JIT_CHOICES = ("auto", "true", "false")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # Every enumerated flag (the same name as its TrainConfig field) and its
@@ -41,7 +45,10 @@ CHOICES = {
     "precision": PRECISIONS,
     "strategy": STRATEGIES,
     "jit_compile": JIT_CHOICES,
+    "meta_source": META_SOURCES,
 }
+# Choices whose flag may stay unset (None: resolved by the run).
+UNSET_CHOICES = ("meta_source",)
 # Fields that may change when a run resumes in the same workdir: how the run
 # is executed or reported, not what it computes.
 RUN_ONLY_FIELDS = ("workdir", "data_dir", "verbose", "export", "init_checkpoint",
@@ -66,6 +73,8 @@ class TrainConfig:
   flip_targets: str = "random"
   imbalance_factor: float = 1.0
   meta_per_class: int = 10
+  meta_source: str | None = None  # None: meta_select.resolve() decides.
+  corrections: str | None = None  # advisor-review's corrections.csv.
   # Method.
   method: str = "mfrw_mes"
   embedding_size: int = 100
@@ -110,7 +119,8 @@ class TrainConfig:
   def validate(self):
     """Raises ValueError naming the flag and what is allowed."""
     for name, allowed in CHOICES.items():
-      _choice(name, getattr(self, name), allowed)
+      if getattr(self, name) is not None or name not in UNSET_CHOICES:
+        _choice(name, getattr(self, name), allowed)
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
       if isinstance(value, float) and not math.isfinite(value):
@@ -158,6 +168,11 @@ class TrainConfig:
                  "eval_batch_size"):
       if getattr(self, name) < 1:
         raise ValueError(f"--{name}={getattr(self, name)} must be >= 1.")
+    if self.meta_per_class == 0 and self.meta_source not in (None, "folder"):
+      raise ValueError(f"--meta_source={self.meta_source} draws "
+                       "--meta_per_class examples per class out of train; "
+                       "--meta_per_class=0 (all of a dataset's own meta "
+                       "split) needs --meta_source=folder.")
     if self.meta_per_class < 0:
       raise ValueError(f"--meta_per_class={self.meta_per_class} must be >= 1 "
                        "(or 0: all of a dataset's own meta split).")
@@ -180,6 +195,13 @@ class TrainConfig:
       raise ValueError(f"--train_steps={self.train_steps} must be >= 1.")
     if self.lr_decay_steps and self.lr_schedule != "step":
       raise ValueError("--lr_decay_steps needs --lr_schedule=step.")
+    if self.corrections is not None:
+      if self.dataset not in ("image_folder", "image_csv"):
+        raise ValueError(f"--corrections={self.corrections} applies to "
+                         "--dataset=image_folder or image_csv (files a row "
+                         f"can name), not --dataset={self.dataset}.")
+      if not os.path.isfile(self.corrections):
+        raise ValueError(f"--corrections={self.corrections}: no such file.")
     if self.image_size is not None and self.image_size < 8:
       raise ValueError(f"--image_size={self.image_size} must be >= 8.")
     if self.lr_schedule == "step" and not self.lr_decay_steps and any(
@@ -218,6 +240,14 @@ def _upgrade(saved):
   """A saved config dict in today's fields: runs saved before
   `augment_policy` stored `autoaugment: true|false`."""
   saved = dict(saved)
+  # Runs saved before `meta_source` took the dataset's own meta split where
+  # it shipped one (`folder`) and otherwise drew it out of train before the
+  # noise (`random`); a user's folder may or may not have had one (unset).
+  if "meta_source" not in saved:
+    saved["meta_source"] = {"clothing1m": "folder", "imagenet_lt": "folder",
+                            "places_lt": "folder", "image_folder": None,
+                            "image_csv": None}.get(saved.get("dataset"),
+                                                   "random")
   autoaugment = saved.pop("autoaugment", None)
   if autoaugment is not None and "augment_policy" not in saved:
     saved["augment_policy"] = "autoaugment" if autoaugment else "none"

@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from advisor_tf import builder
 from advisor_tf import config as config_lib
+from advisor_tf.data import corrections
 from advisor_tf.data import noise as noise_lib
 from advisor_tf.data import pipeline
 from advisor_tf.data import protocols
@@ -65,6 +66,8 @@ def prepare_data(config):
   always gives the same split.
   """
   source = sources.load(config.dataset, config.data_dir, config.image_size)
+  if config.corrections:  # A reviewer's relabel / drop rows, before all.
+    source = corrections.apply(source, config.corrections, config.data_dir)
   protocol = protocols.Protocol(
       noise=config.noise, noise_rate=config.noise_rate,
       flip_targets=config.flip_targets,
@@ -107,9 +110,13 @@ def fingerprint(config, source):
       digest.update(labels.tobytes())
     splits[name] = {"examples": int(len(labels)),
                     "digest": digest.hexdigest()}
-  return {"dataset": config.dataset, "data_dir": root,
-          "class_names": [str(c) for c in source.class_names],
-          "splits": splits}
+  out = {"dataset": config.dataset, "data_dir": root,
+         "class_names": [str(c) for c in source.class_names],
+         "splits": splits}
+  if config.corrections:  # The file may move; its bytes may not change.
+    out["corrections"] = {"file": os.path.abspath(config.corrections),
+                          "digest": corrections.digest(config.corrections)}
+  return out
 
 
 def fingerprint_differences(saved, now):
@@ -119,6 +126,10 @@ def fingerprint_differences(saved, now):
     if saved.get(key) != now.get(key):
       diffs.append(f"{key}: {saved.get(key)!r} in the workdir, "
                    f"{now.get(key)!r} now")
+  old, new = [(d.get("corrections") or {}).get("digest") for d in (saved, now)]
+  if old != new:
+    diffs.append(f"corrections: {_corrections_text(saved)} in the workdir, "
+                 f"{_corrections_text(now)} now")
   old, new = saved.get("splits", {}), now.get("splits", {})
   for split in sorted(set(old) | set(new)):
     a, b = old.get(split), new.get(split)
@@ -132,6 +143,12 @@ def fingerprint_differences(saved, now):
     elif a["digest"] != b["digest"]:
       diffs.append(f"split {split!r}: same size, other files or labels")
   return diffs
+
+
+def _corrections_text(fingerprint_):
+  entry = fingerprint_.get("corrections")
+  return (f"{entry['file']} (sha256 {entry['digest'][:12]}…)" if entry
+          else "none")
 
 
 # ------------------------------------------------------------- the workdir

@@ -32,6 +32,7 @@ from advisor_tf import evaluation
 from advisor_tf import export as export_lib
 from advisor_tf import run as run_lib
 from advisor_tf import telemetry
+from advisor_tf.data import corrections
 from advisor_tf.data import pipeline
 
 
@@ -81,6 +82,9 @@ def train(config, flags_text=None):
   source, split = run_lib.prepare_data(config)
   pipeline.check_batch_sizes(split, config.batch_size, config.meta_batch_size)
   logging.info("Synthetic label noise: %s.", describe_noise(config))
+  if getattr(source, "corrections", None):  # --corrections: what changed.
+    logging.warning("Corrections: %s.",
+                    corrections.describe(source.corrections))
   chief = distribute.writes_workdir(strategy)
   with (run_lib.claim(config, source, flags_text) if chief
         else run_lib.scratch(config, source)) as out:
@@ -154,6 +158,8 @@ def _train(config, source, split, strategy, out):
              "resumed_from_step": resumed_from}
   if config.noise != "none":  # Known only where the noise is synthetic.
     metrics["train/realised_noise_rate"] = split.noise_rate
+  if getattr(source, "corrections", None):
+    metrics["train/corrections"] = source.corrections
   metrics.update(evaluation.evaluate(model, source, "test",
                                      config.eval_batch_size,
                                      split.class_counts(source.num_classes)))
