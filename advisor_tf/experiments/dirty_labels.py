@@ -125,11 +125,15 @@ def cell_config(cell, method, seed, epochs=DEFAULT_EPOCHS, root="runs"):
   """The `TrainConfig` of one run of the grid."""
   if cell not in CELLS:
     raise ValueError(f"--cells: {cell!r} is not one of {', '.join(CELLS)}.")
-  decay = (max(1, int(epochs * 2 / 3)), max(1, int(epochs * 5 / 6)))
   return dataclasses.replace(
       BASE, **CELLS[cell], method=method, seed=seed, epochs=epochs,
-      lr_decay_epochs=decay,
+      lr_decay_epochs=decay_epochs(epochs),
       workdir=os.path.join(root, cell, f"{method}_s{seed}")).validate()
+
+
+def decay_epochs(epochs):
+  """The grid's step schedule: ×0.1 at 2/3 and 5/6 of `epochs`."""
+  return (max(1, int(epochs * 2 / 3)), max(1, int(epochs * 5 / 6)))
 
 
 def is_noisy(cell):

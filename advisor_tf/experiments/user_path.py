@@ -141,3 +141,251 @@ def _digits_images(source, split):
   count = len(source.labels[split])
   return np.asarray(source.image_loader(split)(tf.range(count,
                                                         dtype=tf.int64)))
+
+
+# ------------------------------------------------------------------ runs
+def folder_of(root, cell, seed, image_size):
+  """Where the (cell, seed)'s folder at `image_size` px is written."""
+  return os.path.join(root, "folders", f"{cell}_s{seed}_{image_size}px")
+
+
+def parse_overrides(text):
+  """`field=value,...` → `{field: value}` typed as `TrainConfig`'s fields
+  (`--set`; booleans: true/false; tuples: values joined by `/`)."""
+  from advisor_tf import config as config_lib
+  fields = {f.name: f for f in dataclasses.fields(config_lib.TrainConfig)}
+  defaults = config_lib.TrainConfig()
+  out = {}
+  for item in [t for t in (text or "").split(",") if t.strip()]:
+    name, _, value = item.partition("=")
+    name = name.strip()
+    if name not in fields or not _:
+      raise ValueError(f"--set: {item!r} is not field=value of a TrainConfig "
+                       "field.")
+    default = getattr(defaults, name)
+    if isinstance(default, bool):
+      if value.lower() not in ("true", "false"):
+        raise ValueError(f"--set: {name}={value} must be true or false.")
+      out[name] = value.lower() == "true"
+    elif isinstance(default, tuple):
+      out[name] = tuple(int(v) for v in value.split("/") if v)
+    elif isinstance(default, int) or fields[name].type in ("int | None",):
+      out[name] = int(value)
+    elif isinstance(default, float):
+      out[name] = float(value)
+    else:
+      out[name] = value
+  return out
+
+
+def run_config(cell, method, seed, root, image_size=32, folder_size=None,
+               epochs=None, overrides=None, tag=""):
+  """The `TrainConfig` of one user-path run: a user's defaults on the
+  cell's folder (`overrides`: the ablation's fields)."""
+  from advisor_tf import config as config_lib
+  from advisor_tf.experiments import dirty_labels
+  folder = folder_of(root, cell, seed, folder_size or image_size)
+  fields = dict(dataset="image_folder", data_dir=folder,
+                image_size=image_size, method=method, seed=seed,
+                export=False, verbose=0,
+                workdir=os.path.join(root, cell + tag, f"{method}_s{seed}"))
+  if epochs is not None:
+    fields.update(epochs=epochs,
+                  lr_decay_epochs=dirty_labels.decay_epochs(epochs))
+  fields.update(overrides or {})
+  return dataclasses.replace(config_lib.TrainConfig(), **fields).validate()
+
+
+def trace_values(workdir):
+  """Per-epoch `mask_mean` and `suppression_mean` from the run's trace."""
+  from advisor_tf import telemetry
+  records = telemetry.read_trace(workdir)
+  values = {}
+  masks = [r.get("mask_mean") for r in records]
+  if any(v is not None for v in masks):
+    values["mask_mean"] = [None if v is None else round(v, 5) for v in masks]
+  sup = [r.get("class_suppression") for r in records]
+  if any(v is not None for v in sup):
+    values["suppression_mean"] = [None if v is None else
+                                  round(float(np.mean(v)), 5) for v in sup]
+  weight = [r.get("example_weight_mean") for r in records]
+  if any(v is not None for v in weight):
+    values["weight_mean"] = [None if v is None else round(v, 5)
+                             for v in weight]
+  return values
+
+
+def clean_labels(manifest, source, root):
+  """The clean label of each training image of the folder source at `root`
+  (in the source's order), from the manifest."""
+  truth = {os.path.normpath(f): clean
+           for f, _, clean in manifest["splits"]["train"]}
+  root = os.path.abspath(root)
+  return np.array([truth[os.path.relpath(os.path.abspath(p), root)]
+                   for p in source.paths["train"]])
+
+
+def _noisy_mask(manifest, source):
+  """Per training image of the folder source (in its order): is the folder
+  label wrong?"""
+  return clean_labels(manifest, source, manifest["_root"]) != np.asarray(
+      source.labels["train"])
+
+
+def run_one(cell, method, seed, root, image_size=32, folder_size=None,
+            epochs=None, overrides=None, tag=""):
+  """Writes the folder (once), trains one run and measures it: the values
+  `dirty_labels.record` stores."""
+  import keras
+
+  from advisor_tf import advice
+  from advisor_tf import run as run_lib
+  from advisor_tf import trainer
+  from advisor_tf.experiments import dirty_labels
+  size = folder_size or image_size
+  manifest = write_digits_folder(folder_of(root, cell, seed, size), cell,
+                                 seed, size)
+  config = run_config(cell, method, seed, root, image_size, folder_size,
+                      epochs, overrides, tag)
+  keras.backend.clear_session()
+  start = time.time()
+  metrics = trainer.train(config)
+  seconds = time.time() - start
+  clean = np.array([c for _, _, c in manifest["splits"]["train"]])
+  split = types.SimpleNamespace(train_clean_labels=clean)
+  tail = dirty_labels.tail_classes(
+      split, 10, dirty_labels.CELLS[cell].get("imbalance_factor", 1.0))
+  values = {"accuracy": metrics["test/top1"],
+            "tail_accuracy": dirty_labels.tail_accuracy(
+                metrics["test/per_class_accuracy"], tail),
+            "realised_noise_rate": manifest["realised_noise_rate"]
+            if dirty_labels.is_noisy(cell) else None,
+            "train_seconds": round(seconds, 1)}
+  values.update(trace_values(config.workdir))
+  if method != "ce" and dirty_labels.is_noisy(cell):
+    keras.backend.clear_session()
+    finished = run_lib.load(config.workdir)
+    adv = advice.advise(finished.model, finished.source, finished.split,
+                        batch_size=config.eval_batch_size)
+    noisy = _noisy_mask(dict(manifest, _root=config.data_dir),
+                        finished.source)[
+                            finished.split.train_indices[adv.positions]]
+    if adv.mask is not None:
+      values["mask_mean_noisy"] = round(float(adv.mask[noisy].mean()), 5)
+      values["mask_mean_clean"] = round(float(adv.mask[~noisy].mean()), 5)
+    quality = advice.ranking_quality(
+        advice.label_issue_scores(adv)["advisor"], noisy)
+    values["advisor_ap"] = None if quality is None else round(
+        quality["ap"], 4)
+  return values
+
+
+def run_grid(out, cells, methods, seeds, root, image_size=32,
+             folder_size=None, epochs=None, overrides=None, tag="",
+             log=print):
+  """Runs the missing (cell, method, seed) entries, rewriting `out` after
+  each (cell keys carry `tag`). Returns the results dict."""
+  from advisor_tf.experiments import dirty_labels
+  results = dirty_labels.load_results(out)
+  runs = [(c, s, m) for c in cells for s in seeds for m in methods]
+  todo = [(c, s, m) for c, s, m in runs
+          if not dirty_labels.done(results, c + tag, m, s)]
+  log(f"user_path: {len(todo)} run(s) to do, {len(runs) - len(todo)} "
+      f"already in {out}.")
+  for count, (cell, seed, method) in enumerate(todo, 1):
+    values = run_one(cell, method, seed, root, image_size, folder_size,
+                     epochs, overrides, tag)
+    dirty_labels.record(results, cell + tag, method, seed, values)
+    dirty_labels.write_results(out, results)
+    last = {k: values[k][-1] for k in ("mask_mean", "suppression_mean")
+            if values.get(k)}
+    log(f"[{count}/{len(todo)}] {cell + tag} {method} seed {seed}: top-1 "
+        f"{values['accuracy']:.2f}"
+        + "".join(f", {k} {v:.3f}" for k, v in last.items())
+        + f" ({values['train_seconds']:.0f} s) → {out}")
+  return results
+
+
+def tables(results, methods=METHODS):
+  """Markdown: test top-1 (mean ± std over seeds) per cell and method, and
+  the advisor's last-epoch mask / suppression means."""
+  lines = ["| cell | " + " | ".join(methods) + " | MFRW-MES − CE | "
+           "mask / suppression (mfrw_mes, last epoch) |",
+           "|---|" + "---|" * (len(methods) + 2)]
+
+  def values(cell, method, key="accuracy"):
+    return [v for v in results[cell].get(method, {}).get(key, [])
+            if v is not None]
+
+  for cell in results:
+    row = []
+    for method in methods:
+      acc = values(cell, method)
+      row.append(f"{np.mean(acc):.1f} ± {np.std(acc):.1f} (n={len(acc)})"
+                 if acc else "-")
+    ce, ours = values(cell, "ce"), values(cell, "mfrw_mes")
+    gain = (f"{np.mean(ours) - np.mean(ce):+.1f}" if ce and ours else "-")
+    masks = [m[-1] for m in values(cell, "mfrw_mes", "mask_mean") if m]
+    sups = [s[-1] for s in values(cell, "mfrw_mes", "suppression_mean") if s]
+    stats = (f"{np.mean(masks):.3f} / {np.mean(sups):.3f}" if masks and sups
+             else "-")
+    lines.append(f"| {cell} | " + " | ".join(row) + f" | {gain} | {stats} |")
+  return "\n".join(lines)
+
+
+def _define_flags():
+  """The command's flags (defined only when run as a command)."""
+  return types.SimpleNamespace(
+      out=flags.DEFINE_string("out", "results/user_path.json",
+                              "Where to write (and resume) the JSON."),
+      workdir=flags.DEFINE_string("workdir", "runs/user_path", "Folders and "
+                                  "runs are kept here (resumable)."),
+      cells=flags.DEFINE_list("cells", list(CELLS), "Cells of the dirty-labels "
+                              "grid (dirty_labels.CELLS)."),
+      methods=flags.DEFINE_list("methods", list(METHODS), "Methods."),
+      seeds=flags.DEFINE_list("seeds", [str(s) for s in SEEDS],
+                              "Seeds (integers >= 0)."),
+      image_size=flags.DEFINE_integer("image_size", 32, "Side the runs read "
+                                      "the images at (--image_size of the "
+                                      "run).", lower_bound=8),
+      folder_size=flags.DEFINE_integer("folder_size", None, "Side the folder "
+                                       "is written at (default: "
+                                       "--image_size).", lower_bound=8),
+      epochs=flags.DEFINE_integer("epochs", None, "Epochs per run (default: "
+                                  "TrainConfig's).", lower_bound=1),
+      set=flags.DEFINE_string("set", "", "Ablations: TrainConfig fields "
+                              "changed from the defaults, field=value,..."),
+      tag=flags.DEFINE_string("tag", "", "Suffix of the cell keys (and "
+                              "workdirs) of this variant, e.g. @noaug."))
+
+
+def main(argv, f):
+  del argv
+  cli.quiet_logs()
+  from advisor_tf.experiments import dirty_labels
+  for cell in f.cells.value:
+    if cell not in dirty_labels.CELLS:
+      raise app.UsageError(f"--cells: {cell!r} is not one of "
+                           f"{', '.join(dirty_labels.CELLS)}.")
+  for method in f.methods.value:
+    if method not in dirty_labels.METHODS:
+      raise app.UsageError(f"--methods: {method!r} is not one of "
+                           f"{', '.join(dirty_labels.METHODS)}.")
+  try:
+    seeds = sorted({int(s) for s in f.seeds.value})
+    overrides = parse_overrides(f.set.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  if f.image_size.value % 8 and not f.folder_size.value:
+    raise app.UsageError(f"--image_size={f.image_size.value} must be a "
+                         "multiple of 8 (or give --folder_size).")
+  results = run_grid(f.out.value, f.cells.value, f.methods.value, seeds,
+                     f.workdir.value, f.image_size.value, f.folder_size.value,
+                     f.epochs.value, overrides, f.tag.value)
+  print(tables(results, [m for m in dirty_labels.METHODS
+                         if any(m in r for r in results.values())]))
+
+
+if __name__ == "__main__":
+  _FLAGS = _define_flags()
+  app.run(lambda argv: main(argv, _FLAGS))
