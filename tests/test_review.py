@@ -62,21 +62,19 @@ def _page(tmp_path):
   return review.write_page(data, str(tmp_path / "review.html")), data, source
 
 
-@pytest.fixture
-def browser(tmp_path):
-  reason = _why_skip()
-  if reason:
-    pytest.skip(reason)
+def _chromium(tmp_path, size="1280,900"):
+  """Headless Chromium with a fresh profile under `tmp_path`, downloading
+  into `tmp_path/downloads` (`driver.downloads`)."""
   from selenium import webdriver
   from selenium.webdriver.chrome.service import Service
   downloads = tmp_path / "downloads"
-  downloads.mkdir()
+  downloads.mkdir(exist_ok=True)
   options = webdriver.ChromeOptions()
   options.binary_location = CHROMIUM
   for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
               "--disable-background-networking", "--disable-component-update",
               "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-              "--window-size=1280,900",
+              "--hide-scrollbars", f"--window-size={size}",
               f"--user-data-dir={tmp_path / 'profile'}"):
     options.add_argument(arg)
   options.add_experimental_option("prefs", {
@@ -86,6 +84,15 @@ def browser(tmp_path):
   driver.execute_cdp_cmd("Browser.setDownloadBehavior", {
       "behavior": "allow", "downloadPath": str(downloads)})
   driver.downloads = downloads
+  return driver
+
+
+@pytest.fixture
+def browser(tmp_path):
+  reason = _why_skip()
+  if reason:
+    pytest.skip(reason)
+  driver = _chromium(tmp_path)
   try:
     yield driver
   finally:
@@ -253,3 +260,81 @@ def test_command_help_and_bad_workdir(tmp_path):
   assert proc.stderr.strip().splitlines() == [
       f"advisor-review: error: --workdir={tmp_path}/absent: no config.json, "
       "not a run."]
+
+
+@pytest.mark.slow
+def test_a_run_to_its_page_to_a_corrected_run(tmp_path):
+  """A tiny image_folder run → advisor-review's page data (ranked, paths
+  relative to --data_dir) → its corrections trained with --corrections:
+  the run records the file and what changed."""
+  import dataclasses
+  import json
+
+  from advisor_tf import config as config_lib
+  from advisor_tf import run as run_lib
+  from advisor_tf import trainer
+  folder = digits_folder(tmp_path / "data")
+  config = config_lib.TrainConfig(
+      dataset="image_folder", data_dir=folder, image_size=8,
+      meta_per_class=0, epochs=1, lr_decay_epochs=(1,), batch_size=8,
+      meta_batch_size=6, export=False, verbose=0, telemetry_examples=0,
+      workdir=str(tmp_path / "run")).validate()
+  trainer.train(config)
+  page, data = review.review_run(config.workdir, ranking="advisor",
+                                 thumbnail_size=16)
+  cards = data["cards"]
+  assert page == os.path.join(config.workdir, "review.html")
+  assert len(cards) == data["total"] == 36
+  assert [c["score"] for c in cards] == sorted(
+      [c["score"] for c in cards], reverse=True)
+  assert all(os.path.isfile(os.path.join(folder, c["path"])) for c in cards)
+  assert all(len(c["top"]) == 2 and 0 <= c["p"] <= 1 for c in cards)
+  assert data["ranking"] == "advisor"
+  # Read again from the label_issues.csv the analysis left: same page data.
+  again = review.review_run(config.workdir, output=str(tmp_path / "p.html"),
+                            thumbnail_size=16)[1]
+  assert again["cards"] == cards and again["run_key"] == data["run_key"]
+
+  fixes = tmp_path / "corrections.csv"
+  with open(fixes, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(corrections.HEADER)
+    first, second = cards[0], cards[1]
+    other = NAMES[(first["given"] + 1) % 3]
+    writer.writerow([first["path"], NAMES[first["given"]], "relabel", other,
+                     first["score"], NAMES[first["suggested"]]])
+    writer.writerow([second["path"], NAMES[second["given"]], "drop", "",
+                     second["score"], NAMES[second["suggested"]]])
+  fixed = dataclasses.replace(config, corrections=str(fixes),
+                              workdir=str(tmp_path / "fixed")).validate()
+  metrics = trainer.train(fixed)
+  assert metrics["train/examples"] == 35
+  changes = metrics["train/corrections"]
+  assert changes["relabelled"] == 1 and changes["dropped"] == 1
+  assert changes["per_class"][other]["relabelled_in"] == 1
+  with open(os.path.join(fixed.workdir, "data.json")) as f:
+    assert json.load(f)["corrections"]["digest"] == corrections.digest(fixes)
+  with open(os.path.join(fixed.workdir, "config.json")) as f:
+    assert json.load(f)["corrections"] == str(fixes)
+  # The corrected run reloads (analysis, evaluation) with its corrections.
+  assert len(run_lib.load(fixed.workdir).split.train_indices) == 35
+
+
+def screenshot(page, out, keys="", size="1400,900"):
+  """A PNG of the page after `keys` (the README's results/review_page.png:
+  `python tests/test_review.py PAGE OUT [KEYS]`)."""
+  import pathlib
+  import tempfile
+  with tempfile.TemporaryDirectory() as tmp:
+    driver = _chromium(pathlib.Path(tmp), size)
+    try:
+      driver.get("file://" + os.path.abspath(page))
+      _key(driver, *keys)
+      driver.save_screenshot(out)
+    finally:
+      driver.quit()
+
+
+if __name__ == "__main__":
+  import sys
+  screenshot(*sys.argv[1:])
