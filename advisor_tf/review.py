@@ -43,6 +43,8 @@ from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 from advisor_tf import advice as advice_lib  # noqa: E402
+from advisor_tf import analysis  # noqa: E402
+from advisor_tf import run as run_lib  # noqa: E402
 from advisor_tf.data.corrections import ACTIONS, HEADER  # noqa: E402
 
 _WORKDIR, _DATA_DIR = cli.define_run_flags("review")
@@ -491,8 +493,6 @@ def review_run(workdir, output=None, data_dir=None, issues=None, ranking=None,
   `(path, data)`. Runs the analysis (`analysis.analyze_run`, ranking
   `ranking`) first when `issues` (default WORKDIR/analysis/label_issues.csv)
   does not exist."""
-  from advisor_tf import analysis
-  from advisor_tf import run as run_lib
   output = output or os.path.join(workdir, "review.html")
   run = run_lib.load(workdir, data_dir)
   analysis_dir = os.path.join(workdir, "analysis")

@@ -28,6 +28,7 @@ Writes `{"setup", "first_run": {method: top1}, "corrected": {ranking:
 {found: cards}, ranking: {"cards": {found: cards}, "ap"}}}`.
 """
 
+import csv
 import dataclasses
 import json
 import os
@@ -83,7 +84,6 @@ def cards_to_find(order, noisy, fractions=FOUND):
 
 def write_fixes(path, rows):
   """The simulated reviewer's decisions as the page's corrections.csv."""
-  import csv
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(corrections.HEADER)
