@@ -123,16 +123,27 @@ def keras_application(constructor, input_shape, name, weights=None):
   return keras.Model(body.inputs, body.outputs, name=name)
 
 
-def small_cnn(input_shape, widths=(32, 64, 128), name="small_cnn"):
+def small_cnn(input_shape, widths=(32, 64, 128), name="small_cnn",
+              final_side=None):
   """Three conv-BN-ReLU layers (stride 1, 2, 2) and global pooling.
 
   Sized for 8×8 digits (→ 2×2 before pooling) and usable on 32×32 images.
+  With `final_side` (`small_cnn_auto`: 2), stride-2 conv-BN-ReLU layers of
+  the last width (`conv3_1`, `conv3_2`, ...) follow until the map's side is
+  at most `final_side`, so that the receptive field covers the image at any
+  input size: the same network as without at 8×8, two more layers at 32×32.
   """
   inputs = keras.Input(shape=input_shape, name="image")
   x = inputs
   for i, filters in enumerate(widths):
     x = _conv(filters, 1 if i == 0 else 2, f"conv{i + 1}")(x)
     x = layers.ReLU(name=f"relu{i + 1}")(_bn(f"bn{i + 1}")(x))
+  extra = 0
+  while final_side and min(x.shape[1:3]) > final_side:
+    extra += 1
+    last = f"{len(widths)}_{extra}"
+    x = _conv(widths[-1], 2, f"conv{last}")(x)
+    x = layers.ReLU(name=f"relu{last}")(_bn(f"bn{last}")(x))
   features = layers.GlobalAveragePooling2D(name="pool")(x)
   return keras.Model(inputs, features, name=name)
 
@@ -146,6 +157,8 @@ def linear_head(feature_dim, num_classes, name="head"):
 
 BACKBONES = {
     "small_cnn": lambda shape, weights=None: small_cnn(shape),
+    "small_cnn_auto": lambda shape, weights=None: small_cnn(
+        shape, name="small_cnn_auto", final_side=2),
     "resnet32": lambda shape, weights=None: cifar_resnet(shape, depth=32),
     "resnet18": lambda shape, weights=None: basic_resnet(
         shape, (2, 2, 2, 2), imagenet_stem=False, name="resnet18"),
@@ -164,6 +177,7 @@ PRETRAINABLE = ("resnet50", "resnet152")
 LAST_STAGE = {
     "resnet32": ("stage3_",),
     "small_cnn": ("conv3", "bn3"),
+    "small_cnn_auto": ("conv3", "bn3"),  # conv3 and the layers after it.
     "resnet18": ("stage4_",),
     "resnet10": ("stage4_",),
     "resnet50": ("conv5_",),

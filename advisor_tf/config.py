@@ -83,7 +83,7 @@ class TrainConfig:
   eql_threshold: float = 0.01
   focal_gamma: float = 2.0
   # Classifier and optimisation.
-  backbone: str = "small_cnn"
+  backbone: str = "small_cnn_auto"  # = small_cnn at 8×8 (user_path grid).
   pretrained_weights: str | None = None
   init_checkpoint: str | None = None
   epochs: int = 30

@@ -287,7 +287,8 @@ def run_grid(out, cells, methods, seeds, root, image_size=32,
   each (cell keys carry `tag`). Returns the results dict."""
   from advisor_tf.experiments import dirty_labels
   results = dirty_labels.load_results(out)
-  runs = [(c, s, m) for c in cells for s in seeds for m in methods]
+  # Seed by seed, so that an interrupted grid has every cell.
+  runs = [(c, s, m) for s in seeds for c in cells for m in methods]
   todo = [(c, s, m) for c, s, m in runs
           if not dirty_labels.done(results, c + tag, m, s)]
   log(f"user_path: {len(todo)} run(s) to do, {len(runs) - len(todo)} "
