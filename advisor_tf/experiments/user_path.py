@@ -238,8 +238,6 @@ def run_one(cell, method, seed, root, image_size=32, folder_size=None,
   `dirty_labels.record` stores."""
   import keras
 
-  from advisor_tf import advice
-  from advisor_tf import run as run_lib
   from advisor_tf import trainer
   from advisor_tf.experiments import dirty_labels
   size = folder_size or image_size
@@ -263,20 +261,33 @@ def run_one(cell, method, seed, root, image_size=32, folder_size=None,
             "train_seconds": round(seconds, 1)}
   values.update(trace_values(config.workdir))
   if method != "ce" and dirty_labels.is_noisy(cell):
-    keras.backend.clear_session()
-    finished = run_lib.load(config.workdir)
-    adv = advice.advise(finished.model, finished.source, finished.split,
-                        batch_size=config.eval_batch_size)
-    noisy = _noisy_mask(dict(manifest, _root=config.data_dir),
-                        finished.source)[
-                            finished.split.train_indices[adv.positions]]
-    if adv.mask is not None:
-      values["mask_mean_noisy"] = round(float(adv.mask[noisy].mean()), 5)
-      values["mask_mean_clean"] = round(float(adv.mask[~noisy].mean()), 5)
-    quality = advice.ranking_quality(
-        advice.label_issue_scores(adv)["advisor"], noisy)
-    values["advisor_ap"] = None if quality is None else round(
-        quality["ap"], 4)
+    values.update(advice_values(config.workdir, manifest))
+  return values
+
+
+def advice_values(workdir, manifest):
+  """The finished run's advice on its mislabelled vs correctly labelled
+  training images (known from the folder's `manifest`): `mask_mean_noisy`,
+  `mask_mean_clean` (MFRW) and `advisor_ap`, the average precision of the
+  advisor's discount at finding the mislabelled ones."""
+  import keras
+
+  from advisor_tf import advice
+  from advisor_tf import run as run_lib
+  keras.backend.clear_session()
+  finished = run_lib.load(workdir)
+  adv = advice.advise(finished.model, finished.source, finished.split,
+                      batch_size=finished.config.eval_batch_size)
+  noisy = _noisy_mask(dict(manifest, _root=finished.config.data_dir),
+                      finished.source)[
+                          finished.split.train_indices[adv.positions]]
+  values = {}
+  if adv.mask is not None:
+    values["mask_mean_noisy"] = round(float(adv.mask[noisy].mean()), 5)
+    values["mask_mean_clean"] = round(float(adv.mask[~noisy].mean()), 5)
+  quality = advice.ranking_quality(
+      advice.label_issue_scores(adv)["advisor"], noisy)
+  values["advisor_ap"] = None if quality is None else round(quality["ap"], 4)
   return values
 
 
