@@ -345,6 +345,34 @@ def tables(results, methods=METHODS):
   return "\n".join(lines)
 
 
+GOALS = {"flip0.4": 25.0, "sym0.4": 8.0, "lt20_sym0.4": 8.0}
+
+
+def goal_check(results):
+  """Per cell, issue #20's goal on the seed means: MFRW-MES at least CE +
+  `GOALS[cell]` points, and not below the better of CE and MW-Net minus
+  that method's standard deviation over seeds. Lines of text."""
+  lines = []
+  for cell, by_method in results.items():
+    acc = {m: [v for v in e.get("accuracy", []) if v is not None]
+           for m, e in by_method.items()}
+    if not acc.get("mfrw_mes") or not acc.get("ce"):
+      continue
+    ours, ce = np.mean(acc["mfrw_mes"]), np.mean(acc["ce"])
+    best = max((m for m in ("ce", "mwnet") if acc.get(m)),
+               key=lambda m: np.mean(acc[m]))
+    floor = np.mean(acc[best]) - np.std(acc[best])
+    verdicts = [f"MFRW-MES {ours:.1f} vs CE {ce:.1f}: {ours - ce:+.1f}"]
+    base = cell.split("@")[0]
+    if base in GOALS:
+      verdicts.append(f"goal +{GOALS[base]:.0f} "
+                      + ("met" if ours - ce >= GOALS[base] else "NOT met"))
+    verdicts.append(f"{'≥' if ours >= floor else '<'} {best} − 1 std "
+                    f"{floor:.1f}")
+    lines.append(f"{cell} (n={len(acc['mfrw_mes'])}): " + ", ".join(verdicts))
+  return lines
+
+
 def _define_flags():
   """The command's flags (defined only when run as a command)."""
   return types.SimpleNamespace(
@@ -396,6 +424,7 @@ def main(argv, f):
                      f.epochs.value, overrides, f.tag.value)
   print(tables(results, [m for m in dirty_labels.METHODS
                          if any(m in r for r in results.values())]))
+  print("\n".join(goal_check(results)))
 
 
 if __name__ == "__main__":
