@@ -67,9 +67,9 @@ flags.DEFINE_enum("meta_source", _D.meta_source, _C["meta_source"],
                   "data) and taken out of training; random_noisy: the same "
                   "draw after the synthetic noise; auto: chosen from the "
                   "training labels as given, without any trusted label "
-                  "(per class the examples of smallest loss after a short "
-                  "warm-up, refreshed every epoch, kept in training). Unset: "
-                  "folder when the dataset has one, else auto.")
+                  "(per class the examples of smallest loss under a short "
+                  "cross-entropy warm-up, then taken out of training). "
+                  "Unset: folder when the dataset has one, else auto.")
 flags.DEFINE_string("corrections", _D.corrections,
                     "A corrections.csv from advisor-review (path,given_label,"
                     "action,new_label,...): trains with its relabel and drop "
@@ -143,7 +143,11 @@ flags.DEFINE_bool("deterministic", _D.deterministic,
 flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size,
                      "Evaluation batch size.")
 flags.DEFINE_bool("export", _D.export, "Export the classifier as a SavedModel.")
-flags.DEFINE_integer("verbose", _D.verbose, "Keras progress output (0, 1, 2).")
+flags.DEFINE_enum("verbose", str(_D.verbose), [str(v) for v in
+                                                 config_lib.VERBOSITIES],
+                  "Keras progress output: auto (a progress bar on a "
+                  "terminal, a line per epoch in a log file or pipe), 0 "
+                  "(silent), 1 (progress bar), 2 (a line per epoch).")
 flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every,
                      "Also checkpoint every N steps (0: at epoch ends only).")
 flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints,
@@ -189,6 +193,8 @@ def to_config(values=None) -> config_lib.TrainConfig:
     value = values[field.name].value
     if field.name in ("lr_decay_epochs", "lr_decay_steps"):
       value = _int_list(field.name, value)
+    elif field.name == "verbose" and value != "auto":
+      value = int(value)
     kwargs[field.name] = value
   if values["autoaugment"].value:  # The former flag.
     if kwargs["augment_policy"] not in ("none", "autoaugment"):

@@ -25,6 +25,7 @@ from advisor_tf.model import ADVICE_MODES, ADVISOR_MODES, MODES, VIRTUAL_SCOPES
 from advisor_tf.model import DEFAULT_ADVISOR_LR
 
 LR_SCHEDULES = ("constant", "step", "cosine")
+VERBOSITIES = ("auto", 0, 1, 2)
 # Where the meta set comes from (`advisor_tf.meta_select`); unset: `folder`
 # when the dataset ships a trusted split, else `meta_select.DEFAULT_DRAW`.
 META_SOURCES = ("folder", "random", "random_noisy", "auto")
@@ -111,7 +112,8 @@ class TrainConfig:
   deterministic: bool = True
   eval_batch_size: int = 256
   export: bool = True
-  verbose: int = 1
+  verbose: str | int = "auto"  # Keras' own: a bar on a terminal, else a
+  # line per epoch (`progress_verbosity`).
   checkpoint_every: int = 200
   keep_checkpoints: int = 3
   telemetry_examples: int = 2048
@@ -189,8 +191,8 @@ class TrainConfig:
     if not 0 < self.lr_decay_factor <= 1:
       raise ValueError(f"--lr_decay_factor={self.lr_decay_factor} must be in "
                        "(0, 1].")
-    if self.verbose not in (0, 1, 2):
-      raise ValueError(f"--verbose={self.verbose} must be 0, 1 or 2.")
+    if self.verbose not in VERBOSITIES:
+      raise ValueError(f"--verbose={self.verbose} must be auto, 0, 1 or 2.")
     if self.train_steps is not None and self.train_steps < 1:
       raise ValueError(f"--train_steps={self.train_steps} must be >= 1.")
     if self.lr_decay_steps and self.lr_schedule != "step":
@@ -234,6 +236,19 @@ class TrainConfig:
     return [f"--{k}: {saved.get(k)!r} in the workdir, {now[k]!r} now"
             for k in sorted(now) if k not in RUN_ONLY_FIELDS
             and saved.get(k) != now[k]]
+
+
+def progress_verbosity(verbose, stream=None):
+  """Keras' `fit(verbose=...)` for a run's `--verbose`. `auto` is what Keras'
+  own "auto" means to do: the per-step progress bar (1) on a terminal, one
+  line per epoch (2) otherwise — a log file or a pipe would otherwise get
+  thousands of carriage-return updates on one line (Keras 3 takes any POSIX
+  process for a terminal)."""
+  if verbose != "auto":
+    return int(verbose)
+  import sys
+  stream = sys.stdout if stream is None else stream
+  return 1 if getattr(stream, "isatty", lambda: False)() else 2
 
 
 def _upgrade(saved):

@@ -27,9 +27,11 @@ import keras
 import tensorflow as tf
 
 from advisor_tf import builder
+from advisor_tf import config as config_lib
 from advisor_tf import distribute
 from advisor_tf import evaluation
 from advisor_tf import export as export_lib
+from advisor_tf import meta_select
 from advisor_tf import run as run_lib
 from advisor_tf import telemetry
 from advisor_tf.data import corrections
@@ -94,6 +96,8 @@ def train(config, flags_text=None):
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
     try:
+      # --meta_source=auto: choose the meta set (or read back the choice).
+      split = meta_select.prepare(config, source, split, out)
       return _train(config, source, split, strategy, out)
     finally:
       keras.config.set_dtype_policy(previous_policy)
@@ -133,12 +137,14 @@ def _train(config, source, split, strategy, out):
         source, split, out, config.telemetry_examples,
         config.seed, config.eval_batch_size))
   validation = pipeline.evaluation(source, "test", config.eval_batch_size)
+  meta_select.summarize(config, split, log_dir)
 
   def fit(first_step, first_epoch, last_epoch, steps_per_epoch):
     data = train_stream(config, source, split, start_step=first_step)
     model.fit(data, epochs=last_epoch, initial_epoch=first_epoch,
               steps_per_epoch=steps_per_epoch, validation_data=validation,
-              callbacks=callbacks, verbose=config.verbose,
+              callbacks=callbacks,
+              verbose=config_lib.progress_verbosity(config.verbose),
               shuffle=False)  # The stream is shuffled, statelessly, itself.
 
   resumed_from, last = start, builder.total_steps(config, steps)
@@ -160,6 +166,7 @@ def _train(config, source, split, strategy, out):
     metrics["train/realised_noise_rate"] = split.noise_rate
   if getattr(source, "corrections", None):
     metrics["train/corrections"] = source.corrections
+  metrics.update(meta_select.metrics(config, split))
   metrics.update(evaluation.evaluate(model, source, "test",
                                      config.eval_batch_size,
                                      split.class_counts(source.num_classes)))

@@ -34,6 +34,10 @@ def test_quickstart_flow_end_to_end(tmp_path):
                 "--epochs=2", "--steps_per_epoch=3", "--lr_decay_epochs=1")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "test top-1" in result.stdout
+  # Output to a pipe, not a terminal: --verbose=auto writes a line per epoch,
+  # never the progress bar's carriage-return updates.
+  assert "\r" not in result.stdout and "\b" not in result.stdout
+  assert "Epoch 2/2" in result.stdout
   for name in ("config.json", "flags.txt", "metrics.json", "checkpoints",
                "tensorboard", "saved_model/saved_model.pb"):
     assert (workdir / name).exists(), name
@@ -50,6 +54,25 @@ def test_quickstart_flow_end_to_end(tmp_path):
   loaded = tf.saved_model.load(str(workdir / "saved_model"))
   logits = loaded.serve(tf.zeros((3, 8, 8, 1)))
   assert logits.shape == (3, 10)
+
+
+class _Stream:
+  def __init__(self, tty):
+    self.tty = tty
+
+  def isatty(self):
+    return self.tty
+
+
+def test_verbose_auto_is_a_bar_on_a_terminal_and_a_line_per_epoch_elsewhere():
+  assert config_lib.TrainConfig().verbose == "auto"
+  assert config_lib.progress_verbosity("auto", _Stream(True)) == 1
+  assert config_lib.progress_verbosity("auto", _Stream(False)) == 2
+  assert config_lib.progress_verbosity("auto", object()) == 2  # No isatty.
+  for level in (0, 1, 2):
+    assert config_lib.progress_verbosity(level, _Stream(False)) == level
+  with pytest.raises(ValueError, match="--verbose=3 must be auto, 0, 1 or 2"):
+    config_lib.TrainConfig(verbose=3).validate()
 
 
 @pytest.mark.parametrize("flag,message", [
