@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from advisor_tf import builder
 from advisor_tf import config as config_lib
+from advisor_tf import meta_select
 from advisor_tf.data import corrections
 from advisor_tf.data import noise as noise_lib
 from advisor_tf.data import pipeline
@@ -68,12 +69,14 @@ def prepare_data(config):
   source = sources.load(config.dataset, config.data_dir, config.image_size)
   if config.corrections:  # A reviewer's relabel / drop rows, before all.
     source = corrections.apply(source, config.corrections, config.data_dir)
+  meta_source = meta_select.resolve(config, source)  # --meta_source.
   protocol = protocols.Protocol(
       noise=config.noise, noise_rate=config.noise_rate,
       flip_targets=config.flip_targets,
       imbalance_factor=config.imbalance_factor,
-      meta_per_class=config.meta_per_class)
-  meta_from = source.meta_split
+      meta_per_class=config.meta_per_class,
+      meta_source="random" if meta_source == "folder" else meta_source)
+  meta_from = source.meta_split if meta_source == "folder" else "train"
   split = protocols.apply(
       protocol, source.labels["train"], source.num_classes, config.seed,
       similar=noise_lib.SIMILAR_CLASSES.get(source.name),
@@ -164,7 +167,21 @@ def read_config(workdir):
 
 
 def has_checkpoint(workdir):
-  return bool(tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINTS)))
+  directory = os.path.join(workdir, CHECKPOINTS)
+  return bool(tf.train.latest_checkpoint(directory)
+              or found_checkpoints(directory))
+
+
+def found_checkpoints(directory):
+  """The `ckpt-N` prefixes in `directory`, oldest first, read from the
+  files themselves (the `checkpoint` state file may be gone)."""
+  numbered = []
+  for index in tf.io.gfile.glob(os.path.join(directory, "ckpt-*.index")):
+    prefix = index[:-len(".index")]
+    number = prefix.rsplit("-", 1)[1]
+    if number.isdigit():
+      numbered.append((int(number), prefix))
+  return [prefix for _, prefix in sorted(numbered)]
 
 
 def _json(path):
@@ -265,9 +282,24 @@ def checkpoint_of(model, with_optimizers=True):
   return tf.train.Checkpoint(**objects)
 
 
-def checkpoint_manager(checkpoint, workdir, max_to_keep=None):
-  return tf.train.CheckpointManager(
-      checkpoint, os.path.join(workdir, CHECKPOINTS), max_to_keep=max_to_keep)
+def checkpoint_manager(checkpoint, workdir, max_to_keep=None, recover=False):
+  """The run's `tf.train.CheckpointManager`. With `recover` (the one process
+  that writes the workdir), a `checkpoints/` folder whose `checkpoint` state
+  file is gone gets it back, listing the `ckpt-N` files found there, so the
+  run resumes from them instead of starting again and overwriting them."""
+  directory = os.path.join(workdir, CHECKPOINTS)
+  if recover and not tf.io.gfile.exists(os.path.join(directory,
+                                                     "checkpoint")):
+    found = found_checkpoints(directory)
+    if found:
+      logging.warning(
+          "%s has no 'checkpoint' state file but holds %d checkpoint(s), "
+          "newest %s: rebuilding the state file from them.", directory,
+          len(found), os.path.basename(found[-1]))
+      tf.compat.v1.train.update_checkpoint_state(
+          directory, found[-1], all_model_checkpoint_paths=found)
+  return tf.train.CheckpointManager(checkpoint, directory,
+                                    max_to_keep=max_to_keep)
 
 
 def nonfinite_variables(variables):
@@ -305,7 +337,9 @@ def restore_latest(checkpoint, manager, partial=False):
   A newest checkpoint that cannot be read (a partial or corrupted write) is
   reported and skipped in favour of the one before it.
   """
-  for path in reversed(manager.checkpoints):
+  # Without the state file the manager lists nothing: read the files.
+  for path in reversed(manager.checkpoints
+                       or found_checkpoints(manager.directory)):
     try:
       status = checkpoint.restore(path).assert_existing_objects_matched()
       if partial:

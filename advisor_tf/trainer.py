@@ -114,7 +114,8 @@ def _train(config, source, split, strategy, out):
         steps_per_epoch=steps)
     checkpoint = run_lib.checkpoint_of(model)
     manager = run_lib.checkpoint_manager(checkpoint, out,
-                                         config.keep_checkpoints)
+                                         config.keep_checkpoints,
+                                         recover=out == config.workdir)
     restored = run_lib.restore_latest(
         checkpoint, manager if out == config.workdir else
         run_lib.checkpoint_manager(checkpoint, config.workdir))

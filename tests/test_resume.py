@@ -108,6 +108,33 @@ def test_corrupted_newest_checkpoint_falls_back_to_previous(tmp_path):
 
 
 @pytest.mark.slow
+def test_lost_checkpoint_state_file_resumes_from_the_files(tmp_path):
+  """`checkpoints/checkpoint` deleted: the run finds ckpt-N itself, resumes
+  from the newest and overwrites none of the files it found."""
+  reference = trainer.train(_small(tmp_path / "ref"))
+  keras.backend.clear_session()
+  config = _small(tmp_path / "run")
+  trainer.train(dataclasses.replace(config, epochs=1, lr_decay_epochs=(1,)))
+  (tmp_path / "run" / "config.json").write_text(config.to_json())
+  ckpt_dir = tmp_path / "run" / "checkpoints"
+  (ckpt_dir / "checkpoint").unlink()
+  found = {name: (ckpt_dir / name).read_bytes()
+           for name in os.listdir(ckpt_dir) if name.startswith("ckpt-")}
+  assert {n.split(".")[0] for n in found} == {"ckpt-2", "ckpt-4", "ckpt-6"}
+  keras.backend.clear_session()
+  metrics = trainer.train(config)
+  assert metrics["resumed_from_step"] == 6
+  assert metrics["train/steps"] == 12
+  for name, data in found.items():  # Kept (or rotated out), never rewritten.
+    path = ckpt_dir / name
+    assert not path.exists() or path.read_bytes() == data, name
+  ref, got = _weights(tmp_path / "ref"), _weights(tmp_path / "run")
+  for key in ref:
+    np.testing.assert_array_equal(ref[key], got[key], err_msg=key)
+  assert reference["test/top1"] == metrics["test/top1"]
+
+
+@pytest.mark.slow
 def test_workdir_with_other_configuration_is_refused(tmp_path):
   config = _small(tmp_path / "run", epochs=1)
   trainer.train(config)
