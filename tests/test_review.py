@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from advisor_tf import review
+from advisor_tf import review_page as review
 from advisor_tf.data import corrections
 from advisor_tf.data import sources
 

@@ -2,7 +2,7 @@ r"""The review loop measured: suspects → corrected labels → a retrained mode
 
   python -m advisor_tf.experiments.review_loop \
       --out=results/review_loop.json --workdir=runs/review_loop \
-      [--cell=sym0.4] [--seed=0] [--fractions=0.05,0.1,0.2] [--epochs=30] \
+      [--cell=sym0.4] [--seeds=0] [--fractions=0.05,0.1,0.2] [--epochs=30] \
       [--rankings=advisor,cv_loss]
 
 On the digits written as a user's image folder with synthetic noise
@@ -22,10 +22,12 @@ Also the review effort: how many cards, in the ranking's order and in a
 random order (expected: the same fraction of the set), a reviewer looks at
 to find 50 / 80 / 90 / 95 % of the wrong labels.
 
-Writes `{"setup", "first_run": {method: top1}, "corrected": {ranking:
-{fraction: {"cards", "labels_fixed", "remaining_noise_rate",
-"suggestion_right", method: top1}}}, "effort": {"random_order_mean":
-{found: cards}, ranking: {"cards": {found: cards}, "ap"}}}`.
+Writes `{"setup", "seeds": {seed: {"first_run": {method: top1},
+"corrected": {ranking: {fraction: {"cards", "labels_fixed",
+"remaining_noise_rate", "suggestion_right", method: top1}}}, "effort":
+{"random_order_mean": {found: cards}, ranking: {"cards": {found: cards},
+"ap"}}}}, "mean": the same nesting, each number as {"mean", "std", "n"}
+over the seeds}`.
 """
 
 import csv
@@ -90,22 +92,20 @@ def write_fixes(path, rows):
     writer.writerows(rows)
 
 
-def main(argv):
-  del argv
-  cli.quiet_logs()
-  root = _WORKDIR.value
+def one_seed(root, cell, seed, epochs, ranking_names, fractions):
+  """The loop for one seed in `root`: its folder, first runs, rankings,
+  corrected runs; returns its result dict."""
   folder = os.path.join(root, "folder")
-  manifest = user_path.write_digits_folder(folder, _CELL.value, _SEED.value)
+  manifest = user_path.write_digits_folder(folder, cell, seed)
   truth = {file: (given, true) for file, given, true in
            manifest["splits"]["train"]}
-  epochs, seed = _EPOCHS.value, _SEED.value
   first = {m: train_once(config_of(folder, m, os.path.join(root, f"first_{m}"),
                                    seed, epochs)) for m in METHODS}
-  print(f"first runs: {first}")
-  run = run_lib.load(os.path.join(root, "first_mfrw_mes"))
+  print(f"seed {seed} first runs: {first}")
+  run = run_lib.load(os.path.join(root, "first_mfrw_mes"), folder)
   adv = advice_lib.advise(run.model, run.source, run.split)
   rankings = advice_lib.single_run_rankings(adv)
-  if any(r in advice_lib.TRAINED_RANKINGS for r in _RANKINGS.value):
+  if any(r in advice_lib.TRAINED_RANKINGS for r in ranking_names):
     cv = crossval.cross_validated_probabilities(
         run.config, run.source, run.split,
         cache=os.path.join(root, "cv_probabilities_5fold.npy"))
@@ -133,12 +133,17 @@ def main(argv):
     effort[name] = {
         "cards": cards_to_find(np.argsort(-scores, kind="stable"), noisy),
         "ap": advice_lib.ranking_quality(scores, noisy)["ap"]}
+  def trained(name):  # Reported without asking: its runs are all there.
+    return all(os.path.exists(os.path.join(
+        root, f"{name}_top{float(f):g}_{m}", "metrics.json"))
+               for f in fractions for m in METHODS)
   corrected = {}
-  for name in _RANKINGS.value:
+  for name in list(ranking_names) + sorted(
+      n for n in rankings if n not in ranking_names and trained(n)):
     scores = rankings[name]
     order = np.argsort(-scores, kind="stable")
     corrected[name] = {}
-    for fraction in map(float, _FRACTIONS.value):
+    for fraction in map(float, fractions):
       k = int(round(fraction * len(order)))
       top = order[:k]
       rows = [[files[i], names[given[i]],
@@ -157,16 +162,46 @@ def main(argv):
             folder, m, os.path.join(root, f"{name}_top{fraction:g}_{m}"),
             seed, epochs, path))
       corrected[name][f"{fraction:g}"] = entry
-      print(f"{name} top {fraction:.0%}: {entry}")
-  result = {"setup": {"cell": _CELL.value, "seed": seed, "epochs": epochs,
-                      "realised_noise_rate": manifest["realised_noise_rate"],
-                      "rankings": "of the first MFRW-MES run",
+      print(f"seed {seed} {name} top {fraction:.0%}: {entry}")
+  return {"realised_noise_rate": manifest["realised_noise_rate"],
+          "first_run": first, "corrected": corrected, "effort": effort}
+
+
+def _mean(values):
+  values = [v for v in values if v is not None]
+  return ({"mean": float(np.mean(values)), "std": float(np.std(values)),
+           "n": len(values)} if values else None)
+
+
+def summarise(per_seed):
+  """Means (and std, n) over seeds of every number of `one_seed`'s
+  results, in the same nesting."""
+  def walk(parts):
+    first = parts[0]
+    if isinstance(first, dict):
+      keys = sorted({k for p in parts for k in p})
+      return {k: walk([p[k] for p in parts if k in p]) for k in keys}
+    return _mean(parts)
+  return walk(list(per_seed.values()))
+
+
+def main(argv):
+  del argv
+  cli.quiet_logs()
+  per_seed = {}
+  for seed in map(int, _SEEDS.value):
+    per_seed[str(seed)] = one_seed(
+        os.path.join(_WORKDIR.value, f"s{seed}"), _CELL.value, seed,
+        _EPOCHS.value, _RANKINGS.value, _FRACTIONS.value)
+  result = {"setup": {"cell": _CELL.value, "seeds": list(per_seed),
+                      "epochs": _EPOCHS.value,
+                      "rankings": "of each seed's first MFRW-MES run",
                       "methods": list(METHODS)},
-            "first_run": first, "corrected": corrected, "effort": effort}
+            "mean": summarise(per_seed), "seeds": per_seed}
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_OUT.value, "w") as f:
     json.dump(result, f, indent=2)
-  print(json.dumps(result, indent=2))
+  print(json.dumps(result["mean"], indent=2))
 
 
 _OUT = flags.DEFINE_string("out", "results/review_loop.json", "Results JSON.")
@@ -175,7 +210,9 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/review_loop",
 _CELL = flags.DEFINE_enum("cell", "sym0.4", ["sym0.2", "sym0.4", "sym0.6",
                                              "flip0.4"],
                           "The dirty-labels cell written into the folder.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the noise and the runs.")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds of the noise and the runs "
+                           "(one folder and set of runs each, in "
+                           "WORKDIR/s<seed>).")
 _EPOCHS = flags.DEFINE_integer("epochs", 30, "Epochs of every run.",
                                lower_bound=1)
 _RANKINGS = flags.DEFINE_list(
@@ -186,7 +223,7 @@ _RANKINGS = flags.DEFINE_list(
     "5 cross-entropy folds first).")
 _FRACTIONS = flags.DEFINE_list("fractions", ["0.05", "0.1", "0.2"],
                                "Top fractions of the training set reviewed.")
-GROUPS = {"experiment": ["out", "workdir", "cell", "seed", "epochs",
+GROUPS = {"experiment": ["out", "workdir", "cell", "seeds", "epochs",
                          "rankings", "fractions"]}
 
 
