@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import os
 
 from advisor_tf.backbones import BACKBONES
@@ -246,7 +247,6 @@ def progress_verbosity(verbose, stream=None):
   process for a terminal)."""
   if verbose != "auto":
     return int(verbose)
-  import sys
   stream = sys.stdout if stream is None else stream
   return 1 if getattr(stream, "isatty", lambda: False)() else 2
 

@@ -1,7 +1,11 @@
 import hashlib
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The image-decode cache (advisor_tf.data.sources.inspect_files) of the
+# tests' generated folders stays out of the user's ~/.cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="advisor_tf_cache_")
 
 import tensorflow as tf  # noqa: E402
 

@@ -209,3 +209,83 @@ def test_image_csv_skips_unusable_rows(tmp_path, warnings):
   with pytest.raises(ValueError, match=f"{root}/train.csv: class 'dog' has no "
                      "usable image"):
     sources.load("image_csv", str(root))
+
+
+def _truncated_jpeg(path, seed=0):
+  """A JPEG cut in half: Pillow's `verify()` passes it, TensorFlow's decode
+  (training's) fails."""
+  _image(path, (64, 64), seed=seed)
+  with open(path, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(data[:len(data) // 2])
+  with Image.open(path) as image:
+    image.verify()  # Passes.
+
+
+def test_undecodable_images_are_skipped_before_training_and_cached(
+    tmp_path, warnings, monkeypatch):
+  root = _untidy_folder(tmp_path)
+  _truncated_jpeg(f"{root}/train/cat/cut.jpg")
+  _truncated_jpeg(f"{root}/test/dog/cut.jpg", seed=1)
+  source = sources.load("image_folder", str(root), image_size=8)
+  kept = [os.path.relpath(p, root) for p in
+          list(source.paths["train"]) + list(source.paths["test"])]
+  assert "train/cat/cut.jpg" not in kept and "test/dog/cut.jpg" not in kept
+  assert len(source.labels["test"]) == 2
+  # Every kept image decodes the way training reads it.
+  for split in ("train", "test"):
+    n = len(source.labels[split])
+    assert len(list(source.images(split, range(n)))) == n
+  assert len(warnings) == 1, warnings
+  assert "skipped 6 file(s)" in warnings[0]
+  assert (f"not decodable: 2 ({root}/train/cat/cut.jpg (TensorFlow cannot "
+          "decode it:") in warnings[0]
+  assert f"{root}/test/dog/cut.jpg" in warnings[0]
+  # A second look at the same files decodes nothing again (cached by path,
+  # size and modification time); a changed file is looked at again.
+  looked = []
+  real = sources._inspect
+  monkeypatch.setattr(sources, "_inspect",
+                      lambda path: looked.append(path) or real(path))
+  again = sources.load("image_folder", str(root), image_size=8)
+  assert looked == [] and list(again.paths["train"]) == list(
+      source.paths["train"])
+  _image(f"{root}/train/cat/cut.jpg", (32, 32), seed=3)  # Repaired.
+  again = sources.load("image_folder", str(root), image_size=8)
+  assert looked == [f"{root}/train/cat/cut.jpg"]
+  assert f"{root}/train/cat/cut.jpg" in list(again.paths["train"])
+
+
+def test_a_class_left_without_decodable_images_is_named(tmp_path, warnings):
+  root = _untidy_folder(tmp_path)
+  _truncated_jpeg(f"{root}/train/bird/0.jpg")
+  with pytest.raises(ValueError, match="Class 'bird' has no decodable image "
+                     "left in the train split"):
+    sources.load("image_folder", str(root), image_size=8)
+
+
+def test_nested_folders_belong_to_their_class_folder(tmp_path, warnings):
+  root = _untidy_folder(tmp_path)
+  _image(f"{root}/train/cat/2024/summer/5.png", seed=20)
+  _image(f"{root}/train/cat/.thumbs/6.png", seed=21)  # Hidden: left out.
+  source = sources.load("image_folder", str(root), image_size=8)
+  paths = [os.path.relpath(p, root) for p in source.paths["train"]]
+  assert "train/cat/2024/summer/5.png" in paths
+  assert not any(".thumbs" in p for p in paths)
+  assert source.labels["train"][paths.index("train/cat/2024/summer/5.png")] \
+      == source.class_names.index("cat")
+
+
+def test_train_images_that_are_copies_of_test_images_are_reported(
+    tmp_path, warnings):
+  root = _untidy_folder(tmp_path)
+  with open(f"{root}/test/cat/0.jpg", "rb") as f:
+    data = f.read()
+  with open(f"{root}/train/dog/copy.jpg", "wb") as f:
+    f.write(data)
+  sources.load("image_folder", str(root), image_size=8)
+  said = [w for w in warnings if "exact copies of test images" in w]
+  assert len(said) == 1, warnings
+  assert "1 training image(s)" in said[0]
+  assert f"{root}/train/dog/copy.jpg = {root}/test/cat/0.jpg" in said[0]

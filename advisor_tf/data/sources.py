@@ -18,8 +18,11 @@ evaluation saw.
 
 from __future__ import annotations
 
+from concurrent import futures
 import csv
 import dataclasses
+import hashlib
+import json
 import os
 from typing import Callable, Optional
 
@@ -466,6 +469,20 @@ def _usable(path, skipped, hidden=None):
   return False
 
 
+def _walk(folder):
+  """Every file under a class folder, sub-folders included (the class is
+  the top folder, as `advisor-predict` walks folders too), in a stable
+  order; hidden sub-folders are left out, symbolic links to folders are not
+  followed (no loops)."""
+  files = []
+  for here, dirs, names in os.walk(folder):
+    dirs[:] = sorted(d for d in dirs if not _hidden(d))
+    files.extend(os.path.join(here, n) for n in sorted(names))
+    files.extend(os.path.join(here, d) for d in dirs
+                 if os.path.islink(os.path.join(here, d)))
+  return files
+
+
 def _class_folders(root):
   return sorted(d for d in os.listdir(root)
                 if not _hidden(d) and os.path.isdir(os.path.join(root, d)))
@@ -484,7 +501,7 @@ def _folder_split(root, class_names, what, skipped):
         raise ValueError(f"Class {name!r} has no image in the meta set "
                          f"({folder}); every class needs trusted examples.")
       continue
-    files = [os.path.join(folder, f) for f in sorted(os.listdir(folder))]
+    files = _walk(folder)
     here = _Skipped()
     files = [f for f in files if _usable(f, here)]
     for reason, items in here.by_reason.items():
@@ -523,6 +540,7 @@ def image_folder(data_dir=None, image_size=32, **_):
                         os.path.isdir,
                         lambda root, split: _folder_split(root, class_names,
                                                           split, skipped))
+  splits = _decodable(splits, class_names, skipped, data_dir)
   skipped.warn(f"--data_dir={data_dir}")
   return _checked_file_source("image_folder", splits, class_names, image_size)
 
@@ -595,27 +613,124 @@ def image_csv(data_dir=None, image_size=32, **_):
                         os.path.isfile,
                         lambda path, split: _read_csv(path, class_names,
                                                       split, skipped))
+  splits = _decodable(splits, class_names, skipped, data_dir)
   skipped.warn(f"--data_dir={data_dir}")
   return _checked_file_source("image_csv", splits, class_names, image_size)
 
 
+_CHECK_CACHE = "image_check"
+_CHECK_WORKERS = 16
+
+
+def _cache_path(data_dir):
+  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+      os.path.expanduser("~"), ".cache")
+  key = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:24]
+  return os.path.join(root, "advisor_tf", _CHECK_CACHE, key + ".json")
+
+
+def _inspect(path):
+  """`(sha1 of the bytes, None)` for a file `decode` reads, else
+  `(sha1, why not)`: the same decode training and the export run."""
+  with open(path, "rb") as f:
+    data = f.read()
+  digest = hashlib.sha1(data).hexdigest()
+  try:
+    decode(tf.constant(data))
+  except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+    why = str(e).split("[Op:")[0].split("}}")[-1].strip()
+    return digest, f"TensorFlow cannot decode it: {why}"
+  return digest, None
+
+
+def inspect_files(paths, data_dir):
+  """`{path: (sha1, None or why it cannot be decoded)}` for image files,
+  each decoded as training decodes it (`decode`), in parallel; cached under
+  ~/.cache/advisor_tf (by path, size and modification time), so a second
+  run over the same folder reads nothing again. Never writes `data_dir`."""
+  cache_file = _cache_path(data_dir)
+  try:
+    with open(cache_file) as f:
+      cache = json.load(f)
+  except (OSError, ValueError):
+    cache = {}
+  results, todo = {}, []
+  for path in paths:
+    try:
+      stat = os.stat(path)
+    except OSError as e:
+      results[path] = (None, f"{type(e).__name__}: {e.strerror}")
+      continue
+    stamp = [stat.st_size, stat.st_mtime_ns]
+    entry = cache.get(path)
+    if entry and entry[0] == stamp:
+      results[path] = tuple(entry[1:])
+    else:
+      todo.append((path, stamp))
+  if todo:
+    with futures.ThreadPoolExecutor(_CHECK_WORKERS) as pool:
+      for (path, stamp), result in zip(
+          todo, pool.map(lambda item: _inspect(item[0]), todo)):
+        results[path] = result
+        cache[path] = [stamp, *result]
+    try:  # A cache that cannot be written only costs time next run.
+      os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+      tmp = f"{cache_file}.{os.getpid()}.tmp"
+      with open(tmp, "w") as f:
+        json.dump(cache, f)
+      os.replace(tmp, cache_file)
+    except OSError:
+      pass
+  return results
+
+
+def _decodable(splits, class_names, skipped, data_dir):
+  """The splits without the files TensorFlow cannot decode (a truncated
+  JPEG passes Pillow's `verify()`), each recorded in `skipped`; a class
+  left without images is an error naming it. Warns about exact duplicates
+  (same bytes) between train and test, which inflate test accuracy."""
+  every = [p for paths, _ in splits.values() for p in paths]
+  checked = inspect_files(every, data_dir)
+  kept = {}
+  for split, (paths, labels) in splits.items():
+    good = [checked[p][1] is None for p in paths]
+    for path, ok in zip(paths, good):
+      if not ok:
+        skipped.add("not decodable", f"{path} ({checked[path][1]})")
+    before = set(labels)
+    paths = [p for p, ok in zip(paths, good) if ok]
+    labels = [c for c, ok in zip(labels, good) if ok]
+    emptied = sorted(before - set(labels))
+    if emptied and split in ("train", "meta"):
+      raise ValueError(
+          f"Class {class_names[emptied[0]]!r} has no decodable image left in "
+          f"the {split} split ({skipped.summary()}).")
+    kept[split] = (paths, labels)
+  test = {checked[p][0]: p for p in kept.get("test", ([], []))[0]}
+  for path in kept.get("meta", ([], []))[0]:  # The same bytes in both sets.
+    if checked[path][0] in test:
+      raise ValueError(f"{path}: the same image is in the meta set and in "
+                       f"the test set ({test[checked[path][0]]}).")
+  if "train" in kept:
+    both = [(p, test[checked[p][0]]) for p in kept["train"][0]
+            if checked[p][0] in test]
+    if both:
+      shown = "; ".join(f"{a} = {b}" for a, b in both[:_SHOWN_PER_REASON])
+      logging.warning(
+          "--data_dir=%s: %d training image(s) are exact copies of test "
+          "images (same bytes), which makes the test accuracy optimistic: "
+          "%s%s.", data_dir, len(both), shown,
+          f"; … {len(both) - _SHOWN_PER_REASON} more"
+          if len(both) > _SHOWN_PER_REASON else "")
+  return kept
+
+
 def _checked_file_source(name, splits, class_names, image_size):
-  """A file source over splits whose files `_usable` has checked."""
+  """A file source over splits whose files `_usable` and `_decodable` have
+  checked."""
   for split, (paths, _) in splits.items():
     if not paths:
       raise ValueError(f"The {split} split of --data_dir has no images.")
-  if "meta" in splits and "test" in splits:
-    # The same file, or a copy of it (same bytes), in both sets.
-    import hashlib
-
-    def digest(path):
-      with open(path, "rb") as f:
-        return hashlib.sha1(f.read()).hexdigest()
-    test = {digest(p): p for p in splits["test"][0]}
-    for path in splits["meta"][0]:
-      if digest(path) in test:
-        raise ValueError(f"{path}: the same image is in the meta set and in "
-                         f"the test set ({test[digest(path)]}).")
   return file_source(name, splits, class_names, (image_size, image_size),
                      meta_split="meta" if "meta" in splits else "train")
 
