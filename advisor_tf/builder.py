@@ -28,7 +28,7 @@ def learning_rate(config, steps_per_epoch):
     return keras.optimizers.schedules.CosineDecay(
         config.lr, decay_steps=total_steps(config, steps_per_epoch))
   boundaries = (sorted(config.lr_decay_steps) or
-                [e * steps_per_epoch for e in sorted(config.lr_decay_epochs)])
+                [e * steps_per_epoch for e in sorted(config.decay_epochs())])
   values = [config.lr * config.lr_decay_factor ** i
             for i in range(len(boundaries) + 1)]
   return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)

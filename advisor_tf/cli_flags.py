@@ -55,9 +55,8 @@ flags.DEFINE_enum("flip_targets", _D.flip_targets, _C["flip_targets"],
 flags.DEFINE_float("imbalance_factor", _D.imbalance_factor,
                    "Long-tail imbalance factor n_max/n_min (1 = balanced).")
 flags.DEFINE_integer("meta_per_class", _D.meta_per_class,
-                     "Clean meta images per class, taken from train before "
-                     "corruption, or from the dataset's own meta/val split "
-                     "(0: all of that split).")
+                     "Meta images per class, from where --meta_source says "
+                     "(0: all of the dataset's own meta/val split).")
 flags.DEFINE_enum("meta_source", _D.meta_source, _C["meta_source"],
                   "Where the meta set comes from. folder: the dataset's own "
                   "trusted split (your meta/ folder or meta.csv); random: "
@@ -102,7 +101,10 @@ flags.DEFINE_integer("train_steps", _D.train_steps,
 flags.DEFINE_integer("steps_per_epoch", _D.steps_per_epoch,
                      "Steps per epoch (default: one pass over train).")
 flags.DEFINE_integer("batch_size", _D.batch_size, "Train batch size.")
-flags.DEFINE_integer("meta_batch_size", _D.meta_batch_size, "Meta batch size.")
+flags.DEFINE_integer("meta_batch_size", _D.meta_batch_size,
+                     "Meta batch size (default: the smaller of "
+                     f"{config_lib.DEFAULT_META_BATCH_SIZE} and the meta "
+                     "set).")
 flags.DEFINE_float("lr", _D.lr, "Classifier SGD learning rate.")
 flags.DEFINE_float("momentum", _D.momentum, "SGD momentum.")
 flags.DEFINE_float("weight_decay", _D.weight_decay,
@@ -111,7 +113,8 @@ flags.DEFINE_enum("lr_schedule", _D.lr_schedule, _C["lr_schedule"],
                   "Learning-rate schedule.")
 flags.DEFINE_list("lr_decay_epochs", [str(e) for e in _D.lr_decay_epochs],
                   "Epochs at which the step schedule multiplies the learning "
-                  "rate by --lr_decay_factor.")
+                  "rate by --lr_decay_factor (default: at 2/3 and 5/6 of "
+                  "--epochs).")
 flags.DEFINE_list("lr_decay_steps", [],
                   "Iterations at which the step schedule decays (instead of "
                   "--lr_decay_epochs).")

@@ -27,6 +27,9 @@ from advisor_tf.model import DEFAULT_ADVISOR_LR
 
 LR_SCHEDULES = ("constant", "step", "cosine")
 VERBOSITIES = ("auto", 0, 1, 2)
+# Defaults that adapt to the data and the run (`TrainConfig.resolved`).
+DEFAULT_META_BATCH_SIZE = 50
+DEFAULT_DECAY_FRACTIONS = (2 / 3, 5 / 6)
 # Where the meta set comes from (`advisor_tf.meta_select`); unset: `folder`
 # when the dataset ships a trusted split, else `meta_select.DEFAULT_DRAW`.
 META_SOURCES = ("folder", "random", "random_noisy", "auto")
@@ -92,12 +95,12 @@ class TrainConfig:
   train_steps: int | None = None
   steps_per_epoch: int | None = None
   batch_size: int = 64
-  meta_batch_size: int = 50
+  meta_batch_size: int | None = None  # None: min(50, the meta set).
   lr: float = 0.05
   momentum: float = 0.9
   weight_decay: float = 5e-4
   lr_schedule: str = "step"
-  lr_decay_epochs: tuple = (20, 25)
+  lr_decay_epochs: tuple = ()  # (): at 2/3 and 5/6 of --epochs (20, 25 of 30).
   lr_decay_steps: tuple = ()
   lr_decay_factor: float = 0.1
   # Speed and scale.
@@ -169,7 +172,7 @@ class TrainConfig:
       raise ValueError(f"--rho={self.rho} must be in [0, 1].")
     for name in ("epochs", "batch_size", "meta_batch_size", "embedding_size",
                  "eval_batch_size"):
-      if getattr(self, name) < 1:
+      if getattr(self, name) is not None and getattr(self, name) < 1:
         raise ValueError(f"--{name}={getattr(self, name)} must be >= 1.")
     if self.meta_per_class == 0 and self.meta_source not in (None, "folder"):
       raise ValueError(f"--meta_source={self.meta_source} draws "
@@ -212,6 +215,34 @@ class TrainConfig:
       raise ValueError(f"--lr_decay_epochs={list(self.lr_decay_epochs)} must "
                        f"lie in [1, --epochs={self.epochs}].")
     return self
+
+  def decay_epochs(self):
+    """The step schedule's decay epochs: `--lr_decay_epochs`, or by default
+    at 2/3 and 5/6 of the run (20 and 25 of the default 30 epochs), so any
+    `--epochs` works without setting them."""
+    if self.lr_decay_epochs:
+      return tuple(self.lr_decay_epochs)
+    return tuple(sorted({max(1, round(self.epochs * f))
+                         for f in DEFAULT_DECAY_FRACTIONS}))
+
+  def resolved(self, meta_examples):
+    """This config with the defaults that adapt to the data and the run
+    length made concrete: `(config, [what was chosen, in words])`. A run
+    stores the resolved config, so its workdir says what it trained with."""
+    changes, chosen = {}, []
+    if self.meta_batch_size is None:
+      changes["meta_batch_size"] = min(DEFAULT_META_BATCH_SIZE,
+                                       int(meta_examples))
+      chosen.append(f"--meta_batch_size={changes['meta_batch_size']} "
+                    f"(the smaller of {DEFAULT_META_BATCH_SIZE} and the meta "
+                    f"set's {meta_examples} images)")
+    if self.lr_schedule == "step" and not (self.lr_decay_epochs
+                                           or self.lr_decay_steps):
+      changes["lr_decay_epochs"] = self.decay_epochs()
+      chosen.append("--lr_decay_epochs="
+                    f"{','.join(map(str, changes['lr_decay_epochs']))} "
+                    f"(2/3 and 5/6 of --epochs={self.epochs})")
+    return dataclasses.replace(self, **changes), chosen
 
   @classmethod
   def from_dict(cls, saved):

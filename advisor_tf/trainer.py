@@ -50,6 +50,7 @@ def export_classifier(model, source, workdir):
 def train_stream(config, source, split, start_step=0, seed=None):
   """The `((x, y), (x_meta, y_meta))` stream `config` trains on, from step
   `start_step` (its data seed: `seed`, default the run's)."""
+  config, _ = config.resolved(len(split.meta_indices))  # An adaptive default.
   return pipeline.train_and_meta(
       source, split, config.batch_size, config.meta_batch_size,
       config.seed if seed is None else seed, start_step=start_step,
@@ -82,6 +83,10 @@ def train(config, flags_text=None):
   # which must happen before TensorFlow runs any op.
   strategy = distribute.get_strategy(config.strategy)
   source, split = run_lib.prepare_data(config)
+  config, chosen = config.resolved(len(split.meta_indices))
+  if chosen:
+    logging.warning("Defaults chosen for this data and run length: %s.",
+                    "; ".join(chosen))
   pipeline.check_batch_sizes(split, config.batch_size, config.meta_batch_size)
   logging.info("Synthetic label noise: %s.", describe_noise(config))
   if getattr(source, "corrections", None):  # --corrections: what changed.

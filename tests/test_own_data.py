@@ -153,6 +153,24 @@ def test_bad_values_get_one_line_naming_the_flag(tmp_path, flag, message):
 
 
 @pytest.mark.slow
+def test_a_small_folder_and_a_short_run_train_with_the_defaults(tmp_path):
+  """The README's own command on 3 meta images per class and 3 epochs: the
+  meta batch and the decay epochs adapt, and the run says so."""
+  data = digits_folder(tmp_path / "photos")  # meta/: 3 per class, 9 in all.
+  proc = _cli("advisor_tf.train", "--dataset=image_folder",
+              f"--data_dir={data}", "--image_size=8", "--meta_per_class=0",
+              "--epochs=3", "--batch_size=16", "--noexport",
+              "--telemetry_examples=0",
+              f"--workdir={tmp_path / 'run'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "--meta_batch_size=9 (the smaller of 50 and the meta set's 9 " \
+      "images)" in proc.stderr
+  assert "--lr_decay_epochs=2 (2/3 and 5/6 of --epochs=3)" in proc.stderr
+  config = json.loads((tmp_path / "run" / "config.json").read_text())
+  assert config["meta_batch_size"] == 9 and config["lr_decay_epochs"] == [2]
+
+
+@pytest.mark.slow
 def test_unknown_dataset_and_bad_folders_get_one_line(tmp_path):
   proc = _cli("advisor_tf.train", "--dataset=photos", "--dry_run")
   assert proc.returncode != 0 and "--dataset" in proc.stderr

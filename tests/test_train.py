@@ -75,6 +75,26 @@ def test_verbose_auto_is_a_bar_on_a_terminal_and_a_line_per_epoch_elsewhere():
     config_lib.TrainConfig(verbose=3).validate()
 
 
+def test_meta_batch_and_decay_epochs_adapt_to_the_data_and_the_run():
+  config = config_lib.TrainConfig(epochs=30)
+  assert config.meta_batch_size is None and config.lr_decay_epochs == ()
+  resolved, chosen = config.resolved(meta_examples=100)
+  assert resolved.meta_batch_size == 50  # The former fixed defaults.
+  assert resolved.lr_decay_epochs == (20, 25)
+  assert any("--meta_batch_size=50" in c for c in chosen)
+  small, chosen = config_lib.TrainConfig(epochs=6).resolved(meta_examples=9)
+  assert small.meta_batch_size == 9 and small.lr_decay_epochs == (4, 5)
+  assert small.validate() is small
+  assert config_lib.TrainConfig(epochs=1).resolved(9)[0].lr_decay_epochs == \
+      (1,)
+  # What the user sets stays as set, and is not reported as chosen.
+  kept, chosen = config_lib.TrainConfig(
+      epochs=6, meta_batch_size=4, lr_decay_epochs=(2,)).resolved(9)
+  assert (kept.meta_batch_size, kept.lr_decay_epochs, chosen) == (4, (2,), [])
+  assert config_lib.TrainConfig(lr_schedule="cosine").resolved(9)[
+      0].lr_decay_epochs == ()
+
+
 @pytest.mark.parametrize("flag,message", [
     pytest.param("--method=bogus",
                  "<ce|mwnet|mfrw|mes|mfrw_mes|balanced_softmax|eql|focal>",
