@@ -313,7 +313,9 @@ def resolve_ranking(ranking, available):
 def write_label_issues(path, advice, scores, source, split, score="advisor"):
   """Writes the training examples ranked by `scores[score]` as CSV:
   rank, index (in the source's train split), path (file datasets), given and
-  predicted label (names), score, loss, and the clean label when known."""
+  predicted label (names), score, loss, the clean label when known, and
+  `meta_source`: how the meta set the run learned from was chosen
+  (`auto`: by the tool, from these labels; see `advisor_tf.meta_select`)."""
   order = np.argsort(-scores[score], kind="stable")
   indices = np.asarray(split.train_indices)[advice.positions]
   paths = getattr(source, "paths", None)
@@ -323,7 +325,7 @@ def write_label_issues(path, advice, scores, source, split, score="advisor"):
     writer = csv.writer(f)
     writer.writerow(["rank", "index", "path", "given_label", "predicted_label",
                      "score", "loss"] + (["clean_label", "noisy"] if known
-                                         else []))
+                                         else []) + ["meta_source"])
     for rank, i in enumerate(order, start=1):
       row = [rank, int(indices[i]),
              paths["train"][indices[i]] if paths else "",
@@ -331,7 +333,7 @@ def write_label_issues(path, advice, scores, source, split, score="advisor"):
              f"{scores[score][i]:.6g}", f"{advice.loss[i]:.6g}"]
       if known:
         row += [names[advice.clean[i]], int(advice.noisy[i])]
-      writer.writerow(row)
+      writer.writerow(row + [getattr(split, "meta_source", "random")])
 
 
 # ------------------------------------------------------------- class sizes

@@ -383,7 +383,9 @@ def analyze_run(run, out_dir, class_names=None, num_examples=50,
              "label_issue_ranking": ranking,
              "label_issue_ranking_means": advice_lib.RANKING_HELP[ranking],
              "label_issue_ranking_grid_ap": grid_ap,
-             "label_issues_csv": issues_path}
+             "label_issues_csv": issues_path,
+             "meta_source": split.meta_source,
+             "meta_note": meta_note(split.meta_source, known)}
   if known:
     summary["realised_noise_rate"] = float(adv.noisy.mean())
   else:
@@ -429,10 +431,12 @@ def _headline(summary):
                f"figures mark the {summary['flagged_suspects']} most "
                "suspected examples (top "
                f"{SUSPECT_FRACTION:.0%}) of the ranking, not known errors"),
-           ranking_line(summary),
-           f"- label issues ranked by `{summary['label_issue_ranking']}` → "
-           f"`label_issues.csv`; {summary['label_issue_ranking']}: "
-           f"{summary['label_issue_ranking_means']}"]
+           ranking_line(summary)]
+  if summary.get("meta_note"):
+    lines.append(f"- meta set: {summary['meta_note']}")
+  lines.append(f"- label issues ranked by `{summary['label_issue_ranking']}` "
+               f"→ `label_issues.csv`; {summary['label_issue_ranking']}: "
+               f"{summary['label_issue_ranking_means']}")
   measured = [name for name in advice_lib.RANKINGS
               if f"{name}_ap" in summary]
   if measured:
@@ -442,6 +446,20 @@ def _headline(summary):
                              f"({summary[f'{name}_precision_at_k']:.3f})"
                              for name in measured))
   return lines + [f"- note: {n}" for n in summary["notes"]]
+
+
+def meta_note(meta_source, known):
+  """What the report says of the meta set the suspects were judged against
+  (None: a trusted one)."""
+  if meta_source == "auto":
+    return ("the meta set was chosen automatically (--meta_source=auto) from "
+            "the training labels themselves: the suspects were judged against "
+            "a set the tool picked, not one you vouched for")
+  if meta_source == "random_noisy" or (meta_source == "random" and not known):
+    return (f"the meta set was drawn at random from the training labels "
+            f"(--meta_source={meta_source}), as dirty as they are: the "
+            "suspects were judged against a set nobody vouched for")
+  return None
 
 
 def ranking_line(summary):

@@ -22,6 +22,17 @@ class Protocol:
   flip_targets: str = "random"
   imbalance_factor: float = 1.0
   meta_per_class: int = 10
+  # Where a meta set taken out of train comes from (`META_DRAWS`): `random`
+  # draws it before the synthetic noise (clean labels, the thesis'
+  # protocol), `random_noisy` after it (the labels the model gets),
+  # `auto` starts from the same draw as `random_noisy` but keeps it in the
+  # training set (`advisor_tf.meta_select` chooses the real one and takes
+  # it out before training).
+  meta_source: str = "random"
+
+
+# How `apply` takes a meta set out of the training split itself.
+META_DRAWS = ("random", "random_noisy", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +45,16 @@ class Split:
   meta_labels: np.ndarray
   transition: np.ndarray
   meta_from: str = "train"        # the source split meta_indices refer to
+  meta_clean_labels: np.ndarray | None = None  # the truth of the meta set
+  meta_source: str = "random"     # how the meta set was chosen
+
+  @property
+  def meta_purity(self):
+    """The fraction of meta labels that are right (None where unknown)."""
+    if self.meta_clean_labels is None or not len(self.meta_labels):
+      return None
+    return float(np.mean(np.asarray(self.meta_labels)
+                         == np.asarray(self.meta_clean_labels)))
 
   @property
   def noise_rate(self):
@@ -60,6 +81,21 @@ def meta_split(labels, per_class, rng, num_classes):
   meta = np.sort(np.concatenate(meta)) if meta else np.zeros(0, np.int64)
   rest = np.setdiff1d(np.arange(len(labels)), meta)
   return meta, rest
+
+
+def draw_per_class(labels, per_class, rng, num_classes):
+  """Sorted positions of `per_class` examples of each class drawn at
+  random (all of a class with fewer); every class needs one."""
+  labels = np.asarray(labels)
+  chosen = []
+  for c in range(num_classes):
+    members = np.flatnonzero(labels == c)
+    if not len(members):
+      raise ValueError(f"Class {c} has no training example; a meta set needs "
+                       "examples of every class (--meta_source).")
+    chosen.append(rng.choice(members, size=min(per_class, len(members)),
+                             replace=False))
+  return np.sort(np.concatenate(chosen))
 
 
 def pick_per_class(labels, per_class, rng, num_classes, where):
@@ -116,16 +152,31 @@ def apply(protocol, labels, num_classes, seed, similar=None,
 
   With `meta_labels` (a source's own trusted split, named `meta_from`), the
   meta set is picked from it and the whole training split stays for training.
+  Otherwise `protocol.meta_source` says when the meta set is drawn out of
+  train: `random` before the long tail and the noise (its labels are the
+  clean ones: the thesis' protocol; on a user's own folder, their labels as
+  given), `random_noisy` after them (the labels the model is given, so as
+  dirty as the training set), and `auto` like `random_noisy` but kept in the
+  training set (a placeholder: `advisor_tf.meta_select` chooses the meta
+  set a run trains with).
   """
   labels = np.asarray(labels, dtype=np.int64)
   if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
     raise ValueError(f"Training labels must lie in 0..{num_classes - 1}; found "
                      f"{labels.min()}..{labels.max()}.")
   rng = np.random.default_rng(seed)
+  after_noise = meta_labels is None and protocol.meta_source != "random"
   if meta_labels is None:
+    if protocol.meta_source not in META_DRAWS:
+      raise ValueError(f"--meta_source={protocol.meta_source} takes no meta "
+                       "set out of train; choose one of: "
+                       f"{', '.join(META_DRAWS)}.")
     if protocol.meta_per_class < 1:
       raise ValueError("--meta_per_class=0 (all of the dataset's own meta "
                        "split) needs a dataset that ships a meta split.")
+  if after_noise:
+    rest = np.arange(len(labels))
+  elif meta_labels is None:
     meta, rest = meta_split(labels, protocol.meta_per_class, rng, num_classes)
     meta_labels_out = labels[meta]
   else:
@@ -141,6 +192,22 @@ def apply(protocol, labels, num_classes, seed, similar=None,
       protocol.noise, protocol.noise_rate, num_classes, rng,
       rule=protocol.flip_targets, similar=similar)
   noisy, clean = noise_lib.corrupt(labels[rest], matrix, rng)
+  meta_clean = (meta_labels_out if meta_labels is None and not after_noise
+                else None)
+  if after_noise:  # Drawn from the labels the model is given.
+    if protocol.meta_source == "auto":  # Kept in train: a small class whole.
+      chosen = draw_per_class(noisy, protocol.meta_per_class, rng,
+                              num_classes)
+    else:
+      chosen, kept = meta_split(noisy, protocol.meta_per_class, rng,
+                                num_classes)
+    meta, meta_labels_out, meta_clean = rest[chosen], noisy[chosen], clean[
+        chosen]
+    if protocol.meta_source == "random_noisy":  # Taken out, as `random`.
+      rest, noisy, clean = rest[kept], noisy[kept], clean[kept]
   return Split(train_indices=rest, train_labels=noisy, train_clean_labels=clean,
                meta_indices=meta, meta_labels=meta_labels_out,
-               transition=matrix, meta_from=meta_from)
+               transition=matrix, meta_from=meta_from,
+               meta_clean_labels=meta_clean,
+               meta_source=(protocol.meta_source if meta_labels is None
+                            else "folder"))

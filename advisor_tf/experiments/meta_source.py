@@ -1,0 +1,316 @@
+r"""Without a trusted set: which meta set (`--meta_source`) serves MFRW-MES
+best when the labels are dirty, on the array grid and on the user's path.
+
+  python -m advisor_tf.experiments.meta_source \
+      --out=results/meta_source.json --workdir=runs/meta_source \
+      [--grids=array,user_path] [--cells=sym0.4,flip0.4,lt20_sym0.4,sym0.6] \
+      [--variants=ce,clean,random,auto] [--seeds=0,1,2]
+
+Grids (the dirty-labels cells, `dirty_labels.CELLS`, noisy ones only):
+
+  array      the bundled 8×8 digits arrays (`dirty_labels.cell_config`:
+             the repository's defaults, 30 epochs)
+  user_path  the same split written as a class-per-folder PNG set at 32 px
+             (`user_path.write_digits_folder`: the noise in the folder's
+             labels, a clean meta/ folder of 10 per class), trained through
+             `--dataset=image_folder --image_size=32` with the defaults a
+             user gets (augmentation on, `--noise=none`: the run does not
+             know which labels are wrong)
+
+Variants (MFRW-MES unless said):
+
+  ce      plain cross-entropy (no meta set)
+  clean   a truly clean meta set of 10 per class — the reference a user
+          without a trusted set cannot have: array `--meta_source=random`
+          (drawn before the synthetic noise), user_path
+          `--meta_source=folder` (the clean meta/ folder)
+  random  10 per class drawn at random from the dirty labels and taken out
+          of training: array `--meta_source=random_noisy`, user_path
+          `--meta_source=random` (today's draw out of the train folder)
+  auto    `--meta_source=auto` (`advisor_tf.meta_select`): chosen from the
+          dirty labels, refreshed every epoch, kept in training
+
+Per (grid, cell, variant) the JSON holds, in the order of `seeds`:
+
+  accuracy          test top-1 (%)
+  purity            the fraction of right labels in the meta set the run
+                    ended with (1.0 for `clean`; None for `ce`): from
+                    `metrics.json` `meta/purity` on the array grid, from the
+                    folder's manifest (`manifest.json`: every file's clean
+                    label) on the user path
+  suspect_classes   `auto`: the classes the last selection flagged
+  train_seconds     wall time of the run
+
+Resumable: the JSON is rewritten (atomically) after every run and a restart
+skips the entries already in it; with a kept `--workdir`, an interrupted run
+resumes from its checkpoints.
+"""
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+import types
+
+from advisor_tf import cli  # Quiets TensorFlow before it is imported.
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import numpy as np  # noqa: E402
+
+GRIDS = ("array", "user_path")
+CELLS = ("sym0.4", "flip0.4", "lt20_sym0.4", "sym0.6")
+VARIANTS = ("ce", "clean", "random", "auto")
+SEEDS = (0, 1, 2)
+IMAGE_SIZE = 32
+# Variant → (method, --meta_source on the array grid, on the user path).
+_SETTINGS = {"ce": ("ce", "random", "folder"),
+             "clean": ("mfrw_mes", "random", "folder"),
+             "random": ("mfrw_mes", "random_noisy", "random"),
+             "auto": ("mfrw_mes", "auto", "auto")}
+
+
+def run_config(grid, cell, variant, seed, root, epochs=None):
+  """The `TrainConfig` of one run."""
+  from advisor_tf import config as config_lib
+  from advisor_tf.experiments import dirty_labels
+  epochs = epochs or config_lib.TrainConfig().epochs
+  method, array_source, folder_source = _SETTINGS[variant]
+  workdir = os.path.join(root, grid, cell, f"{variant}_s{seed}")
+  if grid == "array":
+    config = dirty_labels.cell_config(cell, method, seed, epochs)
+    return dataclasses.replace(config, meta_source=array_source,
+                               workdir=workdir).validate()
+  return config_lib.TrainConfig(
+      dataset="image_folder", data_dir=folder_of(root, cell, seed),
+      image_size=IMAGE_SIZE, method=method, meta_source=folder_source,
+      seed=seed, epochs=epochs,
+      lr_decay_epochs=(max(1, int(epochs * 2 / 3)), max(1, int(epochs * 5 / 6))),
+      workdir=workdir,
+      verbose=0, export=False).validate()
+
+
+def folder_of(root, cell, seed):
+  return os.path.join(root, "folders", f"{cell}_s{seed}_{IMAGE_SIZE}px")
+
+
+def write_folder(root, cell, seed):
+  """The cell's digits as an image folder (issue #20's writer)."""
+  from advisor_tf.experiments import user_path
+  return user_path.write_digits_folder(folder_of(root, cell, seed), cell, seed,
+                                       image_size=IMAGE_SIZE)
+
+
+# --------------------------------------------------------------- results
+def load_results(path):
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_results(path, results):
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".meta_source.", dir=folder)
+  with os.fdopen(fd, "w") as f:
+    json.dump(results, f, indent=2)
+  os.replace(tmp, path)
+
+
+_KEYS = ("accuracy", "purity", "suspect_classes", "train_seconds")
+
+
+def done(results, grid, cell, variant, seed):
+  return seed in results.get(grid, {}).get(cell, {}).get(variant, {}).get(
+      "seeds", [])
+
+
+def record(results, grid, cell, variant, seed, values):
+  """Adds one run, keeping the per-seed lists in the order of the seeds."""
+  entry = results.setdefault(grid, {}).setdefault(cell, {}).setdefault(
+      variant, {"seeds": []})
+  seeds = entry["seeds"]
+  at = int(np.searchsorted(seeds, seed))
+  old = len(seeds)
+  seeds.insert(at, seed)
+  for key in list(_KEYS) + sorted(set(values) - set(_KEYS)):
+    if key in values or key in entry:
+      entry.setdefault(key, [None] * old).insert(at, values.get(key))
+  return entry
+
+
+# ------------------------------------------------------------------ runs
+def _manifest_truth(data_dir):
+  """File (relative to the folder) → clean label, from the manifest."""
+  with open(os.path.join(data_dir, "manifest.json")) as f:
+    manifest = json.load(f)
+  return {row[0]: row[2] for row in manifest["splits"]["train"]}
+
+
+def folder_purity(config, workdir):
+  """Purity of the meta set of a user-path run (the folder's manifest knows
+  the clean labels; the run does not)."""
+  from advisor_tf import meta_select
+  from advisor_tf import run as run_lib
+  source, split = run_lib.prepare_data(config)
+  if split.meta_source == "folder":
+    return 1.0
+  split = meta_select.auto_split(config, split, workdir)
+  truth = _manifest_truth(config.data_dir)
+  paths = source.paths["train"]
+  clean = [truth[os.path.relpath(str(paths[i]), config.data_dir)]
+           for i in split.meta_indices]
+  return float(np.mean(np.asarray(clean) == np.asarray(split.meta_labels)))
+
+
+def run_one(grid, cell, variant, seed, root, epochs=None):
+  """Trains one run; returns its values."""
+  import keras
+  from advisor_tf import trainer
+  config = run_config(grid, cell, variant, seed, root, epochs)
+  if grid == "user_path":
+    write_folder(root, cell, seed)
+  keras.backend.clear_session()
+  start = time.time()
+  metrics = trainer.train(config)
+  values = {"accuracy": metrics["test/top1"],
+            "train_seconds": round(time.time() - start, 1)}
+  if variant == "ce":
+    return values
+  if grid == "array":
+    values["purity"] = metrics.get("meta/purity")
+  else:
+    values["purity"] = folder_purity(config, config.workdir)
+  if variant == "auto":
+    values["suspect_classes"] = metrics.get("meta/suspect_classes")
+  return values
+
+
+def run_grid(out, grids, cells, variants, seeds, root, epochs=None,
+             log=print):
+  """Runs the missing (grid, cell, seed, variant) entries, rewriting `out`
+  after each. Returns the results dict."""
+  results = load_results(out)
+  todo = [(g, c, s, v) for g in grids for s in seeds for c in cells
+          for v in variants if not done(results, g, c, v, s)]
+  log(f"meta_source: {len(todo)} run(s) to do → {out}")
+  for count, (grid, cell, seed, variant) in enumerate(todo, 1):
+    values = run_one(grid, cell, variant, seed, root, epochs)
+    record(results, grid, cell, variant, seed, values)
+    write_results(out, results)
+    purity = values.get("purity")
+    log(f"[{count}/{len(todo)}] {grid} {cell} {variant} seed {seed}: top-1 "
+        f"{values['accuracy']:.2f}"
+        + (f", purity {purity:.3f}" if purity is not None else "")
+        + f" ({values['train_seconds']:.0f} s)")
+  return results
+
+
+# ---------------------------------------------------------------- tables
+def _stat(values, scale=1.0, digits=1):
+  values = [v * scale for v in values or [] if v is not None]
+  if not values:
+    return "-"
+  return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+def tables(results):
+  """Markdown: per grid, test top-1 per cell and variant (mean ± std over
+  seeds) and the purity (%) of the meta sets."""
+  lines = []
+  for grid, by_cell in results.items():
+    lines += [f"{grid}: test top-1 % (mean ± std over seeds); meta-set "
+              "purity %", "",
+              "| cell | " + " | ".join(VARIANTS)
+              + " | purity random | purity auto |",
+              "|---|" + "---|" * (len(VARIANTS) + 2)]
+    for cell, by_variant in by_cell.items():
+      row = [_stat(by_variant.get(v, {}).get("accuracy")) for v in VARIANTS]
+      auto = by_variant.get("auto", {})
+      row += [_stat(by_variant.get("random", {}).get("purity"), 100),
+              _stat(auto.get("purity"), 100)]
+      lines.append(f"| {cell} | " + " | ".join(row) + " |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def goal_check(results):
+  """The issue's goals per grid and cell, as lines of text: auto ≥ random +
+  5, auto ≥ clean − 2, auto ≥ ce, purity ≥ 95 % at sym0.4 and flip0.4."""
+  lines = []
+
+  def mean(entry, key="accuracy"):
+    values = [v for v in (entry or {}).get(key, []) if v is not None]
+    return float(np.mean(values)) if values else None
+
+  for grid, by_cell in results.items():
+    for cell, by_variant in by_cell.items():
+      auto = mean(by_variant.get("auto"))
+      if auto is None:
+        continue
+      parts = []
+      for name, other, margin in (("random + 5", "random", 5.0),
+                                  ("clean − 2", "clean", -2.0),
+                                  ("ce", "ce", 0.0)):
+        value = mean(by_variant.get(other))
+        if value is not None:
+          ok = auto >= value + margin
+          parts.append(f"{'≥' if ok else '<'} {name} ({value + margin:.1f})")
+      purity = mean(by_variant.get("auto"), "purity")
+      if purity is not None and cell in ("sym0.4", "flip0.4"):
+        parts.append(f"purity {purity * 100:.1f} % "
+                     f"{'≥' if purity >= 0.95 else '<'} 95 %")
+      lines.append(f"{grid} {cell}: auto {auto:.1f} " + ", ".join(parts))
+  return lines
+
+
+def _define_flags():
+  return types.SimpleNamespace(
+      out=flags.DEFINE_string("out", "results/meta_source.json",
+                              "Where to write (and resume) the JSON."),
+      grids=flags.DEFINE_list("grids", list(GRIDS),
+                              f"Grids, from {', '.join(GRIDS)}."),
+      cells=flags.DEFINE_list("cells", list(CELLS), "Noisy cells of "
+                              "dirty_labels.CELLS."),
+      variants=flags.DEFINE_list("variants", list(VARIANTS),
+                                 f"Variants, from {', '.join(VARIANTS)}."),
+      seeds=flags.DEFINE_list("seeds", [str(s) for s in SEEDS],
+                              "Seeds (integers >= 0)."),
+      epochs=flags.DEFINE_integer("epochs", None, "Epochs per run (default: "
+                                  "TrainConfig's).", lower_bound=1),
+      workdir=flags.DEFINE_string("workdir", None, "Keep runs and folders "
+                                  "here (default: a temp dir)."))
+
+
+def main(argv, f):
+  del argv
+  cli.quiet_logs()
+  from advisor_tf.experiments import dirty_labels
+  for name, values, allowed in (("grids", f.grids.value, GRIDS),
+                                ("variants", f.variants.value, VARIANTS)):
+    for value in values:
+      if value not in allowed:
+        raise app.UsageError(f"--{name}: {value!r} is not one of "
+                             f"{', '.join(allowed)}.")
+  for cell in f.cells.value:
+    if cell not in dirty_labels.CELLS or not dirty_labels.is_noisy(cell):
+      raise app.UsageError(f"--cells: {cell!r} is not a noisy cell of "
+                           f"{', '.join(dirty_labels.CELLS)}.")
+  try:
+    seeds = sorted({int(s) for s in f.seeds.value})
+  except ValueError:
+    raise app.UsageError(f"--seeds={','.join(f.seeds.value)} must be "
+                         "integers >= 0.") from None
+  with tempfile.TemporaryDirectory() as tmp:
+    results = run_grid(f.out.value, f.grids.value, f.cells.value,
+                       f.variants.value, seeds, f.workdir.value or tmp,
+                       f.epochs.value)
+  print(tables(results))
+  print("\n".join(goal_check(results)))
+
+
+if __name__ == "__main__":
+  _FLAGS = _define_flags()
+  app.run(lambda argv: main(argv, _FLAGS))

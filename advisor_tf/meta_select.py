@@ -1,0 +1,381 @@
+"""Where a run's meta set comes from (`--meta_source`), and `auto`: choosing
+it from the user's own dirty training data, without any trusted label.
+
+  folder        the dataset's own trusted split (a user's `meta/` folder or
+                `meta.csv`, Clothing1M's clean val, the val split of
+                ImageNet-LT / Places-LT): `--meta_per_class` per class, or
+                all of it with 0.
+  random        `--meta_per_class` per class drawn at random out of the
+                training split *before* any synthetic `--noise` (and before
+                the long tail), and taken out of training. Under synthetic
+                noise its labels are the clean ones: the thesis' and
+                Meta-Weight-Net's protocol (every thesis flagfile sets it).
+                On a user's own folder there is no synthetic noise: the
+                draw is of their labels as given, exactly as dirty as the
+                training set.
+  random_noisy  the same draw, *after* the synthetic noise: what `random`
+                gives a user with dirty labels, reproduced on a benchmark.
+  auto          chosen from the training labels as given (after any
+                synthetic noise), without any trusted label, by `select`:
+                a short warm-up (`warmup_epochs`: whole epochs, at least
+                `WARMUP_STEPS` steps) trains a separate model of the run's
+                configuration with the balanced softmax (cross-entropy
+                corrected for the class sizes of the given labels, so that
+                a long tail does not leave the small classes unlearned) on
+                the whole training split; per
+                class, the `--meta_per_class` examples labelled with it
+                whose loss under that model (cross-entropy of the given
+                label, without augmentation; averaged over the warm-up
+                epochs, momentum `LOSS_MOMENTUM`) is smallest form the meta
+                set, which is then taken out of training for the whole run,
+                as a trusted set would be — except in a class with fewer
+                than `KEEP_BELOW` × k other examples, whose few examples
+                stay in training too. This is CMW-Net-SL's "meta"
+                selection (Shu et al., TPAMI 2023; xjtushujun/CMW-Net
+                `dataloader_cifar.py`), except that the set is chosen once
+                and held out instead of refreshed every epoch from the
+                training set (measured: see the README, "Without a trusted
+                set").
+
+Unset (`None`), a run takes `folder` when the dataset ships a trusted split
+and `DEFAULT_DRAW` otherwise (the best of the three measured by
+`python -m advisor_tf.experiments.meta_source`).
+
+Small-loss selection trusts that most examples labelled c show a c. Where
+half a class or more is mislabelled it picks the wrong examples; `select`
+estimates, per class, the share of the examples labelled c that the warm-up
+classifier predicts as c, and of the selected ones, and the run logs a
+warning naming every class where the selected ones are mostly not predicted
+as their label, or the labelled ones much less than the other classes'
+(`suspects`; `suspect_classes` in the record and in `metrics.json`). A
+consistent relabelling of most of a class (Flip noise above 0.5) cannot be
+told from the truth without a trusted label, and is not detected.
+
+Exact resume: the selection (positions, dataset indices, labels, the
+warm-up's per-class agreement and the configuration it belongs to) is
+written to `meta_selection.json` in the workdir before training starts; a
+resumed run reads it back instead of selecting again, and `auto_split`
+rebuilds the split a finished run trained on (for `analyze`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from absl import logging
+import numpy as np
+
+DEFAULT_DRAW = "auto"
+WARMUP_STEPS = 16       # The warm-up: whole epochs, at least this many steps.
+LOSS_MOMENTUM = 0.7     # Per epoch.
+SUSPECT_BELOW = 0.5     # Agreement of predictions with a class's labels.
+FOLDS = 1               # Out-of-sample warm-up losses (1: in sample).
+WARMUP_METHOD = "balanced_softmax"  # Unbiased by the classes' sizes.
+KEEP_BELOW = 3          # A class with fewer than this × k others keeps its
+                        # meta examples in training too.
+RECORD = "meta_selection.json"
+
+
+def resolve(config, source):
+  """The meta source a run of `config` on `source` uses: `config.meta_source`,
+  or, unset, `folder` where the dataset ships a trusted split and
+  `DEFAULT_DRAW` otherwise. Refuses `folder` without one."""
+  has_own = source.meta_split != "train"
+  if config.meta_source == "folder" and not has_own:
+    where = ("a meta/ folder in --data_dir" if config.dataset == "image_folder"
+             else "a meta.csv in --data_dir" if config.dataset == "image_csv"
+             else "a trusted split")
+    raise ValueError(f"--meta_source=folder: --dataset={config.dataset} has no "
+                     f"meta split ({where}); use --meta_source=auto, random or "
+                     "random_noisy.")
+  if config.meta_source is None:
+    return "folder" if has_own else DEFAULT_DRAW
+  return config.meta_source
+
+
+def warmup_epochs(steps_per_epoch):
+  """The warm-up's length: whole epochs of at least `WARMUP_STEPS` steps."""
+  return max(1, -(-WARMUP_STEPS // max(steps_per_epoch, 1)))
+
+
+def select_small_loss(losses, labels, per_class, num_classes, pool=None,
+                      rng=None):
+  """Sorted positions of the `per_class` examples of each class (all of a
+  smaller one) with the smallest `losses` (ties: the earlier position);
+  with `pool` (a fraction), `per_class` drawn by `rng` among the class's
+  `pool` share of smallest losses (at least `per_class` of them)."""
+  losses, labels = np.asarray(losses), np.asarray(labels)
+  chosen = []
+  for c in range(num_classes):
+    members = np.flatnonzero(labels == c)
+    order = members[np.argsort(losses[members], kind="stable")]
+    if pool is None:
+      chosen.append(order[:per_class])
+    else:
+      size = max(per_class, int(round(pool * len(members))))
+      candidates = order[:size]
+      chosen.append(rng.choice(candidates, min(per_class, len(candidates)),
+                               replace=False))
+  return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def purity(positions, labels, clean_labels):
+  """The fraction of `positions` whose label is the clean one."""
+  positions = np.asarray(positions, np.int64)
+  if not len(positions):
+    return None
+  return float(np.mean(np.asarray(labels)[positions]
+                       == np.asarray(clean_labels)[positions]))
+
+
+def class_agreement(predicted, labels, positions, num_classes):
+  """Per class c, the share of `positions` labelled c predicted as c
+  (None for a class with none)."""
+  predicted, labels = np.asarray(predicted), np.asarray(labels)
+  positions = np.asarray(positions, np.int64)
+  out = []
+  for c in range(num_classes):
+    members = positions[labels[positions] == c]
+    out.append(float(np.mean(predicted[members] == c)) if len(members)
+               else None)
+  return out
+
+
+def suspects(labelled, selected):
+  """Classes whose selected examples are mostly not predicted as their
+  label (`selected` agreement below `SUSPECT_BELOW`), or whose labelled
+  examples are, below `SUSPECT_BELOW` and below `SUSPECT_BELOW` times the
+  median class (the classifier recognises the class in its labels much
+  less than the others: a class more than half mislabelled, or one it has
+  not learned yet)."""
+  known = [a for a in labelled if a is not None]
+  bar = min(SUSPECT_BELOW, SUSPECT_BELOW * float(np.median(known))
+            ) if known else 0.0
+  return sorted({c for c, a in enumerate(selected)
+                 if a is not None and a < SUSPECT_BELOW}
+                | {c for c, a in enumerate(labelled)
+                   if a is not None and a < bar})
+
+
+def known_truth(config):
+  """Whether the clean labels are known (synthetic noise only)."""
+  return config.noise != "none"
+
+
+def describe(config, split):
+  """The meta set in words, for the log."""
+  counts = np.bincount(np.asarray(split.meta_labels, np.int64))
+  per = (f"{counts.min()} per class" if counts.min() == counts.max()
+         else f"{counts.min()}–{counts.max()} per class")
+  text = {"folder": "the dataset's own trusted split",
+          "random": "drawn at random out of train before any synthetic noise",
+          "random_noisy": "drawn at random out of train after the synthetic "
+                          "noise (labels as dirty as training)",
+          "auto": "chosen automatically from the training labels as given "
+                  "(no trusted label), refreshed every epoch"}[
+                      split.meta_source]
+  line = f"Meta set: --meta_source={split.meta_source}, {text}; " \
+         f"{len(split.meta_labels)} examples, {per}"
+  if known_truth(config) and split.meta_purity is not None:
+    line += f"; purity {split.meta_purity:.3f} (synthetic noise)"
+  return line + "."
+
+
+def metrics(config, split):
+  """The meta set's entries of `metrics.json`: `meta/source`,
+  `meta/per_class`, and with synthetic noise `meta/purity`; for `auto`
+  the suspect classes (`meta/suspect_classes`)."""
+  counts = np.bincount(np.asarray(split.meta_labels, np.int64))
+  out = {"meta/source": split.meta_source,
+         "meta/per_class": int(counts.max()) if len(counts) else 0}
+  if known_truth(config) and split.meta_purity is not None:
+    out["meta/purity"] = split.meta_purity
+  if split.meta_source == "auto":
+    record = read_record(config.workdir) or {}
+    out["meta/warmup_epochs"] = record.get("warmup_epochs")
+    out["meta/suspect_classes"] = record.get("suspect_classes", [])
+  return out
+
+
+def summarize(config, split, log_dir):
+  """TensorBoard `meta/purity` (synthetic noise) and `meta/examples` of a
+  meta set fixed for the whole run, at step 0."""
+  import tensorflow as tf
+  with tf.summary.create_file_writer(
+      os.path.join(log_dir, "meta")).as_default():
+    if known_truth(config) and split.meta_purity is not None:
+      tf.summary.scalar("meta/purity", split.meta_purity, step=0)
+    tf.summary.scalar("meta/examples", len(split.meta_labels), step=0)
+
+
+def _record_matches(saved, config, split):
+  """Whether a saved selection is this run's (same configuration and
+  training split)."""
+  return (not config.differences(saved.get("config", {}))
+          and saved.get("train_examples") == len(split.train_indices))
+
+
+def read_record(workdir):
+  """The selection recorded in `workdir` (None when there is none)."""
+  path = os.path.join(workdir, RECORD)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_record(folder, record):
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, RECORD)
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f)
+  os.replace(path + ".tmp", path)
+
+
+def warmup_losses(config, source, split, epochs, folds=None):
+  """Per-example losses (of the given labels, without augmentation) after a
+  `WARMUP_METHOD` warm-up of `config` for `epochs` epochs, their exponential
+  moving average over the epochs (`LOSS_MOMENTUM`), and the last epoch's
+  predicted classes. With `folds` > 1 (default `FOLDS`) the training split
+  is cut into that many parts, stratified by given label; a model trained
+  on the others scores each part (out of sample: a model that never saw an
+  example cannot have memorised its wrong label)."""
+  import keras
+  from advisor_tf import advice
+  from advisor_tf import builder
+  from advisor_tf import run as run_lib
+  from advisor_tf import trainer
+  folds = FOLDS if folds is None else folds
+  ce = dataclasses.replace(config, method=WARMUP_METHOD, virtual_scope="all",
+                           meta_update_every=1, advice="exact")
+  labels = np.asarray(split.train_labels)
+  n = len(labels)
+  if folds > 1:  # Stratified: each class dealt round-robin after a shuffle.
+    rng = np.random.default_rng([config.seed, 7])
+    part = np.zeros(n, np.int64)
+    for c in np.unique(labels):
+      members = rng.permutation(np.flatnonzero(labels == c))
+      part[members] = (np.arange(len(members)) + c) % folds
+    parts = [(np.flatnonzero(part != k), np.flatnonzero(part == k))
+             for k in range(folds)]
+  else:
+    parts = [(np.arange(n), np.arange(n))]
+  ema = np.zeros(n)
+  predicted = np.zeros(n, np.int64)
+  for k, (fit, scored) in enumerate(parts):
+    sub = dataclasses.replace(
+        split, train_indices=np.asarray(split.train_indices)[fit],
+        train_labels=labels[fit],
+        train_clean_labels=np.asarray(split.train_clean_labels)[fit])
+    steps = run_lib.steps_per_epoch(ce, sub)
+    keras.utils.set_random_seed(config.seed + 1_000_003 + k)
+    model = builder.build_model(ce, source.image_shape, source.num_classes,
+                                class_counts=sub.class_counts(
+                                    source.num_classes),
+                                steps_per_epoch=steps)
+    for epoch in range(epochs):
+      model.fit(trainer.train_stream(ce, source, sub, start_step=epoch * steps,
+                                     seed=config.seed + k),
+                epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps,
+                verbose=0, shuffle=False)
+      adv = advice.advise(model, source, split, positions=scored,
+                          batch_size=config.eval_batch_size)
+      losses = np.asarray(adv.loss, np.float64)
+      ema[scored] = losses if epoch == 0 else (
+          LOSS_MOMENTUM * ema[scored] + (1 - LOSS_MOMENTUM) * losses)
+      predicted[scored] = adv.predicted
+    del model
+  keras.utils.set_random_seed(config.seed)  # As if nothing had been drawn.
+  return ema, predicted
+
+
+def select(config, source, split):
+  """`auto`'s selection for a run (see the module docstring): a record
+  `{positions, indices, labels, purity, suspect_classes, ...}`."""
+  from advisor_tf import run as run_lib
+  epochs = warmup_epochs(run_lib.steps_per_epoch(config, split))
+  losses, predicted = warmup_losses(config, source, split, epochs)
+  labels = np.asarray(split.train_labels)
+  positions = select_small_loss(losses, labels, config.meta_per_class,
+                                source.num_classes)
+  everyone = np.arange(len(labels))
+  labelled = class_agreement(predicted, labels, everyone, source.num_classes)
+  chosen = class_agreement(predicted, labels, positions, source.num_classes)
+  return {
+      "source": "auto", "per_class": config.meta_per_class,
+      "warmup_epochs": epochs, "loss_momentum": LOSS_MOMENTUM,
+      "folds": FOLDS,
+      "rule": "per class, the smallest loss after a balanced-softmax warm-up",
+      "positions": [int(p) for p in positions],
+      "indices": [int(i) for i in np.asarray(split.train_indices)[positions]],
+      "labels": [int(y) for y in labels[positions]],
+      "purity": (purity(positions, labels, split.train_clean_labels)
+                 if known_truth(config) else None),
+      "class_agreement": labelled, "selected_agreement": chosen,
+      "suspect_classes": suspects(labelled, chosen),
+      "kept_in": [int(c) for c in range(source.num_classes)
+                  if np.sum(labels == c) - config.meta_per_class
+                  < KEEP_BELOW * config.meta_per_class],
+      "train_examples": int(len(labels)),
+      "config": json.loads(config.to_json())}
+
+
+def held_out(split, positions, kept_in=()):
+  """`split` with the examples at `positions` as its meta set, taken out of
+  its training set (but those of the classes `kept_in`)."""
+  positions = np.asarray(positions, np.int64)
+  labels = np.asarray(split.train_labels)
+  out = positions[~np.isin(labels[positions], list(kept_in))]
+  rest = np.setdiff1d(np.arange(len(split.train_indices)), out)
+  take = lambda a, p: np.asarray(a)[p]  # noqa: E731
+  return dataclasses.replace(
+      split, meta_indices=take(split.train_indices, positions),
+      meta_labels=take(split.train_labels, positions),
+      meta_clean_labels=take(split.train_clean_labels, positions),
+      train_indices=take(split.train_indices, rest),
+      train_labels=take(split.train_labels, rest),
+      train_clean_labels=take(split.train_clean_labels, rest))
+
+
+def auto_split(config, split, workdir):
+  """The split an `auto` run in `workdir` trained on (its recorded
+  selection held out); `split` itself when nothing is recorded."""
+  record = read_record(workdir) if split.meta_source == "auto" else None
+  if record is None or record.get("train_examples") != len(
+      split.train_indices):
+    return split
+  return held_out(split, record["positions"], record.get("kept_in", []))
+
+
+def prepare(config, source, split, out):
+  """The split a run trains on. For `auto`: the selection recorded in the
+  workdir when it is this run's (a resumed run), else a new one (written to
+  `out` before training starts), held out of training; logged. Other
+  sources: `split` as it is, logged."""
+  if split.meta_source != "auto":
+    logging.info("%s", describe(config, split))
+    return split
+  record = read_record(config.workdir)
+  if record is None or not _record_matches(record, config, split):
+    record = select(config, source, split)
+    _write_record(out, record)
+  chosen = held_out(split, record["positions"], record.get("kept_in", []))
+  logging.info("%s", describe(config, chosen))
+  if record["suspect_classes"]:
+    names = source.class_names
+    agreement = record["class_agreement"]
+    logging.warning(
+        "--meta_source=auto: small-loss selection is unreliable for "
+        "class(es) %s: the warm-up classifier predicts few of the examples "
+        "labelled with it as it (%s; or few of those selected), so half or "
+        "more of its labels may be wrong, and its meta examples with them. "
+        "Check these classes' labels (advisor-analyze), or give a trusted "
+        "meta/ folder (--meta_source=folder).",
+        ", ".join(str(names[c]) for c in record["suspect_classes"]),
+        ", ".join(f"{names[c]}: {agreement[c]:.2f}"
+                  for c in record["suspect_classes"]
+                  if agreement[c] is not None))
+  return chosen
+

@@ -1,0 +1,181 @@
+"""--meta_source: where the meta set comes from, and `auto`, which chooses it
+from the dirty training labels without any trusted label."""
+
+import dataclasses
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from advisor_tf import config as config_lib
+from advisor_tf import meta_select
+from advisor_tf import run as run_lib
+from advisor_tf import trainer
+from advisor_tf.data import protocols
+
+
+def _small(workdir, **overrides):
+  settings = dict(workdir=str(workdir), epochs=4, steps_per_epoch=5,
+                  lr_decay_epochs=(3,), verbose=0, export=False,
+                  embedding_size=8, checkpoint_every=2, keep_checkpoints=50,
+                  telemetry_examples=0, noise="symmetric", noise_rate=0.4,
+                  meta_source="auto")
+  settings.update(overrides)
+  return dataclasses.replace(config_lib.TrainConfig(), **settings)
+
+
+# ------------------------------------------------------------- protocols
+def test_random_is_drawn_before_the_noise_random_noisy_after_it():
+  labels = np.repeat(np.arange(4), 50)
+  proto = protocols.Protocol(noise="symmetric", noise_rate=0.6,
+                             meta_per_class=5)
+  clean = protocols.apply(proto, labels, 4, seed=1)
+  assert clean.meta_source == "random" and clean.meta_purity == 1.0
+  np.testing.assert_array_equal(labels[clean.meta_indices], clean.meta_labels)
+  noisy = protocols.apply(dataclasses.replace(proto,
+                                              meta_source="random_noisy"),
+                          labels, 4, seed=1)
+  # Class-balanced in the labels the model is given, and taken out of train.
+  np.testing.assert_array_equal(np.bincount(noisy.meta_labels), [5] * 4)
+  assert not set(noisy.meta_indices) & set(noisy.train_indices)
+  assert len(noisy.train_indices) + len(noisy.meta_indices) == 200
+  np.testing.assert_array_equal(labels[noisy.meta_indices],
+                                noisy.meta_clean_labels)
+  assert noisy.meta_purity == pytest.approx(
+      np.mean(noisy.meta_labels == labels[noisy.meta_indices]))
+  assert noisy.meta_purity < 1.0
+  auto = protocols.apply(dataclasses.replace(proto, meta_source="auto"),
+                         labels, 4, seed=1)
+  assert len(auto.train_indices) == 200  # Kept in: the selector decides.
+  assert set(auto.meta_indices) <= set(auto.train_indices)
+
+
+def test_small_loss_selection_is_class_balanced_and_purity_is_right():
+  labels = np.array([0, 0, 0, 1, 1, 1, 1, 2])
+  losses = np.array([0.5, 0.1, 0.9, 0.3, 0.2, 0.8, 0.1, 0.4])
+  chosen = meta_select.select_small_loss(losses, labels, 2, 3)
+  np.testing.assert_array_equal(chosen, [0, 1, 4, 6, 7])  # Class 2: all (1).
+  clean = np.array([0, 0, 1, 1, 2, 1, 1, 2])
+  assert meta_select.purity(chosen, labels, clean) == pytest.approx(3 / 5)
+  assert meta_select.purity([], labels, clean) is None
+  drawn = meta_select.select_small_loss(losses, labels, 1, 3, pool=0.5,
+                                        rng=np.random.default_rng(0))
+  np.testing.assert_array_equal(np.bincount(labels[drawn]), [1, 1, 1])
+
+
+def test_suspect_classes():
+  assert meta_select.suspects([0.9, 0.8, 0.2, 0.85], [1.0, 1.0, 1.0, 0.3]) \
+      == [2, 3]
+  # An early, weak classifier recognises every class little: none singled
+  # out by the labelled agreement alone.
+  assert meta_select.suspects([0.3, 0.35, 0.25], [0.9, 0.8, 0.7]) == []
+
+
+def test_auto_selection_uses_no_trusted_label(tmp_path):
+  config = _small(tmp_path / "run", epochs=2, lr_decay_epochs=(1,))
+  source, split = run_lib.prepare_data(config)
+  rng = np.random.default_rng(0)
+  liar = dataclasses.replace(  # Other "clean" labels: the same choice.
+      split, train_clean_labels=rng.permutation(split.train_clean_labels))
+  records = [meta_select.select(config, source, s) for s in (split, liar)]
+  assert records[0]["positions"] == records[1]["positions"]
+  labels = np.asarray(records[0]["labels"])
+  np.testing.assert_array_equal(np.bincount(labels, minlength=10), [10] * 10)
+  np.testing.assert_array_equal(
+      np.asarray(split.train_labels)[records[0]["positions"]], labels)
+  chosen = meta_select.held_out(split, records[0]["positions"])
+  assert not set(chosen.meta_indices) & set(chosen.train_indices)
+  assert len(chosen.train_indices) == len(split.train_indices) - 100
+  assert chosen.meta_purity == pytest.approx(records[0]["purity"])
+
+
+# ------------------------------------------------------------------ flags
+@pytest.mark.parametrize("change,message", [
+    (dict(meta_source="bogus"), r"--meta_source='bogus' is not allowed"),
+    (dict(meta_source="auto", meta_per_class=0),
+     r"--meta_source=auto .* --meta_per_class=0"),
+])
+def test_bad_meta_source_is_named(change, message):
+  with pytest.raises(ValueError, match=message):
+    dataclasses.replace(config_lib.TrainConfig(), **change).validate()
+
+
+def test_folder_without_a_meta_split_is_refused_naming_the_flag(tmp_path):
+  with pytest.raises(ValueError, match="--meta_source=folder: --dataset="
+                     "digits has no meta split"):
+    run_lib.prepare_data(_small(tmp_path / "run", meta_source="folder"))
+
+
+def test_unset_meta_source_resolves_and_old_runs_keep_theirs():
+  digits = run_lib.prepare_data(config_lib.TrainConfig())[1]
+  assert digits.meta_source == meta_select.DEFAULT_DRAW
+  saved = json.loads(config_lib.TrainConfig().to_json())
+  del saved["meta_source"]
+  assert config_lib.TrainConfig.from_dict(saved).meta_source == "random"
+
+
+def test_auto_run_records_its_meta_set_and_the_report_says_so(tmp_path):
+  from advisor_tf import analysis
+  metrics = trainer.train(_small(tmp_path / "run", epochs=2,
+                                 lr_decay_epochs=(1,)))
+  assert metrics["meta/source"] == "auto"
+  assert metrics["meta/per_class"] == 10 and metrics["meta/examples"] == 100
+  assert 0.0 <= metrics["meta/purity"] <= 1.0
+  record = meta_select.read_record(str(tmp_path / "run"))
+  assert record["purity"] == metrics["meta/purity"]
+  assert len(record["positions"]) == 100
+  tags = set()
+  for root, _, files in os.walk(tmp_path / "run" / "tensorboard" / "meta"):
+    for name in files:
+      for event in tf.compat.v1.train.summary_iterator(
+          os.path.join(root, name)):
+        tags |= {v.tag for v in event.summary.value}
+  assert "meta/purity" in tags
+  keras.backend.clear_session()
+  summary = analysis.analyze_run(run_lib.load(str(tmp_path / "run")),
+                                 str(tmp_path / "analysis"), max_points=50,
+                                 ranking="loss", num_suspects=0)
+  assert summary["meta_source"] == "auto"
+  report = (tmp_path / "analysis" / "report.md").read_text()
+  assert "chosen automatically" in report
+  import csv
+  with open(summary["label_issues_csv"]) as f:
+    rows = list(csv.DictReader(f))
+  assert {r["meta_source"] for r in rows} == {"auto"}
+
+
+# ---------------------------------------------------------------- resume
+def _weights(workdir):
+  reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if "save_counter" not in k}
+
+
+@pytest.mark.slow
+def test_auto_resumes_bit_identically(tmp_path, monkeypatch):
+  straight = trainer.train(_small(tmp_path / "straight"))
+  keras.backend.clear_session()
+  config = _small(tmp_path / "killed")
+  # A run that stops mid-epoch 2 (step 12 of 5-step epochs) leaves what a
+  # run killed there leaves; then it resumes with the full configuration.
+  trainer.train(dataclasses.replace(config, train_steps=12))
+  (tmp_path / "killed" / "config.json").write_text(config.to_json())
+  (tmp_path / "killed" / "metrics.json").unlink()
+  record = meta_select.read_record(str(tmp_path / "killed"))
+  record["config"] = json.loads(config.to_json())
+  (tmp_path / "killed" / meta_select.RECORD).write_text(json.dumps(record))
+  keras.backend.clear_session()
+
+  def never(*args):
+    raise AssertionError("a resumed run reads its selection back")
+  monkeypatch.setattr(meta_select, "select", never)
+  resumed = trainer.train(config)
+  assert resumed["resumed_from_step"] == 12
+  a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  assert straight["meta/purity"] == resumed["meta/purity"]
