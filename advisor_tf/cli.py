@@ -86,19 +86,61 @@ def fail(message, status=2):
   sys.exit(status)
 
 
+# What a machine's file system says when it refuses a write, as TensorFlow's
+# file ops word it (its errors are not OSErrors).
+_STORAGE_FAULTS = ("No space left on device", "Read-only file system",
+                   "Permission denied", "Disk quota exceeded")
+
+
+def _storage_fault(error):
+  """One line for a file-system refusal (a read-only folder, a full disk),
+  or None for any other error."""
+  if isinstance(error, OSError) and error.errno is not None:
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{error.strerror or error}"
+  tf = sys.modules.get("tensorflow")  # Its errors need it loaded already.
+  if tf is not None and isinstance(error, tf.errors.OpError):
+    message = " ".join(str(error.message).split())
+    if any(fault in message for fault in _STORAGE_FAULTS):
+      return message.split("}}")[-1].split(" [Op:")[0].strip()
+  return None
+
+
 class usage_errors:  # noqa: N801 — used as a context manager, like a function.
   """A `ValueError` (bad flag, file or workdir) or a `FloatingPointError`
   (non-finite state) ends the command with its message on one line and exit
-  status 2 (bad input) or 1 (non-finite state), not a traceback."""
+  status 2 (bad input) or 1 (non-finite state), not a traceback; so does a
+  file system that refuses a write (a read-only workdir, a full disk:
+  status 1), and Ctrl-C (status 130).
+
+  Args:
+    after: optional `() → str`, a sentence saying what was kept and how to
+      go on (training: the newest checkpoint and the command that resumes),
+      appended to a storage fault's or an interruption's line.
+  """
+
+  def __init__(self, after=None):
+    self.after = after
 
   def __enter__(self):
     return self
 
+  def _then(self):
+    return f" {self.after()}" if self.after else ""
+
   def __exit__(self, kind, error, traceback):
-    if kind is not None and issubclass(kind, ValueError):
+    if kind is None:
+      return False
+    if issubclass(kind, ValueError):
       fail(str(error).replace("\n", " "), 2)
-    if kind is not None and issubclass(kind, FloatingPointError):
+    if issubclass(kind, FloatingPointError):
       fail(str(error).replace("\n", " "), 1)
+    if issubclass(kind, KeyboardInterrupt):
+      fail(f"interrupted (Ctrl-C).{self._then()}", 130)
+    if issubclass(kind, Exception):
+      fault = _storage_fault(error)
+      if fault:
+        fail(f"{fault}.{self._then()}".replace("..", "."), 1)
     return False
 
 

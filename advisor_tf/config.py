@@ -27,6 +27,8 @@ from advisor_tf.model import DEFAULT_ADVISOR_LR
 
 LR_SCHEDULES = ("constant", "step", "cosine")
 VERBOSITIES = ("auto", 0, 1, 2)
+# Datasets that ship inside the tool and read no --data_dir.
+BUNDLED_DATASETS = ("digits",)
 # Defaults that adapt to the data and the run (`TrainConfig.resolved`).
 DEFAULT_META_BATCH_SIZE = 50
 DEFAULT_DECAY_FRACTIONS = (2 / 3, 5 / 6)
@@ -131,6 +133,14 @@ class TrainConfig:
       value = getattr(self, field.name)
       if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"--{field.name}={value} must be a finite number.")
+    if not self.workdir:
+      raise ValueError("--workdir is empty; give the folder the run writes "
+                       "(e.g. --workdir=runs/photos).")
+    if self.data_dir and self.dataset in BUNDLED_DATASETS:
+      raise ValueError(f"--data_dir={self.data_dir} is not read by --dataset="
+                       f"{self.dataset} (bundled with the tool); drop "
+                       "--data_dir, or choose the --dataset it holds "
+                       "(image_folder, image_csv, cifar10, ...).")
     if self.meta_update_every < 1:
       raise ValueError(f"--meta_update_every={self.meta_update_every} must be "
                        ">= 1.")

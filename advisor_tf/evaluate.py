@@ -28,12 +28,12 @@ GROUPS = {"run": ["workdir", "data_dir"], "evaluation": ["split", "model"]}
 def main(argv):
   del argv
   cli.quiet_logs()
-  with cli.usage_errors():
+  out = os.path.join(_WORKDIR.value, f"eval_{_SPLIT.value}_{_MODEL.value}.json")
+  with cli.usage_errors():  # Bad input, or a workdir that refuses writes.
     result = evaluation.evaluate_run(_WORKDIR.value, _SPLIT.value,
                                      _MODEL.value, _DATA_DIR.value)
-  out = os.path.join(_WORKDIR.value, f"eval_{_SPLIT.value}_{_MODEL.value}.json")
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
+    with open(out, "w") as f:
+      json.dump(result, f, indent=2)
   summary = {k: result[k] for k in ("top1", "top3", "top5", "many_shot",
                                     "medium_shot", "few_shot") if k in result}
   print(json.dumps(summary), f"→ {out}")

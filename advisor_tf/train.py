@@ -29,7 +29,9 @@ def main(argv):
     return
   print(f"Training {config.method} on {config.dataset}; synthetic label "
         f"noise: {trainer.describe_noise(config)}; workdir {config.workdir}")
-  with cli.usage_errors():  # Bad configuration, workdir or data.
+  # Bad configuration, workdir or data; a full disk, a read-only workdir,
+  # Ctrl-C: one line, saying what is kept and how to go on.
+  with cli.usage_errors(after=lambda: trainer.resume_hint(config)):
     metrics = trainer.train(config, flags_text=flags.FLAGS.flags_into_string())
   print(next_steps(config, metrics))
 

@@ -58,6 +58,17 @@ def train_stream(config, source, split, start_step=0, seed=None):
       cutout=config.cutout, gridmask=config.gridmask)
 
 
+def resume_hint(config):
+  """Where a stopped run stands and how to go on, in one sentence."""
+  found = run_lib.found_checkpoints(os.path.join(config.workdir,
+                                                 run_lib.CHECKPOINTS))
+  if not found:
+    return "No checkpoint was written yet; the same command starts over."
+  step = found[-1].rsplit("-", 1)[1]
+  return (f"The run is kept at step {step} ({found[-1]}); the same command "
+          "resumes it from there.")
+
+
 def describe_noise(config):
   """Which synthetic noise the run injects, in words."""
   if config.noise == "none":
@@ -134,10 +145,10 @@ def _train(config, source, split, strategy, out):
   with tf.summary.create_file_writer(
       os.path.join(log_dir, "config")).as_default():
     tf.summary.text("config", "```\n" + config.to_json() + "\n```", step=0)
-  callbacks = [keras.callbacks.TensorBoard(log_dir=log_dir),
-               run_lib.Checkpointing(
-                   manager, config.checkpoint_every,
-                   skips_nonfinite=config.strategy == "default")]
+  checkpointing = run_lib.Checkpointing(
+      manager, config.checkpoint_every,
+      skips_nonfinite=config.strategy == "default")
+  callbacks = [keras.callbacks.TensorBoard(log_dir=log_dir), checkpointing]
   if model.advisor is not None and config.telemetry_examples:
     callbacks.append(telemetry.AdvisorTelemetry(
         source, split, out, config.telemetry_examples,
@@ -154,13 +165,21 @@ def _train(config, source, split, strategy, out):
               shuffle=False)  # The stream is shuffled, statelessly, itself.
 
   resumed_from, last = start, builder.total_steps(config, steps)
-  while start < last:
-    epoch, done = divmod(start, steps)
-    if done or last - start < steps:  # A resumed or a final partial epoch.
-      fit(start, epoch, epoch + 1, min(steps - done, last - start))
-    else:
-      fit(start, epoch, epoch + (last - start) // steps, steps)
-    start = int(model.optimizer.iterations.numpy())
+  try:
+    while start < last:
+      epoch, done = divmod(start, steps)
+      if done or last - start < steps:  # A resumed or a final partial epoch.
+        fit(start, epoch, epoch + 1, min(steps - done, last - start))
+      else:
+        fit(start, epoch, epoch + (last - start) // steps, steps)
+      start = int(model.optimizer.iterations.numpy())
+  except KeyboardInterrupt:
+    # Ctrl-C lands between two steps (TensorFlow runs a step to its end
+    # before Python sees the signal): keep that step. Not across workers,
+    # whose saves need every worker.
+    if config.strategy == "default" and out == config.workdir:
+      checkpointing.save()
+    raise
 
   metrics = {"method": config.method, "dataset": config.dataset,
              "train/noise": describe_noise(config),

@@ -311,7 +311,10 @@ def cifar100(data_dir=None, **_):
   return _tfds("cifar100", data_dir)
 
 
-def _require_dir(flag, path):
+def _require_dir(flag, path, needed_by=None):
+  if not path and needed_by:
+    raise ValueError(f"--dataset={needed_by} reads its images from "
+                     f"--{flag}=DIR, which is not given.")
   if not path or not os.path.isdir(path):
     raise ValueError(f"--{flag}={path!r} is not a directory.")
 
@@ -340,7 +343,7 @@ def clothing1m(data_dir=None, image_size=224, **_):
   `noisy_train_key_list.txt`, `clean_val_key_list.txt` (the meta set),
   `clean_test_key_list.txt`, all in `--data_dir` beside `images/`.
   """
-  _require_dir("data_dir", data_dir)
+  _require_dir("data_dir", data_dir, "clothing1m")
   kv = {}
   for name in ("noisy_label_kv.txt", "clean_label_kv.txt"):
     paths, labels = _read_list(os.path.join(data_dir, name), data_dir,
@@ -373,7 +376,7 @@ def clothing1m(data_dir=None, image_size=224, **_):
 
 
 def _long_tail_lists(prefix, name, num_classes, data_dir, image_size):
-  _require_dir("data_dir", data_dir)
+  _require_dir("data_dir", data_dir, name)
   splits = {split: _read_list(os.path.join(data_dir, f"{prefix}_{split}.txt"),
                               data_dir, name)
             for split in ("train", "val", "test")}
@@ -529,7 +532,8 @@ def image_folder(data_dir=None, image_size=32, **_):
   other files that are not readable JPEG/PNG/BMP/GIF/WebP images are skipped
   and reported in one warning. A class folder left with no image is an error.
   """
-  _require_dir("data_dir", data_dir)
+  _require_dir("data_dir", data_dir, "image_folder (a folder holding "
+               "train/ and test/, one sub-folder per class)")
   train_root = os.path.join(data_dir, "train")
   _require_dir("data_dir (its train/ folder)", train_root)
   class_names = _class_folders(train_root)
@@ -596,7 +600,8 @@ def image_csv(data_dir=None, image_size=32, **_):
   optional `classes.txt` (one class per line; default: the sorted labels of
   train.csv). Listed files that are hidden, missing or not readable images
   are skipped and reported in one warning."""
-  _require_dir("data_dir", data_dir)
+  _require_dir("data_dir", data_dir, "image_csv (a folder holding "
+               "train.csv and test.csv)")
   train_csv = os.path.join(data_dir, "train.csv")
   if not os.path.isfile(train_csv):
     raise ValueError(f"{train_csv} is missing.")
