@@ -251,6 +251,10 @@ function cardHtml(i) {
 function render(scroll) {
   applyFilter();
   document.getElementById("cards").innerHTML = filtered.map(cardHtml).join("");
+  refresh(scroll);
+}
+
+function refresh(scroll) {  // Progress, position and storage; not the cards.
   const counts = {relabel: 0, keep: 0, drop: 0, unsure: 0};
   let n = 0;
   for (const c of CARDS) { const d = state.decisions[c.path]; if (d) { n++; counts[d.action]++; } }
@@ -284,7 +288,15 @@ function decisionFor(c, action, cls) {
 
 function decide(changes) {  // changes: [[path, decision or null]]
   history.push(changes.map(([p]) => [p, state.decisions[p] || null]));
-  for (const [p, d] of changes) { if (d) state.decisions[p] = d; else delete state.decisions[p]; }
+  setDecisions(changes);
+}
+
+function setDecisions(changes) {  // Redraws only the cards that changed.
+  for (const [p, d] of changes) {
+    if (d) state.decisions[p] = d; else delete state.decisions[p];
+    const el = document.querySelector(`.card[data-i="${byPath.get(p)}"]`);
+    if (el) el.outerHTML = cardHtml(byPath.get(p));
+  }
 }
 
 function decideCurrent(action, cls) {
@@ -292,18 +304,18 @@ function decideCurrent(action, cls) {
   if (!c) return;
   decide([[c.path, decisionFor(c, action, cls)]]);
   if (state.pos < filtered.length - 1) state.pos++;
-  render();
+  refresh();
 }
 
 function undo() {
   const last = history.pop();
   if (!last) { message("nothing to undo"); return; }
-  for (const [p, d] of last) { if (d) state.decisions[p] = d; else delete state.decisions[p]; }
+  setDecisions(last);
   if (last.length === 1) {  // Back to the card that was decided.
     const at = filtered.indexOf(byPath.get(last[0][0]));
     if (at >= 0) state.pos = at;
   }
-  render();
+  refresh();
 }
 
 function batchAccept() {
@@ -314,7 +326,7 @@ function batchAccept() {
   if (!changes.length) { message("no undecided card in this filter"); return; }
   decide(changes);
   message(`accepted ${changes.length} suggestion(s)`);
-  render();
+  refresh();
 }
 
 function message(text) { document.getElementById("message").textContent = text ? " — " + text : ""; }
@@ -371,9 +383,9 @@ function loadCorrections(text, name) {
     changes.push([path, {action: action, new_label: action === "relabel" ? label : ""}]);
   }
   if (changes.length) decide(changes);
+  refresh();
   message(`${name}: loaded ${changes.length} decision(s)` + (unknown ? `, ${unknown} row(s) not on this page` : "") +
           (bad ? `, ${bad} row(s) with an unknown action or class` : ""));
-  render();
 }
 
 function pickDigit(ch) {
