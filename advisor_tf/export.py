@@ -75,8 +75,15 @@ def _module(classifier, source):
   # Tracked here so that the functions below may capture them.
   module.classifier_variables = weights
 
+  num_classes = len(source.class_names)
+
   def logits(x):
-    return tf.cast(classifier(x, training=False), tf.float32)
+    # An empty request gets an empty answer: the CPU's BatchNorm kernels
+    # refuse a batch of 0 images.
+    return tf.cond(
+        tf.shape(x)[0] > 0,
+        lambda: tf.cast(classifier(x, training=False), tf.float32),
+        lambda: tf.zeros([0, num_classes], tf.float32))
 
   def outputs(x):
     probabilities = tf.nn.softmax(logits(x), axis=-1)
@@ -182,7 +189,17 @@ def load(path):
   variable) when a weight is not finite or `path` is not an export."""
   if not os.path.isfile(os.path.join(path, "saved_model.pb")):
     raise ValueError(f"{path}: not a SavedModel folder (no saved_model.pb).")
-  loaded = tf.saved_model.load(path)
+  try:
+    loaded = tf.saved_model.load(path)
+  except (tf.errors.OpError, OSError, ValueError, IndexError) as e:
+    # variables/ missing or cut short (a copy that stopped half-way;
+    # TensorFlow's reader then raises IndexError).
+    why = " ".join(str(getattr(e, "message", e)).split())[:300]
+    raise ValueError(f"{path}: this SavedModel cannot be loaded — its "
+                     "variables/ are missing or damaged "
+                     f"({type(e).__name__}: {why}). Export it again "
+                     "(the same advisor-train command re-exports a finished "
+                     "run) or copy it whole.") from None
   missing = [s for s in SIGNATURES if s not in loaded.signatures]
   if missing:
     raise ValueError(f"{path}: has no {missing[0]!r} signature; export it "

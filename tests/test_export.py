@@ -332,3 +332,35 @@ def test_predict_refuses_a_non_finite_model(run, tmp_path, monkeypatch):
   assert proc.returncode != 0
   assert f"{path}: weight logits/kernel is not finite" in proc.stderr
   assert proc.stdout == ""
+
+
+def test_an_empty_request_gets_an_empty_answer(run):
+  loaded = tf.saved_model.load(run["path"])
+  for name, kwargs in (
+      ("serving_default", {"image_bytes": tf.constant([], tf.string)}),
+      ("predict_images", {"images": tf.zeros((0, 8, 8, 3), tf.uint8)})):
+    out = loaded.signatures[name](**kwargs)
+    assert out["probabilities"].shape == (0, 3), name
+    assert out["class_id"].shape == (0,) and out["class_name"].shape == (0,)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_damaged_saved_model_is_refused_in_one_line(run, tmp_path, damage):
+  path = tmp_path / "saved_model"
+  shutil.copytree(run["path"], path)
+  variables = path / "variables"
+  if damage == "missing":
+    shutil.rmtree(variables)
+  else:
+    for data in variables.glob("variables.data-*"):
+      data.write_bytes(data.read_bytes()[:20])
+  with pytest.raises(ValueError, match=f"{path}: this SavedModel cannot be "
+                     "loaded — its variables/ are missing or damaged"):
+    export.load(str(path))
+  proc = _predict(f"--model={path}", str(run["data"] / "test"))
+  assert proc.returncode == 2 and proc.stdout == ""
+  lines = proc.stderr.strip().splitlines()
+  assert "Traceback" not in proc.stderr
+  assert lines[-1].startswith(f"advisor-predict: error: {path}: this "
+                              "SavedModel cannot be loaded"), proc.stderr
