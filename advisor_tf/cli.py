@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import textwrap
 
@@ -175,9 +176,64 @@ def grouped_help(doc, groups):
   return "\n".join(lines)
 
 
+def _flagfile_lines(argv, seen=None):
+  """`(flagfile, line number, text)` of every line of the flagfiles named in
+  `argv` (and in them), in the order absl reads them."""
+  seen = set() if seen is None else seen
+  for arg in argv:
+    match = re.fullmatch(r"--flagfile=(.+)", arg.strip())
+    if not match or match.group(1) in seen:
+      continue
+    path = match.group(1)
+    seen.add(path)
+    try:
+      with open(path) as f:
+        lines = f.read().splitlines()
+    except OSError:
+      continue
+    for number, text in enumerate(lines, 1):
+      yield path, number, text
+      yield from _flagfile_lines([text], seen)
+
+
+def _where(error, argv):
+  """`FILE:LINE: ` of the flagfile line that set the flag an absl parsing
+  error names ('' when the command line itself gave it)."""
+  name = getattr(error, "flagname", None)
+  if not name:
+    match = re.search(r"flag --?(?:no)?(\w+)", str(error))
+    name = match and match.group(1)
+  if not name:
+    return ""
+  pattern = re.compile(rf"\s*--(?:no)?{re.escape(name)}(=|\s*$)")
+  found = [(f"{path}:{number}: ", text.strip()) for path, number, text in
+           _flagfile_lines(argv[1:]) if pattern.match(text)]
+  exact = [where for where, text in found if text in str(error)]
+  if exact:  # The very line whose value was refused.
+    return exact[-1]
+  if any(pattern.match(a) for a in argv[1:]):
+    return ""  # The command line's own value wins in absl.
+  return found[-1][0] if found else ""
+
+
+def _parse_or_fail(argv):
+  """Parses `argv` as `app.run` will; a parsing error (unknown flag, bad
+  value, missing flagfile) ends the command in one line naming the
+  flagfile and line that set the flag."""
+  try:
+    flags.FLAGS(argv)
+  except flags.Error as error:
+    message = " ".join(str(error).split()).replace("ERROR:: ", "")
+    fail(f"{_where(error, argv)}{message}")
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
 def run(main, doc, groups):
-  """`absl.app.run(main)` with a grouped `--help`/`-h`."""
+  """`absl.app.run(main)` with a grouped `--help`/`-h` and flag-parsing
+  errors in one line."""
   if any(a in ("--help", "-h", "--helpshort", "-?") for a in sys.argv[1:]):
     print(grouped_help(doc, groups))
     sys.exit(0)
+  _parse_or_fail(list(sys.argv))
   app.run(main)

@@ -200,21 +200,22 @@ def to_config(values=None) -> config_lib.TrainConfig:
     elif field.name == "verbose" and value != "auto":
       value = int(value)
     kwargs[field.name] = value
-  if (kwargs["noise"] == "none" and values["noise_rate"].present
-      and kwargs["noise_rate"] != 0):
-    # A warning, not a refusal: a flagfile's rate under a command line's
-    # --noise=none is a fair override.
-    logging.warning("--noise_rate=%s has no effect with --noise=none (the "
-                    "labels are used as given); to inject noise choose a "
-                    "--noise (%s).", kwargs["noise_rate"],
-                    ", ".join(n for n in _C["noise"] if n != "none"))
   if values["autoaugment"].value:  # The former flag.
     if kwargs["augment_policy"] not in ("none", "autoaugment"):
       raise ValueError("--autoaugment means --augment_policy=autoaugment; "
                        "drop one of it and --augment_policy="
                        f"{kwargs['augment_policy']}.")
     kwargs["augment_policy"] = "autoaugment"
-  return config_lib.TrainConfig(**kwargs).validate()
+  config = config_lib.TrainConfig(**kwargs).validate()
+  if (config.noise == "none" and values["noise_rate"].present
+      and config.noise_rate != 0):
+    # A warning, not a refusal: a flagfile's rate under a command line's
+    # --noise=none is a fair override.
+    logging.warning("--noise_rate=%s has no effect with --noise=none (the "
+                    "labels are used as given); to inject noise choose a "
+                    "--noise (%s).", config.noise_rate,
+                    ", ".join(n for n in _C["noise"] if n != "none"))
+  return config
 
 flags.DEFINE_bool("dry_run", False,
                   "Validate the configuration and print it resolved, without "

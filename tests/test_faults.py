@@ -174,3 +174,22 @@ def test_a_noise_rate_without_noise_is_named_in_one_warning(tmp_path):
   said = [l for l in proc.stderr.splitlines() if "--noise_rate" in l]
   assert len(said) == 1 and "--noise_rate=0.5 has no effect with " \
       "--noise=none" in said[0], proc.stderr
+
+
+@pytest.mark.parametrize("line,message", [
+    ("--epochz=3", "Unknown command line flag 'epochz'"),
+    ("--lr=abc", "flag --lr=abc: could not convert string to float"),
+])
+def test_a_flagfile_error_names_the_file_and_line(tmp_path, line, message):
+  inner = tmp_path / "inner.cfg"
+  inner.write_text(f"# A comment.\n--epochs=3\n{line}\n")
+  outer = tmp_path / "outer.cfg"
+  outer.write_text(f"--flagfile=flags/quickstart.cfg\n--flagfile={inner}\n")
+  proc = subprocess.run(
+      [sys.executable, "-m", "advisor_tf.train", f"--flagfile={outer}",
+       f"--workdir={tmp_path / 'run'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2
+  assert _error_line(proc.stderr).startswith(
+      f"advisor-train: error: {inner}:3: {message}"), proc.stderr
+  assert not (tmp_path / "run").exists()
