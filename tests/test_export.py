@@ -364,3 +364,28 @@ def test_a_damaged_saved_model_is_refused_in_one_line(run, tmp_path, damage):
   assert "Traceback" not in proc.stderr
   assert lines[-1].startswith(f"advisor-predict: error: {path}: this "
                               "SavedModel cannot be loaded"), proc.stderr
+
+
+def test_the_export_turns_a_photo_upright_as_training_does(run, tmp_path):
+  """A JPEG stored sideways with EXIF orientation 6 is served as the
+  upright picture a viewer (and the training loader) shows."""
+  upright = np.random.default_rng(5).integers(0, 255, (8, 12, 3), np.uint8)
+  tags = Image.Exif()
+  tags[0x0112] = 6  # Stored turned 90° anti-clockwise: turn it clockwise.
+  out = io.BytesIO()
+  Image.fromarray(np.rot90(upright, 1)).save(out, "JPEG", quality=95,
+                                                exif=tags.tobytes())
+  data = out.getvalue()
+  shown = np.rot90(tf.io.decode_jpeg(data).numpy(), 3)  # What viewers show.
+  assert shown.shape == upright.shape
+  loaded = tf.saved_model.load(run["path"])
+  by_bytes = loaded.signatures["serving_default"](
+      image_bytes=tf.constant([data]))
+  by_pixels = loaded.signatures["predict_images"](
+      images=tf.constant(np.ascontiguousarray(shown)[None]))
+  np.testing.assert_allclose(by_bytes["probabilities"].numpy(),
+                             by_pixels["probabilities"].numpy(), atol=1e-6)
+  path = tmp_path / "sideways.jpg"  # Training's loaders decode the same.
+  path.write_bytes(data)
+  np.testing.assert_array_equal(
+      sources.decode(tf.io.read_file(str(path))).numpy(), shown)

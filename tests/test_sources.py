@@ -1,5 +1,6 @@
 """Inference preprocessing of sources, and a user's untidy image folders."""
 
+import io
 import os
 
 import numpy as np
@@ -289,3 +290,53 @@ def test_train_images_that_are_copies_of_test_images_are_reported(
   assert len(said) == 1, warnings
   assert "1 training image(s)" in said[0]
   assert f"{root}/train/dog/copy.jpg = {root}/test/cat/0.jpg" in said[0]
+
+
+_TRANSPOSES = {2: Image.Transpose.FLIP_LEFT_RIGHT,
+               3: Image.Transpose.ROTATE_180,
+               4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+               7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def _jpeg_with_orientation(pixels, orientation, big_endian=False):
+  """JPEG bytes whose EXIF says `orientation`, in either byte order."""
+  if big_endian:  # TIFF header "MM", one IFD entry: SHORT 0x0112.
+    tiff = (b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03"
+            b"\x00\x00\x00\x01" + orientation.to_bytes(2, "big")
+            + b"\x00\x00\x00\x00\x00\x00")
+    exif = b"Exif\x00\x00" + tiff
+  else:
+    tags = Image.Exif()
+    tags[0x0112] = orientation
+    exif = tags.tobytes()
+  out = io.BytesIO()
+  Image.fromarray(pixels).save(out, "JPEG", quality=95, exif=exif)
+  return out.getvalue()
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_exif_orientation_is_applied_as_photo_viewers_do(big_endian):
+  pixels = np.random.default_rng(0).integers(0, 255, (12, 20, 3), np.uint8)
+  for orientation in range(1, 9):
+    data = _jpeg_with_orientation(pixels, orientation, big_endian)
+    with Image.open(io.BytesIO(data)) as image:  # Pillow reads it too.
+      assert image.getexif().get(0x0112) == orientation
+    assert int(sources.exif_orientation(tf.constant(data))) == orientation
+    stored = tf.io.decode_jpeg(data).numpy()  # As the file stores them.
+    want = (np.asarray(Image.fromarray(stored).transpose(
+        _TRANSPOSES[orientation])) if orientation > 1 else stored)
+    np.testing.assert_array_equal(sources.decode(tf.constant(data)).numpy(),
+                                  want, err_msg=str(orientation))
+
+
+def test_files_without_exif_orientation_are_upright(tmp_path):
+  pixels = _image(str(tmp_path / "a.png"), (9, 7))
+  with open(tmp_path / "a.png", "rb") as f:
+    data = f.read()
+  assert int(sources.exif_orientation(tf.constant(data))) == 1
+  np.testing.assert_array_equal(sources.decode(data).numpy(), pixels)
+  plain = io.BytesIO()
+  Image.fromarray(pixels).save(plain, "JPEG")
+  for case in (plain.getvalue(), b"", b"\xff\xd8Exif\x00\x00MM"):
+    assert int(sources.exif_orientation(tf.constant(case))) == 1

@@ -78,8 +78,70 @@ class Preprocessing:
 
 def decode(image_bytes):
   """An encoded JPEG/PNG/BMP/GIF/WebP file (scalar tf.string) → uint8 RGB
-  pixels `[h, w, 3]` (grey files tiled; the first frame of animations)."""
-  return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  pixels `[h, w, 3]` (grey files tiled; the first frame of animations),
+  turned upright by a JPEG's EXIF orientation as photo viewers show it
+  (`exif_orientation`)."""
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  return apply_orientation(image, exif_orientation(image_bytes))
+
+
+# How far into a JPEG its EXIF block and first directory are looked for.
+_EXIF_SEARCH = 65536
+_EXIF_HEAD = 4096
+_EXIF_MAX_ENTRIES = 64
+_ORIENTATION_TAG = 0x0112
+
+
+def exif_orientation(image_bytes):
+  """The EXIF orientation (1–8, TIFF tag 0x0112 of the first image
+  directory) of JPEG bytes, as an int32 scalar; 1 (upright) for other
+  formats, files without EXIF and unreadable values. TensorFlow ops only,
+  so that the export carries it."""
+  head = tf.strings.substr(image_bytes, 0, _EXIF_SEARCH)
+  parts = tf.strings.split(head, "Exif\x00\x00", maxsplit=1)
+  is_jpeg = tf.equal(tf.strings.substr(head, 0, 2), b"\xff\xd8")
+
+  def read():
+    tiff = tf.strings.substr(parts[-1], 0, _EXIF_HEAD)
+    raw = tf.cast(tf.io.decode_raw(tiff, tf.uint8), tf.int32)
+    raw = tf.pad(raw, [[0, _EXIF_HEAD - tf.size(raw)]])
+    little = tf.equal(raw[0], 0x49)  # "II"; "MM" is big-endian.
+
+    def number(offsets, width):
+      offsets = tf.clip_by_value(offsets, 0, _EXIF_HEAD - width)
+      places = tf.range(width)
+      weights = tf.where(little, 256 ** places, 256 ** (width - 1 - places))
+      values = tf.gather(raw, offsets[..., None] + places)
+      return tf.reduce_sum(values * weights, axis=-1)
+
+    directory = number(tf.constant(4), 4)
+    count = number(directory, 2)
+    entries = directory + 2 + 12 * tf.range(_EXIF_MAX_ENTRIES)
+    found = ((number(entries, 2) == _ORIENTATION_TAG)
+             & (tf.range(_EXIF_MAX_ENTRIES) < count)
+             & (entries + 12 <= _EXIF_HEAD))
+    value = tf.reduce_max(tf.where(found, number(entries + 8, 2), 0))
+    return tf.where((value >= 1) & (value <= 8), value, 1)
+
+  return tf.cond(is_jpeg & (tf.size(parts) == 2), read,
+                 lambda: tf.constant(1, tf.int32))
+
+
+def apply_orientation(image, orientation):
+  """Pixels `[h, w, c]` as EXIF `orientation` (1–8) says to show them (the
+  transposes of Pillow's `ImageOps.exif_transpose`)."""
+  def transverse():
+    return tf.image.rot90(tf.image.transpose(image), 2)
+  return tf.switch_case(orientation - 1, [
+      lambda: image,                                 # 1: upright
+      lambda: tf.image.flip_left_right(image),       # 2: mirrored
+      lambda: tf.image.rot90(image, 2),              # 3: upside down
+      lambda: tf.image.flip_up_down(image),          # 4: mirrored, flipped
+      lambda: tf.image.transpose(image),             # 5: transposed
+      lambda: tf.image.rot90(image, 3),              # 6: turn 90° clockwise
+      transverse,                                    # 7: transversed
+      lambda: tf.image.rot90(image, 1),              # 8: turn 90° anti-cw
+  ])
 
 
 def preprocess(pixels, spec, crop=None):
