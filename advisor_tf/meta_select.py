@@ -22,13 +22,14 @@ it from the user's own dirty training data, without any trusted label.
                 configuration with the balanced softmax (cross-entropy
                 corrected for the class sizes of the given labels, so that
                 a long tail does not leave the small classes unlearned) on
-                the whole training split; per
-                class, the `--meta_per_class` examples labelled with it
-                whose loss under that model (cross-entropy of the given
-                label, without augmentation; averaged over the warm-up
-                epochs, momentum `LOSS_MOMENTUM`) is smallest form the meta
-                set, which is then taken out of training for the whole run,
-                as a trusted set would be — except in a class with fewer
+                the whole training split; per class, the `--meta_per_class`
+                examples labelled with it whose loss under that model
+                (cross-entropy of the given label, without augmentation;
+                averaged over the warm-up epochs, momentum `LOSS_MOMENTUM`)
+                is smallest form the meta set (`POOL_FRACTION` = q instead
+                draws them among the q smallest: measured, not better), which
+                is then taken out of training for the whole run, as a
+                trusted set would be — except in a class with fewer
                 than `KEEP_BELOW` × k other examples, whose few examples
                 stay in training too. This is CMW-Net-SL's "meta"
                 selection (Shu et al., TPAMI 2023; xjtushujun/CMW-Net
@@ -73,6 +74,7 @@ LOSS_MOMENTUM = 0.7     # Per epoch.
 SUSPECT_BELOW = 0.5     # Agreement of predictions with a class's labels.
 FOLDS = 1               # Out-of-sample warm-up losses (1: in sample).
 WARMUP_METHOD = "balanced_softmax"  # Unbiased by the classes' sizes.
+POOL_FRACTION = None    # Draw k from this smallest-loss share (None: k least).
 KEEP_BELOW = 3          # A class with fewer than this × k others keeps its
                         # meta examples in training too.
 RECORD = "meta_selection.json"
@@ -299,7 +301,8 @@ def select(config, source, split):
   losses, predicted = warmup_losses(config, source, split, epochs)
   labels = np.asarray(split.train_labels)
   positions = select_small_loss(losses, labels, config.meta_per_class,
-                                source.num_classes)
+                                source.num_classes, POOL_FRACTION,
+                                np.random.default_rng([config.seed, 11]))
   everyone = np.arange(len(labels))
   labelled = class_agreement(predicted, labels, everyone, source.num_classes)
   chosen = class_agreement(predicted, labels, positions, source.num_classes)
@@ -307,7 +310,8 @@ def select(config, source, split):
       "source": "auto", "per_class": config.meta_per_class,
       "warmup_epochs": epochs, "loss_momentum": LOSS_MOMENTUM,
       "folds": FOLDS,
-      "rule": "per class, the smallest loss after a balanced-softmax warm-up",
+      "rule": "per class, the smallest losses after a balanced-softmax "
+              "warm-up", "pool_fraction": POOL_FRACTION,
       "positions": [int(p) for p in positions],
       "indices": [int(i) for i in np.asarray(split.train_indices)[positions]],
       "labels": [int(y) for y in labels[positions]],
