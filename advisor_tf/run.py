@@ -7,6 +7,7 @@ A workdir holds one run:
   config.json          the resolved `TrainConfig` (what the run computes)
   flags.txt            the command's flags (works as a --flagfile)
   data.json            the fingerprint of the data the run trains on
+  splits.json          file datasets: each split's files and given labels
   .lock                held while a run trains in this workdir
   checkpoints/         tf.train checkpoints (finite state only)
   tensorboard/, advisor_trace.jsonl, metrics.json   (written by training)
@@ -52,6 +53,7 @@ from advisor_tf.data import sources
 CONFIG_FILE = "config.json"
 FLAGS_FILE = "flags.txt"
 DATA_FILE = "data.json"
+SPLITS_FILE = "splits.json"
 LOCK_FILE = ".lock"
 CHECKPOINTS = "checkpoints"
 EXPORT_DIR = "saved_model"
@@ -122,8 +124,41 @@ def fingerprint(config, source):
   return out
 
 
-def fingerprint_differences(saved, now):
-  """What differs between two fingerprints (data_dir alone may move)."""
+def split_files(config, source):
+  """Each split's files (relative to `data_dir`) and given labels, as the
+  run reads them: `{split: [[path, label], ...]}`; None for in-memory
+  datasets. A workdir keeps them (`splits.json`) so that a file that
+  changes later can be named."""
+  if not source.paths:
+    return None
+  root = os.path.abspath(config.data_dir) if config.data_dir else None
+  files = {}
+  for name, paths in source.paths.items():
+    files[name] = [
+        [os.path.relpath(os.path.abspath(str(p)), root) if root else str(p),
+         int(label)] for p, label in zip(paths, source.labels[name])]
+  return files
+
+
+def _named_changes(old, new):
+  """The files gone from, new in or relabelled in one split, in words."""
+  old, new = dict(map(tuple, old)), dict(map(tuple, new))
+  gone = sorted(set(old) - set(new))
+  added = sorted(set(new) - set(old))
+  relabelled = sorted(p for p in set(old) & set(new) if old[p] != new[p])
+  words = []
+  for what, paths in (("gone", gone), ("new", added),
+                      ("relabelled", relabelled)):
+    if paths:
+      more = f", … {len(paths) - 3} more" if len(paths) > 3 else ""
+      words.append(f"{len(paths)} {what} ({', '.join(paths[:3])}{more})")
+  return ", ".join(words)
+
+
+def fingerprint_differences(saved, now, saved_files=None, now_files=None):
+  """What differs between two fingerprints (data_dir alone may move); with
+  the splits' file lists (`split_files`), the files that differ are
+  named."""
   diffs = []
   for key in ("dataset", "class_names"):
     if saved.get(key) != now.get(key):
@@ -140,12 +175,35 @@ def fingerprint_differences(saved, now):
       diffs.append(f"split {split!r}: {'absent' if a is None else 'present'} "
                    f"in the workdir, {'absent' if b is None else 'present'} "
                    "now")
+    elif a["digest"] != b["digest"] and saved_files and now_files and (
+        split in saved_files and split in now_files):
+      diffs.append(f"split {split!r}: "
+                   f"{_named_changes(saved_files[split], now_files[split])}")
     elif a["examples"] != b["examples"]:
       diffs.append(f"split {split!r}: {a['examples']} examples in the "
                    f"workdir, {b['examples']} now")
     elif a["digest"] != b["digest"]:
       diffs.append(f"split {split!r}: same size, other files or labels")
   return diffs
+
+
+def _data_differences(workdir, config, source):
+  """`(refusals, warnings)`: how the data now differs from what the run in
+  `workdir` trained on. A changed test split does not change what was
+  trained — a file gone from test/ is named, not a reason to lose the
+  run — so it is a warning; any other change is a refusal."""
+  data_path = os.path.join(workdir, DATA_FILE)
+  if not os.path.exists(data_path):
+    return [], []
+  saved = _json(data_path)
+  files_path = os.path.join(workdir, SPLITS_FILE)
+  saved_files = _json(files_path) if os.path.exists(files_path) else None
+  now = fingerprint(config, source)
+  diffs = fingerprint_differences(saved, now, saved_files,
+                                  split_files(config, source))
+  tolerated = [d for d in diffs if d.startswith("split 'test': ")
+               and "absent" not in d]
+  return [d for d in diffs if d not in tolerated], tolerated
 
 
 def _corrections_text(fingerprint_):
@@ -189,9 +247,10 @@ def _json(path):
     return json.load(f)
 
 
-def _check_resumable(config, data):
+def _check_resumable(config, source):
   """Refuses to resume a workdir that holds another configuration or was
-  trained on other data. Reads only."""
+  trained on other data (a changed test split is only warned about).
+  Reads only."""
   workdir = config.workdir
   if not has_checkpoint(workdir):
     return
@@ -204,13 +263,15 @@ def _check_resumable(config, data):
           f"would resume it; differing flags: {'; '.join(diffs)}. Use a new "
           "--workdir, or the workdir's flags (its flags.txt works as a "
           "--flagfile).")
-  data_path = os.path.join(workdir, DATA_FILE)
-  if os.path.exists(data_path):
-    diffs = fingerprint_differences(_json(data_path), data)
-    if diffs:
-      raise ValueError(
-          f"--workdir={workdir} holds a run trained on other data and would "
-          f"resume it: {'; '.join(diffs)}. Use a new --workdir for new data.")
+  diffs, changed_test = _data_differences(workdir, config, source)
+  if diffs:
+    raise ValueError(
+        f"--workdir={workdir} holds a run trained on other data and would "
+        f"resume it: {'; '.join(diffs)}. Use a new --workdir for new data.")
+  for change in changed_test:
+    logging.warning("The test files changed since this run began (%s); "
+                    "training resumes, and test figures are of the files "
+                    "there now.", change)
 
 
 @contextlib.contextmanager
@@ -236,16 +297,23 @@ def claim(config, source, flags_text=None):
   is written then); otherwise writes config.json, flags.txt and data.json and
   holds the lock until the block ends."""
   workdir = config.workdir
-  data = fingerprint(config, source)
-  _check_resumable(config, data)  # Before creating or touching anything.
+  _check_resumable(config, source)  # Before creating or touching anything.
   os.makedirs(workdir, exist_ok=True)
   with _lock(workdir):
-    _check_resumable(config, data)  # Still true now that we hold it.
+    _check_resumable(config, source)  # Still true now that we hold it.
     _write(os.path.join(workdir, CONFIG_FILE), config.to_json())
     if flags_text is not None:
       _write(os.path.join(workdir, FLAGS_FILE), flags_text)
-    _write(os.path.join(workdir, DATA_FILE), json.dumps(data, indent=2))
-    logging.info("Data fingerprint: %s", data)
+    # What the run trains on, as it began: kept when it resumes, so that
+    # later changes to the folder can be named.
+    if not has_checkpoint(workdir) or not os.path.exists(
+        os.path.join(workdir, DATA_FILE)):
+      data = fingerprint(config, source)
+      _write(os.path.join(workdir, DATA_FILE), json.dumps(data, indent=2))
+      logging.info("Data fingerprint: %s", data)
+      files = split_files(config, source)
+      if files is not None:
+        _write(os.path.join(workdir, SPLITS_FILE), json.dumps(files))
     yield workdir
 
 
@@ -255,7 +323,7 @@ def scratch(config, source):
   workdir (read only), then a temporary folder for what the worker writes
   (its copies of checkpoints, logs and export), deleted at the end. The
   chief, alone, writes the workdir."""
-  _check_resumable(config, fingerprint(config, source))
+  _check_resumable(config, source)
   with tempfile.TemporaryDirectory(prefix="advisor_tf_worker_") as tmp:
     yield tmp
 
@@ -453,13 +521,13 @@ def load_data(workdir, data_dir=None):
   if data_dir:
     config = dataclasses.replace(config, data_dir=data_dir)
   source, split = prepare_data(config)
-  data_path = os.path.join(workdir, DATA_FILE)
-  if os.path.exists(data_path):
-    diffs = fingerprint_differences(_json(data_path),
-                                    fingerprint(config, source))
-    if diffs:
-      raise ValueError(f"--workdir={workdir} was trained on other data: "
-                       f"{'; '.join(diffs)}.")
+  diffs, changed_test = _data_differences(workdir, config, source)
+  if diffs:
+    raise ValueError(f"--workdir={workdir} was trained on other data: "
+                     f"{'; '.join(diffs)}.")
+  for change in changed_test:
+    logging.warning("The test files changed since this run trained (%s); "
+                    "test figures are of the files there now.", change)
   return config, source, split
 
 

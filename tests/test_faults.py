@@ -193,3 +193,33 @@ def test_a_flagfile_error_names_the_file_and_line(tmp_path, line, message):
   assert _error_line(proc.stderr).startswith(
       f"advisor-train: error: {inner}:3: {message}"), proc.stderr
   assert not (tmp_path / "run").exists()
+
+
+def _first_image(root, folder):
+  return sorted(f for f in os.listdir(os.path.join(root, folder))
+                if not f.startswith("."))[0]
+
+
+def test_a_test_file_gone_after_training_is_named_not_a_lost_run(tmp_path):
+  from test_own_data import digits_folder  # noqa: PLC0415 — a test helper.
+  data = digits_folder(tmp_path / "photos", per_split=(24, 3, 4))
+  workdir = tmp_path / "run"
+  args = ["--dataset=image_folder", f"--data_dir={data}", "--image_size=8",
+          "--meta_per_class=0", "--meta_source=folder", "--noise=none",
+          "--batch_size=16", "--meta_batch_size=9", "--lr_decay_epochs=1"]
+  assert _train(workdir, *args, "--epochs=1").returncode == 0
+  files = json.loads((workdir / "splits.json").read_text())
+  assert len(files["test"]) == 12 and len(files["train"]) == 72
+  gone = os.path.join("test", "digit_1", _first_image(data, "test/digit_1"))
+  os.remove(os.path.join(data, gone))
+  proc = _train(workdir, *args, "--epochs=1")  # Finished: evaluated again.
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"split 'test': 1 gone ({gone})" in proc.stderr
+  assert json.loads((workdir / "splits.json").read_text()) == files
+  # A training file gone is another run's data: refused, naming it.
+  lost = os.path.join("train", "digit_2",
+                      _first_image(data, "train/digit_2"))
+  os.remove(os.path.join(data, lost))
+  proc = _train(workdir, *args, "--epochs=1")
+  assert proc.returncode == 2
+  assert f"split 'train': 1 gone ({lost})" in _error_line(proc.stderr)
