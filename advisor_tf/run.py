@@ -175,15 +175,17 @@ def fingerprint_differences(saved, now, saved_files=None, now_files=None):
       diffs.append(f"split {split!r}: {'absent' if a is None else 'present'} "
                    f"in the workdir, {'absent' if b is None else 'present'} "
                    "now")
-    elif a["digest"] != b["digest"] and saved_files and now_files and (
-        split in saved_files and split in now_files):
-      diffs.append(f"split {split!r}: "
-                   f"{_named_changes(saved_files[split], now_files[split])}")
-    elif a["examples"] != b["examples"]:
-      diffs.append(f"split {split!r}: {a['examples']} examples in the "
-                   f"workdir, {b['examples']} now")
     elif a["digest"] != b["digest"]:
-      diffs.append(f"split {split!r}: same size, other files or labels")
+      named = ""
+      if saved_files and now_files and split in saved_files and (
+          split in now_files):
+        named = f" ({_named_changes(saved_files[split], now_files[split])})"
+      if a["examples"] != b["examples"]:
+        diffs.append(f"split {split!r}: {a['examples']} examples in the "
+                     f"workdir, {b['examples']} now{named}")
+      else:
+        diffs.append(f"split {split!r}: same size, other files or "
+                     f"labels{named}")
   return diffs
 
 

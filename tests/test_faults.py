@@ -214,7 +214,8 @@ def test_a_test_file_gone_after_training_is_named_not_a_lost_run(tmp_path):
   os.remove(os.path.join(data, gone))
   proc = _train(workdir, *args, "--epochs=1")  # Finished: evaluated again.
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert f"split 'test': 1 gone ({gone})" in proc.stderr
+  assert (f"split 'test': 12 examples in the workdir, 11 now (1 gone "
+          f"({gone}))") in proc.stderr
   assert json.loads((workdir / "splits.json").read_text()) == files
   # A training file gone is another run's data: refused, naming it.
   lost = os.path.join("train", "digit_2",
@@ -222,4 +223,5 @@ def test_a_test_file_gone_after_training_is_named_not_a_lost_run(tmp_path):
   os.remove(os.path.join(data, lost))
   proc = _train(workdir, *args, "--epochs=1")
   assert proc.returncode == 2
-  assert f"split 'train': 1 gone ({lost})" in _error_line(proc.stderr)
+  assert (f"split 'train': 72 examples in the workdir, 71 now (1 gone "
+          f"({lost}))") in _error_line(proc.stderr)

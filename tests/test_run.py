@@ -76,12 +76,14 @@ def test_resuming_with_other_data_is_refused_naming_what_differs(tmp_path):
       os.path.join(data, "train", "ant", "new.png"))
   keras.backend.clear_session()
   with pytest.raises(ValueError, match="trained on other data.*'train': 8 "
-                     "examples in the workdir, 9 now"):
+                     r"examples in the workdir, 9 now \(1 new \(train/ant/"
+                     r"new.png\)\)"):
     trainer.train(config)
   assert snapshot(config.workdir) == saved
   # Same count, other file: refused as well.
   os.remove(os.path.join(data, "train", "ant", "0.png"))
-  with pytest.raises(ValueError, match="other files or labels"):
+  with pytest.raises(ValueError, match=r"other files or labels \(1 gone "
+                     r"\(train/ant/0.png\), 1 new \(train/ant/new.png\)\)"):
     trainer.train(config)
   assert snapshot(config.workdir) == saved
 
