@@ -176,7 +176,8 @@ def describe(config, split):
           "random_noisy": "drawn at random out of train after the synthetic "
                           "noise (labels as dirty as training)",
           "auto": "chosen automatically from the training labels as given "
-                  "(no trusted label), refreshed every epoch"}[
+                  "(no trusted label; the smallest losses per class after a "
+                  "short warm-up), held out of training"}[
                       split.meta_source]
   line = f"Meta set: --meta_source={split.meta_source}, {text}; " \
          f"{len(split.meta_labels)} examples, {per}"

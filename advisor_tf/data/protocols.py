@@ -87,6 +87,12 @@ def draw_per_class(labels, per_class, rng, num_classes):
   """Sorted positions of `per_class` examples of each class drawn at
   random (all of a class with fewer); every class needs one."""
   labels = np.asarray(labels)
+  largest = int(np.bincount(labels, minlength=num_classes).max()) if len(
+      labels) else 0
+  if per_class >= largest:
+    raise ValueError(f"--meta_per_class={per_class} leaves no class any "
+                     f"training example (the largest has {largest}); lower "
+                     "it.")
   chosen = []
   for c in range(num_classes):
     members = np.flatnonzero(labels == c)
