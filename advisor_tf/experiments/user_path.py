@@ -35,7 +35,11 @@ Each run then trains through `trainer.train` with `dataset="image_folder"`,
 user gets (`TrainConfig()`: small CNN, 30 epochs, augmentation on — for a
 folder, a random horizontal flip —, noise none since the noise is in the
 folder), with `export=False, verbose=0` (neither changes what is trained).
-`--set=field=value,...` overrides TrainConfig fields (the ablations).
+`--set=field=value,...` overrides TrainConfig fields, `--tag=@name` suffixes
+the cell keys and workdirs of such a variant, `--folder_size` writes the
+folder at another size than `--image_size` reads it (the ablations of README
+"The user-path grid"; `user_path_ablations` adds the method variants no
+option offers, `user_path_features` measures kept runs).
 
 Results are in the dirty-labels schema (`dirty_labels.record`: cell →
 method → per-seed lists, resumable, the JSON rewritten after each run and
