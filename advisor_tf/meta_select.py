@@ -66,7 +66,13 @@ import json
 import os
 
 from absl import logging
+import keras
 import numpy as np
+import tensorflow as tf
+
+from advisor_tf import advice
+from advisor_tf import builder
+from advisor_tf.data import pipeline
 
 DEFAULT_DRAW = "auto"
 WARMUP_STEPS = 16       # The warm-up: whole epochs, at least this many steps.
@@ -205,7 +211,6 @@ def metrics(config, split):
 def summarize(config, split, log_dir):
   """TensorBoard `meta/purity` (synthetic noise) and `meta/examples` of a
   meta set fixed for the whole run, at step 0."""
-  import tensorflow as tf
   with tf.summary.create_file_writer(
       os.path.join(log_dir, "meta")).as_default():
     if known_truth(config) and split.meta_purity is not None:
@@ -237,6 +242,21 @@ def _write_record(folder, record):
   os.replace(path + ".tmp", path)
 
 
+def _steps_per_epoch(config, split):
+  """`run.steps_per_epoch` (which imports this module)."""
+  return config.steps_per_epoch or len(split.train_indices) // config.batch_size
+
+
+def _stream(config, source, split, start_step, seed):
+  """`trainer.train_stream` (which imports this module) with its seed."""
+  config, _ = config.resolved(len(split.meta_indices))  # An adaptive default.
+  return pipeline.train_and_meta(
+      source, split, config.batch_size, config.meta_batch_size, seed,
+      start_step=start_step, augment=config.augment,
+      policy=config.augment_policy, cutout=config.cutout,
+      gridmask=config.gridmask)
+
+
 def warmup_losses(config, source, split, epochs, folds=None):
   """Per-example losses (of the given labels, without augmentation) after a
   `WARMUP_METHOD` warm-up of `config` for `epochs` epochs, their exponential
@@ -245,11 +265,6 @@ def warmup_losses(config, source, split, epochs, folds=None):
   is cut into that many parts, stratified by given label; a model trained
   on the others scores each part (out of sample: a model that never saw an
   example cannot have memorised its wrong label)."""
-  import keras
-  from advisor_tf import advice
-  from advisor_tf import builder
-  from advisor_tf import run as run_lib
-  from advisor_tf import trainer
   folds = FOLDS if folds is None else folds
   ce = dataclasses.replace(config, method=WARMUP_METHOD, virtual_scope="all",
                            meta_update_every=1, advice="exact")
@@ -272,15 +287,14 @@ def warmup_losses(config, source, split, epochs, folds=None):
         split, train_indices=np.asarray(split.train_indices)[fit],
         train_labels=labels[fit],
         train_clean_labels=np.asarray(split.train_clean_labels)[fit])
-    steps = run_lib.steps_per_epoch(ce, sub)
+    steps = _steps_per_epoch(ce, sub)
     keras.utils.set_random_seed(config.seed + 1_000_003 + k)
     model = builder.build_model(ce, source.image_shape, source.num_classes,
                                 class_counts=sub.class_counts(
                                     source.num_classes),
                                 steps_per_epoch=steps)
     for epoch in range(epochs):
-      model.fit(trainer.train_stream(ce, source, sub, start_step=epoch * steps,
-                                     seed=config.seed + k),
+      model.fit(_stream(ce, source, sub, epoch * steps, config.seed + k),
                 epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps,
                 verbose=0, shuffle=False)
       adv = advice.advise(model, source, split, positions=scored,
@@ -297,8 +311,7 @@ def warmup_losses(config, source, split, epochs, folds=None):
 def select(config, source, split):
   """`auto`'s selection for a run (see the module docstring): a record
   `{positions, indices, labels, purity, suspect_classes, ...}`."""
-  from advisor_tf import run as run_lib
-  epochs = warmup_epochs(run_lib.steps_per_epoch(config, split))
+  epochs = warmup_epochs(_steps_per_epoch(config, split))
   losses, predicted = warmup_losses(config, source, split, epochs)
   labels = np.asarray(split.train_labels)
   positions = select_small_loss(losses, labels, config.meta_per_class,

@@ -62,7 +62,15 @@ from advisor_tf import cli  # Quiets TensorFlow before it is imported.
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
+
+from advisor_tf import config as config_lib  # noqa: E402
+from advisor_tf import meta_select  # noqa: E402
+from advisor_tf import run as run_lib  # noqa: E402
+from advisor_tf import trainer  # noqa: E402
+from advisor_tf.experiments import dirty_labels  # noqa: E402
+from advisor_tf.experiments import user_path  # noqa: E402
 
 GRIDS = ("array", "user_path")
 CELLS = ("sym0.4", "flip0.4", "lt20_sym0.4", "sym0.6")
@@ -78,8 +86,6 @@ _SETTINGS = {"ce": ("ce", "random", "folder"),
 
 def run_config(grid, cell, variant, seed, root, epochs=None):
   """The `TrainConfig` of one run."""
-  from advisor_tf import config as config_lib
-  from advisor_tf.experiments import dirty_labels
   epochs = epochs or config_lib.TrainConfig().epochs
   method, array_source, folder_source = _SETTINGS[variant]
   workdir = os.path.join(root, grid, cell, f"{variant}_s{seed}")
@@ -102,7 +108,6 @@ def folder_of(root, cell, seed):
 
 def write_folder(root, cell, seed):
   """The cell's digits as an image folder (issue #20's writer)."""
-  from advisor_tf.experiments import user_path
   return user_path.write_digits_folder(folder_of(root, cell, seed), cell, seed,
                                        image_size=IMAGE_SIZE)
 
@@ -157,8 +162,6 @@ def _manifest_truth(data_dir):
 def folder_purity(config, workdir):
   """Purity of the meta set of a user-path run (the folder's manifest knows
   the clean labels; the run does not)."""
-  from advisor_tf import meta_select
-  from advisor_tf import run as run_lib
   source, split = run_lib.prepare_data(config)
   if split.meta_source == "folder":
     return 1.0
@@ -172,8 +175,6 @@ def folder_purity(config, workdir):
 
 def run_one(grid, cell, variant, seed, root, epochs=None):
   """Trains one run; returns its values."""
-  import keras
-  from advisor_tf import trainer
   config = run_config(grid, cell, variant, seed, root, epochs)
   if grid == "user_path":
     write_folder(root, cell, seed)
@@ -326,7 +327,6 @@ def _define_flags():
 def main(argv, f):
   del argv
   cli.quiet_logs()
-  from advisor_tf.experiments import dirty_labels
   for name, values, allowed in (("grids", f.grids.value, GRIDS),
                                 ("variants", f.variants.value, VARIANTS)):
     for value in values:
