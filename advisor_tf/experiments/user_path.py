@@ -66,7 +66,15 @@ from advisor_tf import cli  # Quiets TensorFlow before it is imported.
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
+
+from advisor_tf import advice  # noqa: E402
+from advisor_tf import config as config_lib  # noqa: E402
+from advisor_tf import run as run_lib  # noqa: E402
+from advisor_tf import telemetry  # noqa: E402
+from advisor_tf import trainer  # noqa: E402
+from advisor_tf.experiments import dirty_labels  # noqa: E402
 
 MANIFEST = "manifest.json"
 CELLS = ("sym0.4", "flip0.4", "lt20_sym0.4", "lt20")
@@ -93,8 +101,6 @@ def write_digits_folder(root, cell, seed, image_size=32):
   and size. Returns the manifest dict."""
   from PIL import Image
 
-  from advisor_tf import run as run_lib
-  from advisor_tf.experiments import dirty_labels
   path = os.path.join(root, MANIFEST)
   want = {"cell": cell, "seed": int(seed), "image_size": int(image_size),
           "upsampling": "nearest"}
@@ -156,7 +162,6 @@ def folder_of(root, cell, seed, image_size):
 def parse_overrides(text):
   """`field=value,...` → `{field: value}` typed as `TrainConfig`'s fields
   (`--set`; booleans: true/false; tuples: values joined by `/`)."""
-  from advisor_tf import config as config_lib
   fields = {f.name: f for f in dataclasses.fields(config_lib.TrainConfig)}
   defaults = config_lib.TrainConfig()
   out = {}
@@ -186,8 +191,6 @@ def run_config(cell, method, seed, root, image_size=32, folder_size=None,
                epochs=None, overrides=None, tag=""):
   """The `TrainConfig` of one user-path run: a user's defaults on the
   cell's folder (`overrides`: the ablation's fields)."""
-  from advisor_tf import config as config_lib
-  from advisor_tf.experiments import dirty_labels
   folder = folder_of(root, cell, seed, folder_size or image_size)
   fields = dict(dataset="image_folder", data_dir=folder,
                 image_size=image_size, method=method, seed=seed,
@@ -202,7 +205,6 @@ def run_config(cell, method, seed, root, image_size=32, folder_size=None,
 
 def trace_values(workdir):
   """Per-epoch `mask_mean` and `suppression_mean` from the run's trace."""
-  from advisor_tf import telemetry
   records = telemetry.read_trace(workdir)
   values = {}
   masks = [r.get("mask_mean") for r in records]
@@ -240,10 +242,7 @@ def run_one(cell, method, seed, root, image_size=32, folder_size=None,
             epochs=None, overrides=None, tag=""):
   """Writes the folder (once), trains one run and measures it: the values
   `dirty_labels.record` stores."""
-  import keras
 
-  from advisor_tf import trainer
-  from advisor_tf.experiments import dirty_labels
   size = folder_size or image_size
   manifest = write_digits_folder(folder_of(root, cell, seed, size), cell,
                                  seed, size)
@@ -274,10 +273,6 @@ def advice_values(workdir, manifest):
   training images (known from the folder's `manifest`): `mask_mean_noisy`,
   `mask_mean_clean` (MFRW) and `advisor_ap`, the average precision of the
   advisor's discount at finding the mislabelled ones."""
-  import keras
-
-  from advisor_tf import advice
-  from advisor_tf import run as run_lib
   keras.backend.clear_session()
   finished = run_lib.load(workdir)
   adv = advice.advise(finished.model, finished.source, finished.split,
@@ -300,7 +295,6 @@ def run_grid(out, cells, methods, seeds, root, image_size=32,
              log=print):
   """Runs the missing (cell, method, seed) entries, rewriting `out` after
   each (cell keys carry `tag`). Returns the results dict."""
-  from advisor_tf.experiments import dirty_labels
   results = dirty_labels.load_results(out)
   # Seed by seed, so that an interrupted grid has every cell.
   runs = [(c, s, m) for s in seeds for c in cells for m in methods]
@@ -406,7 +400,6 @@ def _define_flags():
 def main(argv, f):
   del argv
   cli.quiet_logs()
-  from advisor_tf.experiments import dirty_labels
   for cell in f.cells.value:
     if cell not in dirty_labels.CELLS:
       raise app.UsageError(f"--cells: {cell!r} is not one of "

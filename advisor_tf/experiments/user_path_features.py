@@ -17,17 +17,17 @@ import json
 import os
 import sys
 
+import keras
 import numpy as np
+
+from advisor_tf import advice
+from advisor_tf import run as run_lib
+from advisor_tf.data import pipeline
+from advisor_tf.experiments import user_path
 
 
 def feature_stats(workdir):
   """The statistics above for one finished run (a dict)."""
-  import keras
-
-  from advisor_tf import advice
-  from advisor_tf import run as run_lib
-  from advisor_tf.data import pipeline
-  from advisor_tf.experiments import user_path
   keras.backend.clear_session()
   run = run_lib.load(workdir)
   adv = advice.advise(run.model, run.source, run.split, batch_size=256)
