@@ -31,6 +31,7 @@ VERBOSITIES = ("auto", 0, 1, 2)
 BUNDLED_DATASETS = ("digits",)
 # Defaults that adapt to the data and the run (`TrainConfig.resolved`).
 DEFAULT_META_BATCH_SIZE = 50
+ADAPTIVE_FIELDS = ("meta_batch_size", "lr_decay_epochs")
 DEFAULT_DECAY_FRACTIONS = (2 / 3, 5 / 6)
 # Where the meta set comes from (`advisor_tf.meta_select`); unset: `folder`
 # when the dataset ships a trusted split, else `meta_select.DEFAULT_DRAW`.
@@ -275,9 +276,12 @@ class TrainConfig:
     # A field newer than the saved run had its default value there.
     defaults = json.loads(TrainConfig().to_json())
     saved = {**defaults, **_upgrade(saved)}
+    # An adaptive default saved unresolved ("auto") resolves as this run's
+    # does: the same data (checked apart) and --epochs give the same value.
+    auto = {k for k in ADAPTIVE_FIELDS if saved.get(k) in (None, [], ())}
     return [f"--{k}: {saved.get(k)!r} in the workdir, {now[k]!r} now"
             for k in sorted(now) if k not in RUN_ONLY_FIELDS
-            and saved.get(k) != now[k]]
+            and k not in auto and saved.get(k) != now[k]]
 
 
 def progress_verbosity(verbose, stream=None):

@@ -93,6 +93,12 @@ def test_meta_batch_and_decay_epochs_adapt_to_the_data_and_the_run():
   assert (kept.meta_batch_size, kept.lr_decay_epochs, chosen) == (4, (2,), [])
   assert config_lib.TrainConfig(lr_schedule="cosine").resolved(9)[
       0].lr_decay_epochs == ()
+  # A workdir whose config.json holds them unresolved resumes: "auto" there
+  # resolves as here; a value set there and another now is a difference.
+  unresolved = json.loads(config_lib.TrainConfig(epochs=6).to_json())
+  assert small.differences(unresolved) == []
+  assert small.differences({**unresolved, "meta_batch_size": 4}) == [
+      "--meta_batch_size: 4 in the workdir, 9 now"]
 
 
 @pytest.mark.parametrize("flag,message", [
