@@ -113,20 +113,10 @@ def write_folder(root, cell, seed):
 
 
 # --------------------------------------------------------------- results
-def load_results(path):
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
-def write_results(path, results):
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".meta_source.", dir=folder)
-  with os.fdopen(fd, "w") as f:
-    json.dump(results, f, indent=2)
-  os.replace(tmp, path)
+# The dirty-labels grid's: resumable, rewritten whole through a temporary
+# file after every run.
+load_results = dirty_labels.load_results
+write_results = dirty_labels.write_results
 
 
 _KEYS = ("accuracy", "purity", "suspect_classes", "train_seconds")
