@@ -87,7 +87,8 @@ def build_model(config, image_shape, num_classes, class_counts=None,
                            backbones.last_stage_prefixes(config.backbone)),
       meta_update_every=config.meta_update_every,
       class_counts=class_counts, eql_threshold=config.eql_threshold,
-      focal_gamma=config.focal_gamma, advice=config.advice)
+      focal_gamma=config.focal_gamma, advice=config.advice,
+      remat=config.remat)
   optimizer, advisor_optimizer = optimizers(config, steps_per_epoch)
   jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
   model.compile(optimizer=optimizer, advisor_optimizer=advisor_optimizer,

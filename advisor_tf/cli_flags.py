@@ -129,6 +129,11 @@ flags.DEFINE_enum("advice", _D.advice, _C["advice"],
 flags.DEFINE_enum("virtual_scope", _D.virtual_scope, _C["virtual_scope"],
                   "Weights the virtual step moves: all (exact), last_stage, "
                   "head.")
+flags.DEFINE_enum("remat", _D.remat, _C["remat"],
+                  "Rematerialisation: none (keep every activation for the "
+                  "backward passes) or blocks (keep the backbone's block "
+                  "boundaries only and recompute inside a block: less memory "
+                  "for more time, the same gradients).")
 flags.DEFINE_integer("meta_update_every", _D.meta_update_every,
                      "Update the advisor every k-th step.")
 flags.DEFINE_enum("precision", _D.precision, _C["precision"],
@@ -236,7 +241,7 @@ GROUPS = {
                      "meta_batch_size", "lr", "momentum", "weight_decay",
                      "lr_schedule", "lr_decay_epochs", "lr_decay_steps",
                      "lr_decay_factor", "precision", "strategy",
-                     "jit_compile"],
+                     "jit_compile", "remat"],
     "run": ["workdir", "seed", "deterministic", "eval_batch_size", "export",
             "verbose", "checkpoint_every", "keep_checkpoints",
             "telemetry_examples", "dry_run"],

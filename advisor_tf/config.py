@@ -23,6 +23,7 @@ from advisor_tf.data.sources import SOURCES
 from advisor_tf.data.noise import FLIP_TARGET_RULES, NOISE_TYPES
 from advisor_tf.distribute import STRATEGIES
 from advisor_tf.model import ADVICE_MODES, ADVISOR_MODES, MODES, VIRTUAL_SCOPES
+from advisor_tf.model import REMAT_MODES
 from advisor_tf.model import DEFAULT_ADVISOR_LR
 
 LR_SCHEDULES = ("constant", "step", "cosine")
@@ -50,6 +51,7 @@ CHOICES = {
     "backbone": tuple(sorted(BACKBONES)),
     "lr_schedule": LR_SCHEDULES,
     "virtual_scope": VIRTUAL_SCOPES,
+    "remat": REMAT_MODES,
     "precision": PRECISIONS,
     "strategy": STRATEGIES,
     "jit_compile": JIT_CHOICES,
@@ -62,7 +64,7 @@ UNSET_CHOICES = ("meta_source",)
 RUN_ONLY_FIELDS = ("workdir", "data_dir", "verbose", "export", "init_checkpoint",
                    "pretrained_weights",
                    "eval_batch_size", "checkpoint_every", "keep_checkpoints",
-                   "jit_compile", "telemetry_examples")
+                   "jit_compile", "telemetry_examples", "remat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +111,7 @@ class TrainConfig:
   # Speed and scale.
   advice: str = "exact"
   virtual_scope: str = "all"
+  remat: str = "none"  # Memory for recomputation; the same gradients.
   meta_update_every: int = 1
   precision: str = "float32"
   strategy: str = "default"

@@ -46,6 +46,10 @@ MODES = ("ce", "mwnet", "mfrw", "mes", "mfrw_mes", "balanced_softmax", "eql",
          "focal")
 VIRTUAL_SCOPES = ("all", "last_stage", "head")
 ADVICE_MODES = ("exact", "lagged")
+# Rematerialisation of the backbone (`remat`): none keeps every activation of
+# the step alive for the backward passes; blocks keeps only the backbone's
+# block boundaries and recomputes inside a block when a gradient needs it.
+REMAT_MODES = ("none", "blocks")
 # The advisor's Adam learning rate unless told otherwise: Meta-Weight-Net's
 # own. The thesis' 1e-4 (every thesis flagfile sets it) suits runs of tens
 # of thousands of steps; in a run of a few hundred (30 epochs of a small set)
@@ -256,8 +260,12 @@ class AdvisorModel(keras.Model):
                embedding_size=100, rho=0.9, seed=None, virtual_scope="all",
                last_stage_prefixes=None, meta_update_every=1,
                class_counts=None, eql_threshold=0.01, focal_gamma=2.0,
-               advice="exact", **kwargs):
+               advice="exact", remat="none", **kwargs):
     super().__init__(**kwargs)
+    if remat not in REMAT_MODES:
+      raise ValueError(f"Unknown remat {remat!r}; allowed: "
+                       f"{', '.join(REMAT_MODES)}.")
+    self.remat = remat
     if mode in ("balanced_softmax", "eql") and class_counts is None:
       raise ValueError(f"mode {mode!r} needs class_counts (training images "
                        "per class).")
@@ -768,7 +776,7 @@ class AdvisorModel(keras.Model):
         "meta_update_every": self.meta_update_every,
         "class_counts": self.class_counts,
         "eql_threshold": self.eql_threshold, "focal_gamma": self.focal_gamma,
-        "advice": self.advice,
+        "advice": self.advice, "remat": self.remat,
     }
 
   @classmethod
