@@ -83,9 +83,11 @@ def export_logits(loaded, source, split, batch_size):
 
 def evaluate_run(workdir, split="test", model="checkpoint", data_dir=None):
   """The evaluation report dict of a run on `split`, from its newest
-  checkpoint or from its export (`export_logits`). Refuses a model with
-  non-finite weights."""
-  config, source, split_data = run_lib.load_data(workdir, data_dir)
+  checkpoint or from its export (`export_logits`), with the training
+  split as recorded in the workdir (changed training files are only
+  warned about). Refuses a model with non-finite weights."""
+  config, source, split_data = run_lib.load_data(workdir, data_dir,
+                                                 training_files=False)
   if split not in source.labels:
     raise ValueError(f"--split={split!r} is not a split of {config.dataset}; "
                      f"allowed: {', '.join(sorted(source.labels))}.")

@@ -7,7 +7,12 @@ A workdir holds one run:
   config.json          the resolved `TrainConfig` (what the run computes)
   flags.txt            the command's flags (works as a --flagfile)
   data.json            the fingerprint of the data the run trains on
-  splits.json          file datasets: each split's files and given labels
+  splits.json          file datasets: each split's files and given labels,
+                       as read from the folder
+  trained_split.json   the split as trained: the training and meta sets
+                       (dataset positions, files, given and clean labels)
+                       after the meta selection, long tail and noise —
+                       what resume, evaluate and analyze read
   .lock                held while a run trains in this workdir
   checkpoints/         tf.train checkpoints (finite state only)
   tensorboard/, advisor_trace.jsonl, metrics.json   (written by training)
@@ -54,6 +59,7 @@ CONFIG_FILE = "config.json"
 FLAGS_FILE = "flags.txt"
 DATA_FILE = "data.json"
 SPLITS_FILE = "splits.json"
+TRAINED_SPLIT_FILE = "trained_split.json"
 LOCK_FILE = ".lock"
 CHECKPOINTS = "checkpoints"
 EXPORT_DIR = "saved_model"
@@ -61,16 +67,20 @@ KERAS_FILE = "classifier.keras"
 
 
 # ------------------------------------------------------------------- data
-def prepare_data(config):
-  """The data a configuration trains on: `(source, split)`.
-
-  `split` is the protocol (meta set, long tail, synthetic noise) applied to
-  the source's training labels with the run's seed; the same configuration
-  always gives the same split.
-  """
+def load_source(config):
+  """The source a configuration reads (with its `--corrections` applied)."""
   source = sources.load(config.dataset, config.data_dir, config.image_size)
   if config.corrections:  # A reviewer's relabel / drop rows, before all.
     source = corrections.apply(source, config.corrections, config.data_dir)
+  return source
+
+
+def apply_protocol(config, source):
+  """The split of a new run of `config` on `source`: the protocol (meta
+  set, long tail, synthetic noise) applied to the source's training labels
+  with the run's seed; the same configuration always gives the same split.
+  (`--meta_source=auto` then chooses its meta set: `meta_select.prepare`.)
+  """
   meta_source = meta_select.resolve(config, source)  # --meta_source.
   protocol = protocols.Protocol(
       noise=config.noise, noise_rate=config.noise_rate,
@@ -84,10 +94,97 @@ def prepare_data(config):
       similar=noise_lib.SIMILAR_CLASSES.get(source.name),
       meta_labels=None if meta_from == "train" else source.labels[meta_from],
       meta_from=meta_from)
-  # Refuse impossible augmentation settings before anything is written.
+  check_augmentation(config, source)
+  return split
+
+
+def check_augmentation(config, source):
+  """Refuses impossible augmentation settings (before anything is
+  written)."""
   pipeline.strong_transform(source, config.augment_policy, config.cutout,
                             config.gridmask)
-  return source, split
+
+
+def prepare_data(config):
+  """The data a new run of `config` trains on: `(source, split)`."""
+  source = load_source(config)
+  return source, apply_protocol(config, source)
+
+
+# ------------------------------------------------- the split as trained
+def _relative(path, root):
+  return os.path.relpath(os.path.abspath(str(path)), root) if root else str(
+      path)
+
+
+def split_record(config, source, split):
+  """`split` as a JSON-able record (`TRAINED_SPLIT_FILE`): per set (train,
+  meta) the dataset positions in training order, the given and the clean
+  labels and, for file datasets, the files (relative to `data_dir`)."""
+  root = os.path.abspath(config.data_dir) if config.data_dir else None
+
+  def part(indices, labels, clean, split_name):
+    out = {"split": split_name,
+           "index": np.asarray(indices, np.int64).tolist(),
+           "label": np.asarray(labels, np.int64).tolist(),
+           "clean_label": (None if clean is None else
+                           np.asarray(clean, np.int64).tolist())}
+    paths = (source.paths or {}).get(split_name)
+    if paths is not None:
+      out["file"] = [_relative(paths[i], root) for i in out["index"]]
+    return out
+
+  return {"format": 1, "meta_source": split.meta_source,
+          "transition": np.asarray(split.transition, np.float64).tolist(),
+          "train": part(split.train_indices, split.train_labels,
+                        split.train_clean_labels, "train"),
+          "meta": part(split.meta_indices, split.meta_labels,
+                       split.meta_clean_labels, split.meta_from)}
+
+
+def split_from_record(record):
+  """The `protocols.Split` a `split_record` holds (bit for bit the one
+  recorded)."""
+  array = lambda values, dtype=np.int64: np.asarray(  # noqa: E731
+      values, dtype).reshape(-1)
+  train, meta = record["train"], record["meta"]
+  return protocols.Split(
+      train_indices=array(train["index"]),
+      train_labels=array(train["label"]),
+      train_clean_labels=array(train["clean_label"]),
+      meta_indices=array(meta["index"]),
+      meta_labels=array(meta["label"]),
+      meta_clean_labels=(None if meta["clean_label"] is None
+                         else array(meta["clean_label"])),
+      transition=np.asarray(record["transition"], np.float64),
+      meta_from=meta["split"], meta_source=record["meta_source"])
+
+
+def record_split(folder, config, source, split):
+  """Writes the split a run trains on into `folder` (atomically)."""
+  _write(os.path.join(folder, TRAINED_SPLIT_FILE),
+         json.dumps(split_record(config, source, split)))
+
+
+def recorded_split(workdir):
+  """The split recorded in `workdir` (`record_split`), or None."""
+  path = os.path.join(workdir, TRAINED_SPLIT_FILE)
+  if not os.path.isfile(path):
+    return None
+  try:
+    return split_from_record(_json(path))
+  except (ValueError, KeyError, TypeError) as error:
+    raise ValueError(f"{path}: not a readable split record ({error}); "
+                     "delete it to rebuild it from the configuration.") from None
+
+
+def resumed_split(config):
+  """The split a resumed run trains on: the one recorded in its workdir
+  when the workdir holds a checkpoint; None for a new run (or a workdir
+  written before splits were recorded)."""
+  if not has_checkpoint(config.workdir):
+    return None
+  return recorded_split(config.workdir)
 
 
 def steps_per_epoch(config, split):
@@ -515,21 +612,43 @@ class Run:
   checkpoint: str
 
 
-def load_data(workdir, data_dir=None):
-  """A run's `(config, source, split)`, rebuilt from its `config.json`;
-  `data_dir` overrides where the data is. Refuses data that differs from
-  the fingerprint the run recorded."""
+def load_data(workdir, data_dir=None, training_files=True):
+  """A finished run's `(config, source, split)`: its `config.json`, the
+  source as it is now (`data_dir` overrides where it is), and the split it
+  trained on as recorded in the workdir (`TRAINED_SPLIT_FILE`) — the
+  protocols and the meta selection are not run again. A workdir written
+  before splits were recorded gets its split rebuilt from the
+  configuration.
+
+  Data that differs from the run's fingerprint is refused, naming what
+  differs; but files changed in `test/` are a warning (the figures are of
+  the files there now), and so are changed training or meta files when
+  `training_files` is False (evaluation needs only the recorded labels of
+  those).
+  """
   config = read_config(workdir)
   if data_dir:
     config = dataclasses.replace(config, data_dir=data_dir)
-  source, split = prepare_data(config)
-  diffs, changed_test = _data_differences(workdir, config, source)
+  source = load_source(config)
+  split = recorded_split(workdir)
+  recorded = split is not None
+  if not recorded:  # Written before splits were: rebuilt (and selected).
+    split = meta_select.auto_split(config, apply_protocol(config, source),
+                                   workdir)
+  diffs, changed = _data_differences(workdir, config, source)
+  if recorded and not training_files:
+    changed += [d for d in diffs if d.startswith(("split 'train': ",
+                                                  "split 'meta': "))
+                and "absent" not in d]
+    diffs = [d for d in diffs if d not in changed]
   if diffs:
     raise ValueError(f"--workdir={workdir} was trained on other data: "
                      f"{'; '.join(diffs)}.")
-  for change in changed_test:
-    logging.warning("The test files changed since this run trained (%s); "
-                    "test figures are of the files there now.", change)
+  for change in changed:
+    logging.warning("The files changed since this run trained (%s); %s",
+                    change, "test figures are of the files there now."
+                    if change.startswith("split 'test'") else
+                    "the run's split is read from its workdir.")
   return config, source, split
 
 

@@ -93,7 +93,16 @@ def train(config, flags_text=None):
   # First: a multi-worker strategy configures the runtime's collectives,
   # which must happen before TensorFlow runs any op.
   strategy = distribute.get_strategy(config.strategy)
-  source, split = run_lib.prepare_data(config)
+  source = run_lib.load_source(config)
+  # A resumed run trains on the split its workdir recorded, as it began;
+  # a new one applies the protocols (and, chief or not, the same seed
+  # gives the same split).
+  recorded = run_lib.resumed_split(config)
+  if recorded is None:
+    split = run_lib.apply_protocol(config, source)
+  else:
+    split = recorded
+    run_lib.check_augmentation(config, source)
   config, chosen = config.resolved(len(split.meta_indices))
   if chosen:
     logging.warning("Defaults chosen for this data and run length: %s.",
@@ -112,8 +121,16 @@ def train(config, flags_text=None):
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
     try:
-      # --meta_source=auto: choose the meta set (or read back the choice).
-      split = meta_select.prepare(config, source, split, out)
+      if recorded is None:
+        # --meta_source=auto: choose the meta set (or read back the choice
+        # of a workdir from before splits were recorded); then record the
+        # split as trained.
+        split = meta_select.prepare(config, source, split, out)
+        run_lib.record_split(out, config, source, split)
+      else:
+        logging.info("%s (the split recorded in %s).",
+                     meta_select.describe(config, split),
+                     run_lib.TRAINED_SPLIT_FILE)
       return _train(config, source, split, strategy, out)
     finally:
       keras.config.set_dtype_policy(previous_policy)
