@@ -82,7 +82,8 @@ def check_batch_sizes(split, batch_size, meta_batch_size):
   n, m = len(split.train_indices), len(split.meta_indices)
   if batch_size > n:
     raise ValueError(f"--batch_size={batch_size} is larger than the training "
-                     f"set ({n} examples).")
+                     f"set ({n} examples); use --batch_size={max(n, 1)} or "
+                     "less.")
   if meta_batch_size > m:
     raise ValueError(f"--meta_batch_size={meta_batch_size} is larger than the "
                      f"meta set ({m} examples); lower it or raise "
