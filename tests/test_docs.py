@@ -7,6 +7,7 @@ import html
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -139,3 +140,23 @@ def test_readme_is_short_and_holds_the_commands_ci_runs():
   prose = re.sub(r"```.*?```", "", readme, flags=re.S)
   for target in re.findall(r"\]\(([^)#]+)", prose):
     assert os.path.exists(os.path.join(ROOT, target)), target
+
+
+def test_strict_build_fails_on_a_broken_link_or_anchor(tmp_path):
+  """What CI relies on: a link to a missing page or to a missing heading in
+  a page fails `mkdocs build --strict` (here on a copy of the sources)."""
+  for name in ("docs", "advisor_tf", "results"):
+    shutil.copytree(os.path.join(ROOT, name), tmp_path / name, symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.json"))
+  for name in ("mkdocs.yml", "CONTRIBUTING.md"):
+    shutil.copy(os.path.join(ROOT, name), tmp_path / name)
+  os.symlink(os.path.join("advisor_tf", "flags"), tmp_path / "flags")
+  with open(tmp_path / "docs" / "faults.md", "a", encoding="utf-8") as f:
+    f.write("\n[gone](no-such-page.md) and [moved](results.md#no-such-heading)\n")
+  proc = subprocess.run(
+      [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
+       str(tmp_path / "site")], cwd=tmp_path, capture_output=True, text=True,
+      env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
+  assert proc.returncode != 0
+  assert "'no-such-page.md'" in proc.stderr, proc.stderr[-3000:]
+  assert "'#no-such-heading'" in proc.stderr, proc.stderr[-3000:]
