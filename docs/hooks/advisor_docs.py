@@ -30,7 +30,7 @@ MARKER = "<!-- advisor_tf:flags -->"
 
 # Run in the child process: every flag of advisor_tf.cli_flags as JSON.
 _DUMP = r"""
-import json, sys
+import json, re, sys
 from absl import flags
 from advisor_tf import cli_flags, config
 FLAGS = flags.FLAGS
@@ -46,7 +46,8 @@ for group, names in cli_flags.GROUPS.items():
     rows.append({"name": name, "type": flag.flag_type(),
                  "default": (flag.default_as_str or "").strip("'"),
                  "enum": [str(v) for v in getattr(flag.parser, "enum_values", None) or []],
-                 "help": flag.help})
+                 # absl puts "<a|b|c>: " before an enum's help.
+                 "help": re.sub(r"^<[^>]*>: ", "", flag.help)})
   out["groups"][group] = rows
 out["ungrouped"] = sorted(set(defined) - grouped)
 json.dump(out, sys.stdout)
