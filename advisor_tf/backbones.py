@@ -201,3 +201,99 @@ def build_classifier(backbone, input_shape, num_classes, weights=None):
   body = BACKBONES[backbone](tuple(input_shape), weights=weights)
   head = linear_head(body.output_shape[-1], num_classes)
   return body, head
+
+
+# ------------------------------------------------- rematerialisation blocks
+# A block of `--remat=blocks` holds at least this many layers: a lone conv, BN
+# or ReLU between two cuts joins the next one (recomputing a one-layer block
+# frees nothing: its backward needs its input anyway).
+REMAT_MIN_LAYERS = 3
+
+
+class Segment:
+  """A run of a backbone's layers between two cuts, as a Keras model of its
+  own that shares the backbone's layers (hence its variables).
+
+  Attributes:
+    model: the functional sub-model, cut input → cut output.
+    trainable: indices of `model.trainable_variables` in the backbone's
+      `trainable_variables`.
+    non_trainable: the same for the non-trainable (BatchNorm) variables.
+  """
+
+  def __init__(self, model, trainable, non_trainable):
+    self.model = model
+    self.trainable = tuple(trainable)
+    self.non_trainable = tuple(non_trainable)
+
+
+def _cuts(model):
+  """The backbone's layers in topological order, and after which of them
+  only one tensor is alive (a cut: everything later depends on the earlier
+  layers only through that tensor). Returns `(layers, cut_positions)`, or
+  None where a layer is used twice (no cut is then trusted)."""
+  layers_ = [op for op in model.operations
+             if not isinstance(op, layers.InputLayer)]
+  if any(len(op._inbound_nodes) != 1 for op in layers_):  # noqa: SLF001
+    return None
+  position = {id(t): -1 for t in model.inputs}
+  last_use = {}
+  for i, op in enumerate(layers_):
+    node = op._inbound_nodes[0]  # noqa: SLF001
+    for t in node.input_tensors:
+      if id(t) not in position:
+        return None  # Not in topological order: refuse to cut.
+      last_use[id(t)] = i
+    for t in node.output_tensors:
+      position[id(t)] = i
+  for t in model.outputs:
+    last_use[id(t)] = len(layers_)
+  cuts = []
+  for i, op in enumerate(layers_[:-1]):
+    live = [t for t, p in position.items() if p <= i
+            and last_use.get(t, -1) > i]
+    outputs = op._inbound_nodes[0].output_tensors  # noqa: SLF001
+    if len(live) == 1 and len(outputs) == 1 and live[0] == id(outputs[0]):
+      cuts.append(i)
+  return layers_, cuts
+
+
+def remat_segments(model, min_layers=REMAT_MIN_LAYERS):
+  """Splits a functional backbone into `Segment`s at its cuts (in a ResNet,
+  the residual blocks' outputs; in a plain CNN, any layer's), each segment
+  holding at least `min_layers` layers (the last one may hold fewer only if
+  the whole backbone does). Chained, the segments compute the backbone.
+
+  Returns:
+    a list of `Segment`s, or one segment (the backbone itself) where the
+    model cannot be cut (not functional, or a layer shared).
+  """
+  whole = [Segment(model, range(len(model.trainable_variables)),
+                   range(len(model.non_trainable_variables)))]
+  if not hasattr(model, "operations") or not hasattr(model, "inputs") or \
+      len(model.inputs) != 1 or len(model.outputs) != 1:
+    return whole
+  found = _cuts(model)
+  if found is None:
+    return whole
+  layers_, cuts = found
+  bounds, start = [], 0
+  for i in cuts:
+    if i + 1 - start >= min_layers and len(layers_) - (i + 1) >= min_layers:
+      bounds.append(i)
+      start = i + 1
+  if not bounds:
+    return whole
+  trainable = {id(v): k for k, v in enumerate(model.trainable_variables)}
+  non_trainable = {id(v): k
+                   for k, v in enumerate(model.non_trainable_variables)}
+  tensors = ([model.inputs[0]]
+             + [layers_[i]._inbound_nodes[0].output_tensors[0]  # noqa: SLF001
+                for i in bounds] + [model.outputs[0]])
+  segments = []
+  for k, (start_t, end_t) in enumerate(zip(tensors[:-1], tensors[1:])):
+    sub = keras.Model(start_t, end_t, name=f"{model.name}_remat{k}")
+    segments.append(Segment(
+        sub, [trainable[id(v)] for v in sub.trainable_variables],
+        [non_trainable[id(v)] for v in sub.non_trainable_variables]))
+  return segments

@@ -36,7 +36,11 @@ from typing import Any, NamedTuple
 import keras
 import tensorflow as tf
 from keras import ops
+# `stop_recording` (as `tf.recompute_grad` uses it): a checkpointed forward
+# records nothing inside it on the tapes around it.
+from tensorflow.python.eager import record as _tape_record
 
+from advisor_tf import backbones as adv_backbones
 from advisor_tf import layers as adv_layers
 from advisor_tf import losses as adv_losses
 
@@ -213,6 +217,108 @@ def _commit(model, updates, ok):
   """Writes `model`'s non-trainable (BatchNorm) values where `ok` holds."""
   for variable, value in zip(model.non_trainable_variables, updates):
     variable.assign(ops.where(ok, value, variable))
+
+
+# --------------------------------------------------------- rematerialisation
+# `remat="blocks"`: the backbone runs as a chain of segments (`backbones.
+# remat_segments`: residual blocks, or conv-BN-ReLU groups). Each segment is
+# one custom-gradient op that keeps only its input (and its weights): a
+# gradient recomputes the segment's forward. Under the exact meta step the
+# virtual step's backward is itself differentiated (the second-order pass), so
+# the segment's backward is also one custom-gradient op — keeping only its
+# input, weights and output cotangent — whose own gradient recomputes the
+# segment's forward and backward. The values are those of the plain step (the
+# same operations on the same inputs); only what stays alive between the
+# passes changes.
+def _after(x, *signals):
+  """`x`, made to depend on `signals` (identity in value): a recomputation
+  waits until the backward pass reaches it (the graph runtime would otherwise
+  start every segment's recomputation as soon as its input exists, and the
+  graph optimiser could merge it with the forward it repeats). As
+  `tf.recompute_grad` does: a NaN in the signal's first element is passed on."""
+  signal = next(s for s in signals if s is not None)
+  first = ops.reshape(signal, (-1,))[:1]
+  zero = tf.reduce_sum(tf.where(tf.equal(first, first),
+                                tf.zeros_like(first),
+                                tf.fill(tf.shape(first),
+                                        tf.constant(float("nan"),
+                                                    first.dtype))))
+  return x + ops.cast(zero, x.dtype)
+
+
+def _segment_forward(segment, x, weights, non_trainable):
+  return segment.model.stateless_call(list(weights), list(non_trainable), x,
+                                      training=True)
+
+
+def _segment_vjp(segment, x, weights, non_trainable, dy, input_grad):
+  """(∂y/∂x)ᵀ dy (where `input_grad`) and (∂y/∂w)ᵀ dy of one segment, its
+  forward recomputed under a local tape (after `dy` exists)."""
+  with tf.GradientTape() as tape:
+    x = _after(x, dy)
+    tape.watch(x)
+    tape.watch(weights)
+    y, _ = _segment_forward(segment, x, weights, non_trainable)
+  sources = ([x] if input_grad else []) + list(weights)
+  return tape.gradient(y, sources, output_gradients=dy,
+                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def _checkpointed_vjp(segment, x, weights, non_trainable, dy, input_grad):
+  """`_segment_vjp` as one differentiable op that keeps only its inputs: its
+  gradient (the second-order pass) recomputes the segment's forward and
+  backward under two local tapes."""
+  n = len(weights)
+
+  @tf.custom_gradient
+  def vjp(x, dy, *params):
+    w, nt = list(params[:n]), list(params[n:])
+    out = _segment_vjp(segment, x, w, nt, dy, input_grad)
+
+    def grad(*cotangents):
+      kept = [k for k, c in enumerate(cotangents) if c is not None]
+      if not kept:
+        return [None, None] + [None] * len(params)
+      with tf.GradientTape() as outer:
+        outer.watch([x, dy] + w)
+        again = _segment_vjp(segment, _after(x, *cotangents), w, nt,
+                             _after(dy, *cotangents), input_grad)
+      grads = outer.gradient(
+          [again[k] for k in kept], [x, dy] + w,
+          output_gradients=[cotangents[k] for k in kept],
+          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+      return grads + [None] * len(nt)
+    return out, grad
+  return vjp(x, dy, *weights, *non_trainable)
+
+
+def _checkpointed_forward(segment, x, weights, non_trainable, input_grad):
+  """One segment's forward as one op that keeps only its inputs; returns
+  `(y, non_trainable updates)`. The BatchNorm statistics are those of this
+  forward; the recomputations' are discarded."""
+  n = len(weights)
+
+  @tf.custom_gradient
+  def forward(x, *params):
+    w, nt = list(params[:n]), list(params[n:])
+    with _tape_record.stop_recording():
+      y, updates = _segment_forward(segment, x, w, nt)
+
+    def grad(dy, *unused_update_grads):
+      del unused_update_grads  # The statistics are not differentiated.
+      grads = _checkpointed_vjp(segment, x, w, nt, dy, input_grad)
+      dx = grads[0] if input_grad else None
+      return [dx] + list(grads[int(input_grad):]) + [None] * len(nt)
+    return (y, *updates), grad
+  y, *updates = forward(x, *weights, *non_trainable)
+  return y, updates
+
+
+class _Untracked:
+  """A value held where Keras' and TensorFlow's trackers do not look."""
+
+  def __init__(self, value):
+    self.value = value
 
 
 @keras.saving.register_keras_serializable(package="advisor_tf")
@@ -399,6 +505,8 @@ class AdvisorModel(keras.Model):
     self.optimizer.build(self.classifier_variables)
     if self.advisor is not None:
       self.advisor_optimizer.build(self.advisor.trainable_variables)
+    if self.remat != "none":
+      self._remat_segments()  # Cut now, not while a step is traced.
 
   def _maybe_symbolic_build(self, iterator=None, data_batch=None):
     # Keras' fit() under a tf.distribute strategy builds the model on a batch
@@ -716,9 +824,32 @@ class AdvisorModel(keras.Model):
     return values[:n], values[n:]
 
   def _backbone_forward(self, trainable, x):
-    return self.backbone.stateless_call(
-        trainable, [v.value for v in self.backbone.non_trainable_variables],
-        x, training=True)
+    """`(features, BatchNorm statistics)` of the backbone at `trainable`;
+    under `remat="blocks"` as a chain of checkpointed segments."""
+    non_trainable = [v.value for v in self.backbone.non_trainable_variables]
+    if self.remat == "none":
+      return self.backbone.stateless_call(trainable, non_trainable, x,
+                                          training=True)
+    updates = [None] * len(non_trainable)
+    x = ops.convert_to_tensor(x)
+    for k, segment in enumerate(self._remat_segments()):
+      x, new = _checkpointed_forward(
+          segment, x, [trainable[i] for i in segment.trainable],
+          [non_trainable[i] for i in segment.non_trainable],
+          input_grad=k > 0)
+      for i, value in zip(segment.non_trainable, new):
+        updates[i] = value
+    return x, updates
+
+  def _remat_segments(self):
+    """The backbone's `remat_segments`, cut once (outside any trace), kept
+    out of Keras' and TensorFlow's tracking (they share the backbone's
+    layers: no new variables, nothing new to save)."""
+    cached = self.__dict__.get("_remat_cache")
+    if cached is None:
+      cached = _Untracked(adv_backbones.remat_segments(self.backbone))
+      object.__setattr__(self, "_remat_cache", cached)
+    return cached.value
 
   def _head_forward(self, trainable, features):
     return self.head.stateless_call(

@@ -48,6 +48,9 @@ _SCOPES = flags.DEFINE_list("virtual_scopes", ["all"],
 _ADVICE = flags.DEFINE_list("advice", ["exact"],
                             "Advice modes for the advisor methods (exact, "
                             "lagged).")
+_REMAT = flags.DEFINE_list("remat", ["none"],
+                           "Rematerialisation modes (none, blocks); with "
+                           "--sweep a variant of the exact step.")
 _META_EVERY = flags.DEFINE_integer("meta_update_every", 1,
                                    "Advisor update period k.", lower_bound=1)
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per round.")
@@ -83,8 +86,12 @@ _SWEEP_GROUPS = flags.DEFINE_string(
 _PLOT = flags.DEFINE_string("plot", None, "With --sweep: draw the curves "
                             "(time and peak memory against batch size) here.")
 _MEMORY_OF = flags.DEFINE_string(
-    "memory_of", None, "Internal (--sweep): build METHOD:SCOPE:ADVICE alone, "
-    "run --warmup steps and print the process's peak memory as JSON.")
+    "memory_of", None, "Internal (--sweep): build METHOD:SCOPE:ADVICE:REMAT "
+    "alone, run --warmup steps, then --steps more and print their peak "
+    "memory above the runtime's baseline as JSON.")
+_VARIANTS = flags.DEFINE_string(
+    "variants", None, "Internal (--sweep): the variants to time, as JSON "
+    "[[method, virtual_scope, advice, remat], ...].")
 _JSON = flags.DEFINE_string("json", None, "Write the results here.")
 _PROFILE = flags.DEFINE_string(
     "profile", None, "Also write a TensorBoard profiler trace of three steps "
@@ -128,7 +135,7 @@ def _peak_mib(device_is_gpu):
 
 def bench_config(method, backbone, scope="all", advice="exact",
                  meta_update_every=1, jit_compile=False, precision="float32",
-                 strategy="default"):
+                 strategy="default", remat="none"):
   """The `TrainConfig` a bench row builds its model from (the training
   defaults, with the CIFAR optimiser of the thesis: SGD 0.1, momentum 0.9,
   weight decay 5e-4, constant rate; advisor Adam 1e-4)."""
@@ -138,14 +145,18 @@ def bench_config(method, backbone, scope="all", advice="exact",
       virtual_scope=scope if advisor else "all",
       advice=advice if advisor else "exact",
       meta_update_every=meta_update_every if advisor else 1,
-      lr=0.1, momentum=0.9, weight_decay=5e-4, lr_schedule="constant",
+      remat=remat, lr=0.1, momentum=0.9, weight_decay=5e-4, lr_schedule="constant",
       advisor_lr=1e-4, precision=precision, strategy=strategy,
       jit_compile="true" if jit_compile else "false").validate()
 
 
 def run(methods, scopes, backbone, input_size, channels, num_classes,
         batch_size, meta_batch_size, steps, rounds, warmup, jit_compile,
-        precision, strategy_name, meta_update_every=1, advice=("exact",)):
+        precision, strategy_name, meta_update_every=1, advice=("exact",),
+        remat=("none",), variants=None):
+  """Times every variant round-robin; `variants` (METHOD, SCOPE, ADVICE,
+  REMAT) tuples, else ce and every combination of `scopes`, `advice` and
+  `remat` for each advisor method."""
   keras.mixed_precision.set_dtype_policy(precision)
   strategy = distribute.get_strategy(strategy_name)
   gpu = bool(tf.config.list_physical_devices("GPU"))
@@ -156,14 +167,16 @@ def run(methods, scopes, backbone, input_size, channels, num_classes,
           (rng.random((meta_batch_size,) + shape, np.float32),
            rng.integers(0, num_classes, meta_batch_size)))
   dataset = tf.data.Dataset.from_tensors(data).repeat()
-  variants = [("ce", "all", "exact")] + [
-      (m, s, a) for m in methods if m != "ce"
-      for s in (scopes if m in model_lib.ADVISOR_MODES else ["all"])
-      for a in (advice if m in model_lib.ADVISOR_MODES else ["exact"])]
+  if variants is None:
+    variants = [("ce", "all", "exact", "none")] + [
+        (m, s, a, r) for m in methods if m != "ce"
+        for s in (scopes if m in model_lib.ADVISOR_MODES else ["all"])
+        for a in (advice if m in model_lib.ADVISOR_MODES else ["exact"])
+        for r in remat]
   runners = []
-  for method, scope, adv in variants:
+  for method, scope, adv, rem in variants:
     config = bench_config(method, backbone, scope, adv, meta_update_every,
-                          jit_compile, precision, strategy_name)
+                          jit_compile, precision, strategy_name, rem)
     mem_before = _peak_mib(gpu)
     if gpu:
       tf.config.experimental.reset_memory_stats("GPU:0")
@@ -179,7 +192,7 @@ def run(methods, scopes, backbone, input_size, channels, num_classes,
       _sync(train_function(iterator))
     peak = _peak_mib(gpu) - (0.0 if gpu else mem_before)
     runners.append({"method": method, "virtual_scope": scope, "advice": adv,
-                    "step": lambda f=train_function, it=iterator: _sync(f(it)),
+                    "remat": rem, "step": lambda f=train_function, it=iterator: _sync(f(it)),
                     "traces": traces,
                     "times": [], "peak_mem_mib": round(peak, 1)})
   for _ in range(rounds):
@@ -195,7 +208,8 @@ def run(methods, scopes, backbone, input_size, channels, num_classes,
     median = float(np.median(t))
     results.append({
         "method": r["method"], "virtual_scope": r["virtual_scope"],
-        "advice": r["advice"], "seconds_per_step": round(median, 5),
+        "advice": r["advice"], "remat": r["remat"],
+        "seconds_per_step": round(median, 5),
         "peak_memory_mb": r["peak_mem_mib"],
         "median_s": round(median, 5),
         "p10_s": round(float(np.percentile(t, 10)), 5),
@@ -336,47 +350,116 @@ SWEEP_GROUPS = (("small_cnn", 32, 3, 10, (32, 64, 128, 256), 100),
                 ("resnet50", 224, 3, 14, (8, 16), None))
 
 
+# The sweep's variants of each advisor method (one knob off the exact step at
+# a time): (virtual_scope, advice, remat).
+SWEEP_VARIANTS = (("all", "exact", "none"), ("all", "exact", "blocks"),
+                  ("all", "lagged", "none"), ("head", "exact", "none"))
+
+
+def _status_mib(field):
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1]) / 1024.0
+  raise OSError(f"/proc/self/status has no {field}")
+
+
+# The memory probe's process: TensorFlow's plain CPU allocator (with oneDNN,
+# TensorFlow's default on x86, tensors come from a BFC allocator that keeps
+# every region it grew, so the resident set would stay at the first step's
+# peak), and glibc returning every freed block of 64 KiB or more (it
+# otherwise raises its mmap threshold after the first frees, up to 32 MiB,
+# and keeps freed tensors in its heap): the resident set then follows the
+# live tensors, and a step's high-water mark is what that step kept alive.
+PROBE_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0", "MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def _reset_peak():
+  """Resets this process's VmHWM to its current resident set (Linux >= 4.0:
+  `echo 5 > /proc/self/clear_refs`); False where that is refused."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return True
+  except OSError:
+    return False
+
+
+def variant_label(method, scope, advice, remat):
+  """`ce`; an advisor method's `exact`, `exact+remat`, `lagged`, `head`, ...
+  (the knobs off the exact step)."""
+  if method not in model_lib.ADVISOR_MODES:
+    return method
+  label = advice
+  if scope != "all":
+    label = scope if advice == "exact" else f"{advice}+{scope}"
+  if remat != "none":
+    label += "+remat" if remat == "blocks" else f"+remat={remat}"
+  return label
+
+
 def peak_memory_alone(method, scope, advice, backbone, input_size, channels,
-                      num_classes, batch_size, meta_batch_size, warmup=1):
-  """Peak resident memory (MiB) of a fresh process that builds this one
-  model and runs `warmup` train steps (CPU: the honest per-variant figure,
-  since a process's high-water mark only grows)."""
+                      num_classes, batch_size, meta_batch_size, warmup=1,
+                      remat="none", steps=1):
+  """Memory of this one model's train steps, by a fresh process (under
+  `PROBE_ENV`) that builds it alone and runs `warmup` steps (tracing, graph
+  optimisation, first allocations), resets its high-water mark and runs
+  `steps` more. Returns, in MiB: `baseline_memory_mb`, the runtime's
+  baseline: the resident set after the warm-up (TensorFlow, the model, its
+  optimizer state, the traced and optimised step, the input pipeline);
+  `peak_memory_mb`, the VmHWM over the later steps less that baseline (what
+  a step keeps alive at its peak: on a GPU, the device memory it needs);
+  `warmup_growth_mb`, what the warm-up added to the resident set of the
+  built model (mostly the traced step's graph, host memory on any device);
+  `peak_reset`, False where the kernel refused the reset (the peak then
+  includes the warm-up's)."""
   import subprocess
   import sys
   proc = subprocess.run(
       [sys.executable, "-m", "advisor_tf.tools.bench",
-       f"--memory_of={method}:{scope}:{advice}", f"--backbone={backbone}",
+       f"--memory_of={method}:{scope}:{advice}:{remat}",
+       f"--backbone={backbone}",
        f"--input_size={input_size}", f"--channels={channels}",
        f"--num_classes={num_classes}", f"--batch_size={batch_size}",
-       f"--meta_batch_size={meta_batch_size}", f"--warmup={warmup}"],
-      capture_output=True, text=True, check=False)
+       f"--meta_batch_size={meta_batch_size}", f"--warmup={warmup}",
+       f"--steps={steps}"],
+      capture_output=True, text=True, check=False,
+      env=dict(os.environ, **PROBE_ENV))
   if proc.returncode:
-    raise RuntimeError(f"memory probe of {method}/{scope} failed: "
-                       f"{proc.stderr[-2000:]}")
-  return json.loads(proc.stdout.strip().splitlines()[-1])["peak_memory_mb"]
+    raise RuntimeError(f"memory probe of {method}/{scope}/{advice}/{remat} "
+                       f"failed: {proc.stderr[-2000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _memory_probe(spec):
-  method, scope, advice = spec.split(":")
+  method, scope, advice, remat = (spec.split(":") + ["none"])[:4]
   shape = (_INPUT.value, _INPUT.value, _CHANNELS.value)
   rng = np.random.default_rng(0)
   data = ((rng.random((_BATCH.value,) + shape, np.float32),
            rng.integers(0, _CLASSES.value, _BATCH.value)),
           (rng.random((_META_BATCH.value,) + shape, np.float32),
            rng.integers(0, _CLASSES.value, _META_BATCH.value)))
-  config = bench_config(method, _BACKBONE.value, scope, advice)
+  config = bench_config(method, _BACKBONE.value, scope, advice, remat=remat)
   model = builder.build_model(config, shape, _CLASSES.value,
                               class_counts=[_BATCH.value] * _CLASSES.value)
   model.make_train_function()
   iterator = iter(tf.data.Dataset.from_tensors(data).repeat())
+  built = _status_mib("VmRSS")
   for _ in range(max(_WARMUP.value, 1)):
     _sync(model.train_function(iterator))
-  print(json.dumps({"peak_memory_mb": round(_peak_mib(False), 1)}))
+  baseline = _status_mib("VmRSS")
+  reset = _reset_peak()
+  for _ in range(max(_STEPS.value, 1)):
+    _sync(model.train_function(iterator))
+  peak = _status_mib("VmHWM")
+  print(json.dumps({"peak_memory_mb": round(peak - baseline, 1),
+                    "baseline_memory_mb": round(baseline, 1),
+                    "warmup_growth_mb": round(baseline - built, 1),
+                    "vmhwm_mb": round(peak, 1), "peak_reset": reset}))
 
 
-def _group_in_fresh_process(methods, scopes, backbone, side, channels,
-                            classes, batch, meta_batch, steps, rounds,
-                            warmup):
+def _group_in_fresh_process(variants, backbone, side, channels, classes,
+                            batch, meta_batch, steps, rounds, warmup):
   """The round-robin table of one sweep group, timed by a fresh process (a
   process that timed other models keeps their thread pools and input
   pipelines, which then compete with the models being timed)."""
@@ -387,8 +470,7 @@ def _group_in_fresh_process(methods, scopes, backbone, side, channels,
     out = os.path.join(tmp, "group.json")
     proc = subprocess.run(
         [sys.executable, "-m", "advisor_tf.tools.bench",
-         f"--methods={','.join(methods)}",
-         f"--virtual_scopes={','.join(scopes)}", f"--backbone={backbone}",
+         f"--variants={json.dumps(variants)}", f"--backbone={backbone}",
          f"--input_size={side}", f"--channels={channels}",
          f"--num_classes={classes}", f"--batch_size={batch}",
          f"--meta_batch_size={meta_batch}", f"--steps={steps}",
@@ -401,53 +483,102 @@ def _group_in_fresh_process(methods, scopes, backbone, side, channels,
       return json.load(f)
 
 
-def sweep(methods, scopes, steps, rounds, warmup, groups=SWEEP_GROUPS):
+def sweep_variants(methods, scopes=("all",), advice=("exact",),
+                   remat=("none",)):
+  """ce, then per advisor method the exact step and each asked-for knob off
+  it alone: (METHOD, SCOPE, ADVICE, REMAT) tuples."""
+  out = [("ce", "all", "exact", "none")]
+  for m in methods:
+    if m == "ce":
+      continue
+    if m not in model_lib.ADVISOR_MODES:
+      out.append((m, "all", "exact", "none"))
+      continue
+    out.append((m, "all", "exact", "none"))
+    out += [(m, s, "exact", "none") for s in scopes if s != "all"]
+    out += [(m, "all", a, "none") for a in advice if a != "exact"]
+    out += [(m, "all", "exact", r) for r in remat if r != "none"]
+  return out
+
+
+def sweep(variants, steps, rounds, warmup, groups=SWEEP_GROUPS, path=None):
   """Time per step and peak memory over batch sizes and backbones: each
-  group's methods are timed round-robin in one fresh process, each variant's
-  peak memory in a process of its own."""
+  group's variants are timed round-robin in one fresh process, each
+  variant's memory in a process of its own (`peak_memory_alone`). With
+  `path`, the report so far is written after every group."""
   rows = []
+  report = {"sweep": rows, "device": f"CPU ({os.cpu_count()} cores)",
+            "steps_timed": steps * rounds,
+            "memory": "per variant, a fresh process ("
+                      + " ".join(f"{k}={v}" for k, v in PROBE_ENV.items())
+                      + f"): {warmup} warm-up step(s), VmHWM reset, one "
+                      "step; peak_memory_mb = VmHWM less the resident set "
+                      "after the warm-up (baseline_memory_mb)"}
   for backbone, side, channels, classes, batches, meta in groups:
     for batch in batches:
       meta_batch = meta or batch
-      report = _group_in_fresh_process(methods, scopes, backbone, side,
-                                       channels, classes, batch, meta_batch,
-                                       steps, rounds, warmup)
-      for row in report["results"]:
+      timed = _group_in_fresh_process(variants, backbone, side, channels,
+                                      classes, batch, meta_batch, steps,
+                                      rounds, warmup)
+      for row in timed["results"]:
         row = dict(row, backbone=backbone, input_size=side,
-                   batch_size=batch, meta_batch_size=meta_batch)
-        row["peak_memory_mb"] = row["peak_mem_mib"] = peak_memory_alone(
+                   batch_size=batch, meta_batch_size=meta_batch,
+                   variant=variant_label(row["method"], row["virtual_scope"],
+                                         row["advice"], row["remat"]))
+        row.update(peak_memory_alone(
             row["method"], row["virtual_scope"], row["advice"], backbone,
-            side, channels, classes, batch, meta_batch)
+            side, channels, classes, batch, meta_batch, warmup=warmup,
+            remat=row["remat"]))
+        row["peak_mem_mib"] = row["peak_memory_mb"]
         rows.append(row)
+      group = rows[-len(timed["results"]):]
+      ce = group[0]
+      for r in group:  # What the nested tapes cost over plain training.
+        r["memory_over_ce_mb"] = round(r["peak_memory_mb"]
+                                       - ce["peak_memory_mb"], 1)
+        r["memory_ratio_to_ce"] = round(
+            r["peak_memory_mb"] / max(ce["peak_memory_mb"], 1e-9), 3)
       print(f"{backbone} batch {batch}: " + ", ".join(
-          f"{r['method']}/{r['virtual_scope']} {r['seconds_per_step']:.3f}s "
-          f"{r['peak_memory_mb']:.0f}MiB" for r in rows[-len(
-              report["results"]):]), flush=True)
-  by_key = {(r["backbone"], r["batch_size"], r["method"], r["virtual_scope"]):
-            r for r in rows}
-  for r in rows:  # What the nested tapes cost over plain training.
-    ce = by_key[(r["backbone"], r["batch_size"], "ce", "all")]
-    r["memory_over_ce_mb"] = round(r["peak_memory_mb"]
-                                   - ce["peak_memory_mb"], 1)
-  return {"sweep": rows, "device": f"CPU ({os.cpu_count()} cores)",
-          "steps_timed": steps * rounds}
+          f"{r['method']}/{r['variant']} {r['seconds_per_step']:.3f}s "
+          f"{r['peak_memory_mb']:.0f}MiB" for r in group), flush=True)
+      if path:
+        with open(path, "w") as f:
+          json.dump(report, f, indent=2)
+  return report
+
+
+def memory_table(rows):
+  """Markdown: memory and time of every variant, per backbone and batch."""
+  lines = ["| backbone | batch | method | variant | step memory MiB | "
+           "× ce memory | baseline MiB | s/step | × ce time |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(
+        f"| {r['backbone']} {r['input_size']}px | {r['batch_size']} | "
+        f"{r['method']} | {r['variant']} | {r['peak_memory_mb']:.0f} | "
+        f"{r['memory_ratio_to_ce']:.2f} | {r['baseline_memory_mb']:.0f} | "
+        f"{r['seconds_per_step']:.3f} | {r['ratio_to_ce']:.2f} |")
+  return "\n".join(lines)
 
 
 def scaling(rows):
   """Fitted exponents of time and memory in the batch size (log-log slope)
   per backbone, method and scope, over the batch sizes measured."""
   out = []
-  keys = sorted({(r["backbone"], r["method"], r["virtual_scope"])
-                 for r in rows})
-  for backbone, method, scope in keys:
+  keys = sorted({(r["backbone"], r["method"], r["virtual_scope"],
+                  r.get("variant", r["virtual_scope"])) for r in rows})
+  for backbone, method, scope, variant in keys:
     sel = sorted((r for r in rows if (r["backbone"], r["method"],
-                                      r["virtual_scope"]) ==
-                  (backbone, method, scope)), key=lambda r: r["batch_size"])
+                                      r["virtual_scope"],
+                                      r.get("variant", r["virtual_scope"]))
+                  == (backbone, method, scope, variant)
+                  and r["peak_memory_mb"] > 0),
+                 key=lambda r: r["batch_size"])
     if len(sel) < 2:
       continue
     b = np.log([r["batch_size"] for r in sel])
     out.append({"backbone": backbone, "method": method,
-                "virtual_scope": scope,
+                "virtual_scope": scope, "variant": variant,
                 "time_exponent": round(float(np.polyfit(b, np.log(
                     [r["seconds_per_step"] for r in sel]), 1)[0]), 2),
                 "memory_exponent": round(float(np.polyfit(b, np.log(
@@ -520,16 +651,19 @@ def plot_sweep(rows, path):
   fig, axes = plt.subplots(2, len(backbones), figsize=(4.2 * len(backbones),
                                                         7), squeeze=False)
   for j, backbone in enumerate(backbones):
-    variants = dict.fromkeys((r["method"], r["virtual_scope"]) for r in rows
-                             if r["backbone"] == backbone)
-    for method, scope in variants:
+    variants = dict.fromkeys((r["method"], r["virtual_scope"],
+                              r.get("variant", r["virtual_scope"]))
+                             for r in rows if r["backbone"] == backbone)
+    for method, scope, variant in variants:
       sel = sorted((r for r in rows if r["backbone"] == backbone
                     and r["method"] == method
-                    and r["virtual_scope"] == scope),
+                    and r.get("variant", r["virtual_scope"]) == variant),
                    key=lambda r: r["batch_size"])
-      label = method if method == "ce" else f"{method} / {scope}"
-      style = "-" if scope == "all" else ("--" if scope == "last_stage"
-                                          else ":")
+      label = method if method == "ce" else f"{method} / {variant}"
+      style = ("-" if scope == "all" else ("--" if scope == "last_stage"
+                                           else ":"))
+      if "remat" in variant:
+        style = "-."
       batch = [r["batch_size"] for r in sel]
       axes[0, j].plot(batch, [r["seconds_per_step"] for r in sel], style,
                       marker="o", label=label)
@@ -537,8 +671,9 @@ def plot_sweep(rows, path):
                       marker="o", label=label)
     axes[0, j].set(title=backbone, ylabel="seconds per step", xscale="log",
                    yscale="log")
-    axes[1, j].set(xlabel="batch size", ylabel="peak memory (MiB)",
-                   xscale="log")
+    axes[1, j].set(xlabel="batch size", ylabel=(
+        "step memory above baseline (MiB)" if "baseline_memory_mb" in rows[0]
+        else "peak memory (MiB)"), xscale="log")
     for ax in axes[:, j]:
       ax.set_xticks(sorted({r["batch_size"] for r in rows
                             if r["backbone"] == backbone}))
@@ -560,11 +695,12 @@ def table(report):
   lines = [f"device: {report['device']}  jit_compile: {report['jit_compile']}"
            f"  precision: {report['precision']}  strategy: "
            f"{report['strategy']} ({report['replicas']} replica(s))",
-           "| method | virtual_scope | advice | median s/step | p10 | p90 | "
-           "× ce | images/s | peak MiB |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| method | virtual_scope | advice | remat | median s/step | p10 | "
+           "p90 | × ce | images/s | peak MiB |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for r in report["results"]:
     lines.append(f"| {r['method']} | {r['virtual_scope']} | {r['advice']} | "
+                 f"{r['remat']} | "
                  f"{r['median_s']:.4f}"
                  f" | {r['p10_s']:.4f} | {r['p90_s']:.4f} | "
                  f"{r['ratio_to_ce']:.2f} | {r['images_per_s']:.0f} | "
@@ -602,13 +738,17 @@ def main(argv):
     for m in _METHODS.value:
       for scope in _SCOPES.value:
         for adv in _ADVICE.value:
-          bench_config(m, _BACKBONE.value, scope, adv, _META_EVERY.value,
-                       _JIT.value, _PRECISION.value, _STRATEGY.value)
+          for rem in _REMAT.value:
+            bench_config(m, _BACKBONE.value, scope, adv, _META_EVERY.value,
+                         _JIT.value, _PRECISION.value, _STRATEGY.value, rem)
   if _SWEEP.value:
     groups = (json.loads(_SWEEP_GROUPS.value) if _SWEEP_GROUPS.value
               else SWEEP_GROUPS)
-    report = sweep(_METHODS.value, _SCOPES.value, _STEPS.value, _ROUNDS.value,
-                   _WARMUP.value, groups)
+    report = sweep(sweep_variants(_METHODS.value, _SCOPES.value,
+                                  _ADVICE.value, _REMAT.value),
+                   _STEPS.value, _ROUNDS.value, _WARMUP.value, groups,
+                   path=_JSON.value)
+    print(memory_table(report["sweep"]))
     report["scaling"] = scaling(report["sweep"])
     for line in report["scaling"]:
       print(line)
@@ -622,7 +762,9 @@ def main(argv):
                _CHANNELS.value, _CLASSES.value, _BATCH.value,
                _META_BATCH.value, _STEPS.value, _ROUNDS.value, _WARMUP.value,
                _JIT.value, _PRECISION.value, _STRATEGY.value,
-               _META_EVERY.value, tuple(_ADVICE.value))
+               _META_EVERY.value, tuple(_ADVICE.value), tuple(_REMAT.value),
+               variants=([tuple(v) for v in json.loads(_VARIANTS.value)]
+                         if _VARIANTS.value else None))
   print(table(report))
   if _BREAKDOWN.value:
     report["breakdown"] = []
@@ -648,13 +790,14 @@ def main(argv):
 
 
 GROUPS = {"model": ["backbone", "input_size", "channels", "num_classes",
-                    "methods", "virtual_scopes", "advice",
+                    "methods", "virtual_scopes", "advice", "remat",
                     "meta_update_every"],
           "workload": ["batch_size", "meta_batch_size", "precision",
                        "strategy", "jit_compile", "intra_op_threads",
                        "inter_op_threads"],
           "timing": ["steps", "rounds", "warmup", "breakdown", "profile",
                      "sweep", "sweep_groups", "plot", "json", "memory_of",
+                     "variants",
                      "ce_settings"]}
 
 
