@@ -36,9 +36,12 @@ def _cli(workdir, *extra, wait=True):
 
 
 def _weights(workdir):
+  """Every saved tensor but the save counter and the object graph (whose
+  Python names, `adam_1`, count the objects the process built before)."""
   reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
   return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-          if "save_counter" not in k and "OPTIMIZER_SLOT" not in k}
+          if "save_counter" not in k and "OPTIMIZER_SLOT" not in k
+          and k != "_CHECKPOINTABLE_OBJECT_GRAPH"}
 
 
 def _checkpoint_steps(workdir):
