@@ -258,16 +258,16 @@ def _cuts(model):
   return layers_, cuts
 
 
-def remat_segments(model, min_layers=REMAT_MIN_LAYERS):
+def remat_segments(model, min_layers=None):
   """Splits a functional backbone into `Segment`s at its cuts (in a ResNet,
   the residual blocks' outputs; in a plain CNN, any layer's), each segment
-  holding at least `min_layers` layers (the last one may hold fewer only if
-  the whole backbone does). Chained, the segments compute the backbone.
+  holding at least `min_layers` layers (default `REMAT_MIN_LAYERS`). Chained, the segments compute the backbone.
 
   Returns:
     a list of `Segment`s, or one segment (the backbone itself) where the
     model cannot be cut (not functional, or a layer shared).
   """
+  min_layers = REMAT_MIN_LAYERS if min_layers is None else min_layers
   whole = [Segment(model, range(len(model.trainable_variables)),
                    range(len(model.non_trainable_variables)))]
   if not hasattr(model, "operations") or not hasattr(model, "inputs") or \

@@ -107,12 +107,30 @@ def _storage_fault(error):
   return None
 
 
+def _out_of_memory(error):
+  """One line for a device (or host) that ran out of memory — TensorFlow's
+  `ResourceExhaustedError` other than a full disk — or None."""
+  tf = sys.modules.get("tensorflow")
+  if tf is None or not isinstance(error, tf.errors.ResourceExhaustedError):
+    return None
+  message = " ".join(str(error.message).split())
+  what = "out of memory"
+  if "OOM when allocating" in message:
+    what = "OOM when allocating" + message.split("OOM when allocating", 1)[1]
+    what = what.split(" by allocator")[0].split(" [[")[0].split(" [Op:")[0]
+  return (f"{what.rstrip('. ')}: the step does not fit in memory. Lower "
+          "--batch_size, narrow --virtual_scope (last_stage or head: a "
+          "smaller second-order pass) or set --remat=blocks (the backbone's "
+          "blocks recomputed: the same gradients, less memory, more time)")
+
+
 class usage_errors:  # noqa: N801 — used as a context manager, like a function.
   """A `ValueError` (bad flag, file or workdir) or a `FloatingPointError`
   (non-finite state) ends the command with its message on one line and exit
   status 2 (bad input) or 1 (non-finite state), not a traceback; so does a
   file system that refuses a write (a read-only workdir, a full disk:
-  status 1), and Ctrl-C (status 130).
+  status 1), a step that runs out of memory (status 1, naming the flags
+  that shrink it), and Ctrl-C (status 130).
 
   Args:
     after: optional `() → str`, a sentence saying what was kept and how to
@@ -142,6 +160,9 @@ class usage_errors:  # noqa: N801 — used as a context manager, like a function
       fault = _storage_fault(error)
       if fault:
         fail(f"{fault}.{self._then()}".replace("..", "."), 1)
+      oom = _out_of_memory(error)
+      if oom:
+        fail(f"{oom}.{self._then()}", 1)
     return False
 
 
