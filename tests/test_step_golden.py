@@ -5,7 +5,10 @@
 `meta_gradient` and two `train_step`s on fixed batches produce in float64 with
 ρ = 1: the hypergradient, every classifier / advisor / BatchNorm / optimizer
 variable after the steps, and the step's logs. Refactors of `model.py` must
-reproduce them; a change of the method itself must regenerate them, on purpose:
+reproduce them, and so must every case with `remat="blocks"` (a pure
+memory/time trade: to 1e-10 of the same case without it, computed here, as
+well as to the golden numbers); a change of the method itself must
+regenerate them, on purpose:
 
     ADVISOR_TF_WRITE_GOLDEN=1 python -m pytest -q tests/test_step_golden.py
 """
@@ -24,6 +27,7 @@ from advisor_tf import model as model_lib
 GOLDEN = pathlib.Path(__file__).parent / "data" / "step_golden.npz"
 WRITE = os.environ.get("ADVISOR_TF_WRITE_GOLDEN") == "1"
 TOLERANCE = 1e-6
+REMAT_TOLERANCE = 1e-10  # Remat against the plain step, same machine.
 CLASS_COUNTS = [40, 20, 10, 5, 2]
 
 
@@ -132,3 +136,26 @@ def test_step_reproduces_golden_numbers(name, golden):
   for key, value in want.items():
     np.testing.assert_allclose(got[key], value, rtol=TOLERANCE,
                                atol=TOLERANCE, err_msg=f"{name}: {key}")
+
+
+# Every advisor mode, a baseline, the sparse advisor update and the head with
+# BatchNorm, with the backbone's blocks rematerialised.
+REMAT_CASES = ["ce", "focal", "mfrw_mes-every2", "mfrw-headbn"] + [
+    f"{mode}-{scope}" for mode in model_lib.ADVISOR_MODES
+    for scope in ("all", "head")]
+
+
+@pytest.mark.parametrize("name", REMAT_CASES)
+def test_remat_step_reproduces_the_plain_step_and_golden(name, golden):
+  want = {k.split(":", 1)[1]: v for k, v in golden.items()
+          if k.split(":", 1)[0] == name}
+  plain = _run(CASES[name])
+  got = _run(dict(CASES[name], remat="blocks"))
+  assert sorted(got) == sorted(plain) == sorted(want)
+  for key, value in plain.items():
+    # The logged gradient norms are computed in float32 (model._global_norm).
+    tol = TOLERANCE if key.endswith("grad_norm") else REMAT_TOLERANCE
+    np.testing.assert_allclose(got[key], value, rtol=tol, atol=tol,
+                               err_msg=f"{name}+remat: {key}")
+    np.testing.assert_allclose(got[key], want[key], rtol=TOLERANCE,
+                               atol=TOLERANCE, err_msg=f"{name}+remat: {key}")
