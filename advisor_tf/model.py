@@ -267,7 +267,15 @@ def _segment_vjp(segment, x, weights, non_trainable, dy, input_grad):
 def _checkpointed_vjp(segment, x, weights, non_trainable, dy, input_grad):
   """`_segment_vjp` as one differentiable op that keeps only its inputs: its
   gradient (the second-order pass) recomputes the segment's forward and
-  backward under two local tapes."""
+  backward under two local tapes.
+
+  That gradient is taken with respect to `dy` only. In the step, the
+  segment's input `x` and weights `w` come from the train forward, which runs
+  before the meta tape starts: the meta tape sees them as constants, so only
+  `dy` (through the advised loss) carries θ, and the plain step's
+  second-order pass also follows `dy` alone. Differentiating this op with
+  respect to `x` or `w` (a Hessian of the classifier) is not supported.
+  """
   n = len(weights)
 
   @tf.custom_gradient
@@ -280,14 +288,14 @@ def _checkpointed_vjp(segment, x, weights, non_trainable, dy, input_grad):
       if not kept:
         return [None, None] + [None] * len(params)
       with tf.GradientTape() as outer:
-        outer.watch([x, dy] + w)
+        outer.watch(dy)
         again = _segment_vjp(segment, _after(x, *cotangents), w, nt,
-                             _after(dy, *cotangents), input_grad)
-      grads = outer.gradient(
-          [again[k] for k in kept], [x, dy] + w,
+                             dy, input_grad)
+      d_dy = outer.gradient(
+          [again[k] for k in kept], dy,
           output_gradients=[cotangents[k] for k in kept],
           unconnected_gradients=tf.UnconnectedGradients.ZERO)
-      return grads + [None] * len(nt)
+      return [None, d_dy] + [None] * len(params)
     return out, grad
   return vjp(x, dy, *weights, *non_trainable)
 

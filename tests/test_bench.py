@@ -62,17 +62,30 @@ def test_sweep_measures_time_and_memory_per_variant_and_plots(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "advisor_tf.tools.bench", "--sweep",
        '--sweep_groups=[["small_cnn", 8, 1, 3, [4, 8], 4]]',
-       "--methods=ce,mfrw_mes", "--virtual_scopes=all,head", "--steps=1",
+       "--methods=ce,mfrw_mes", "--virtual_scopes=all,head",
+       "--advice=exact,lagged", "--remat=none,blocks", "--steps=1",
        "--rounds=1", "--warmup=1", f"--plot={plot}", f"--json={out}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=900)
+      cwd=ROOT, capture_output=True, text=True, timeout=1200)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(out.read_text())
   rows = report["sweep"]
-  assert {(r["batch_size"], r["method"], r["virtual_scope"]) for r in rows} \
-      == {(b, "ce", "all") for b in (4, 8)} | {
-          (b, "mfrw_mes", s) for b in (4, 8) for s in ("all", "head")}
-  assert all(r["peak_memory_mb"] > 50 and r["seconds_per_step"] > 0
-             for r in rows)
+  # ce, the exact step, and each knob off it alone.
+  variants = {("ce", "all", "exact", "none"): "ce",
+              ("mfrw_mes", "all", "exact", "none"): "exact",
+              ("mfrw_mes", "all", "exact", "blocks"): "exact+remat",
+              ("mfrw_mes", "all", "lagged", "none"): "lagged",
+              ("mfrw_mes", "head", "exact", "none"): "head"}
+  assert sorted((r["batch_size"], r["method"], r["virtual_scope"],
+                 r["advice"], r["remat"]) for r in rows) == sorted(
+                     (b,) + v for b in (4, 8) for v in variants)
+  for r in rows:
+    key = (r["method"], r["virtual_scope"], r["advice"], r["remat"])
+    assert r["variant"] == variants[key]
+    assert {"method", "virtual_scope", "advice", "remat", "peak_memory_mb",
+            "baseline_memory_mb", "seconds_per_step"} <= set(r)
+    assert r["baseline_memory_mb"] > 100 and r["peak_memory_mb"] >= 0
+    assert r["peak_reset"] and r["seconds_per_step"] > 0
   assert all(r["memory_over_ce_mb"] == 0 for r in rows if r["method"] == "ce")
-  assert {s["method"] for s in report["scaling"]} == {"ce", "mfrw_mes"}
+  assert {s["variant"] for s in report["scaling"]} == set(variants.values())
+  assert "| exact+remat |" in proc.stdout  # The table.
   assert plot.stat().st_size > 10000

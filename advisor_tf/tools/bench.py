@@ -30,6 +30,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from advisor_tf import backbones  # noqa: E402
 from advisor_tf import builder  # noqa: E402
 from advisor_tf import config as config_lib  # noqa: E402
 from advisor_tf import distribute  # noqa: E402
@@ -541,10 +542,65 @@ def sweep(variants, steps, rounds, warmup, groups=SWEEP_GROUPS, path=None):
       print(f"{backbone} batch {batch}: " + ", ".join(
           f"{r['method']}/{r['variant']} {r['seconds_per_step']:.3f}s "
           f"{r['peak_memory_mb']:.0f}MiB" for r in group), flush=True)
+      if any(r["remat"] != "none" for r in group):
+        report.setdefault("kept_alive", []).append(kept_alive(
+            backbone, side, channels, classes, batch, meta_batch))
       if path:
         with open(path, "w") as f:
           json.dump(report, f, indent=2)
   return report
+
+
+def kept_alive(backbone, input_size, channels, num_classes, batch_size,
+               meta_batch_size):
+  """What the exact step must keep alive under `--remat=blocks`, from the
+  backbone's shapes (float32 MiB): the inputs of its segments at the train
+  batch (kept from the forward to the actual step's backward), the virtual
+  step's cotangents at the segments' outputs (kept by the meta tape for the
+  second-order pass), the segments' inputs at the meta batch (to the meta
+  loss' backward), the weights four times over (w, the virtual gradient, ŵ,
+  and the second-order pass' cotangent of ŵ), and the largest segment's own
+  activations twice (recomputed forward and backward, at the train batch:
+  the second-order pass differentiates one segment at a time); `sum_mb`,
+  their sum, bounds the remat step's peak from above. Beside them,
+  every layer output of the backbone at the train batch: what a plain
+  step's tape keeps (CE: once; the exact step without remat: the forward's,
+  the virtual backward's of the same size, and the meta batch's)."""
+  shape = (input_size, input_size, channels)
+  body = backbones.BACKBONES[backbone](shape)
+  segments = backbones.remat_segments(body)
+
+  def mib(tensors, batch):
+    return sum(int(np.prod(t.shape[1:])) for t in tensors) * batch * 4 / 2**20
+
+  def outputs(model):
+    return [t for op in model.operations
+            if not isinstance(op, keras.layers.InputLayer)
+            for t in op._inbound_nodes[0].output_tensors]  # noqa: SLF001
+  inputs = [s.model.inputs[0] for s in segments]
+  ends = [s.model.outputs[0] for s in segments]
+  weights = sum(int(np.prod(v.shape)) for v in body.trainable_variables)
+  weights += (int(body.output_shape[-1]) + 1) * num_classes  # The head.
+  out = {
+      "backbone": backbone, "input_size": input_size,
+      "batch_size": batch_size, "meta_batch_size": meta_batch_size,
+      "segments": len(segments),
+      "train_segment_inputs_mb": mib(inputs, batch_size),
+      "virtual_cotangents_mb": mib(ends, batch_size),
+      "meta_segment_inputs_mb": mib(inputs, meta_batch_size),
+      "weights_x4_mb": 4 * weights * 4 / 2**20,
+      "largest_segment_x2_mb": 2 * max(mib(outputs(s.model), batch_size)
+                                       for s in segments),
+      "all_activations_train_batch_mb": mib(outputs(body), batch_size),
+  }
+  # Not all of it is alive at once (the second-order pass frees each
+  # segment's cotangent and meta input as it passes it): an upper bound.
+  out["sum_mb"] = sum(
+      out[k] for k in ("train_segment_inputs_mb", "virtual_cotangents_mb",
+                       "meta_segment_inputs_mb", "weights_x4_mb",
+                       "largest_segment_x2_mb"))
+  return {k: round(v, 1) if isinstance(v, float) else v
+          for k, v in out.items()}
 
 
 def memory_table(rows):
