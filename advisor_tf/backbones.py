@@ -261,7 +261,8 @@ def _cuts(model):
 def remat_segments(model, min_layers=None):
   """Splits a functional backbone into `Segment`s at its cuts (in a ResNet,
   the residual blocks' outputs; in a plain CNN, any layer's), each segment
-  holding at least `min_layers` layers (default `REMAT_MIN_LAYERS`). Chained, the segments compute the backbone.
+  holding at least `min_layers` layers (default `REMAT_MIN_LAYERS`).
+  Chained, the segments compute the backbone.
 
   Returns:
     a list of `Segment`s, or one segment (the backbone itself) where the

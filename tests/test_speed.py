@@ -20,9 +20,10 @@ def _dataset(n=16, m=10, batch=4, meta_batch=5, seed=0):
           meta_batch, drop_remainder=True))
 
 
-@pytest.mark.parametrize("mode", ["ce", "mfrw_mes"])
-def test_train_step_traced_once_over_epochs(mode):
-  model = tiny_model(mode)
+@pytest.mark.parametrize("mode,remat", [("ce", "none"), ("mfrw_mes", "none"),
+                                        ("mfrw_mes", "blocks")])
+def test_train_step_traced_once_over_epochs(mode, remat):
+  model = tiny_model(mode, remat=remat)
   traces = []
   original = model.train_step
 

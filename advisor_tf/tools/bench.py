@@ -146,7 +146,8 @@ def bench_config(method, backbone, scope="all", advice="exact",
       virtual_scope=scope if advisor else "all",
       advice=advice if advisor else "exact",
       meta_update_every=meta_update_every if advisor else 1,
-      remat=remat, lr=0.1, momentum=0.9, weight_decay=5e-4, lr_schedule="constant",
+      remat=remat, lr=0.1, momentum=0.9, weight_decay=5e-4,
+      lr_schedule="constant",
       advisor_lr=1e-4, precision=precision, strategy=strategy,
       jit_compile="true" if jit_compile else "false").validate()
 
@@ -193,7 +194,8 @@ def run(methods, scopes, backbone, input_size, channels, num_classes,
       _sync(train_function(iterator))
     peak = _peak_mib(gpu) - (0.0 if gpu else mem_before)
     runners.append({"method": method, "virtual_scope": scope, "advice": adv,
-                    "remat": rem, "step": lambda f=train_function, it=iterator: _sync(f(it)),
+                    "remat": rem,
+                    "step": lambda f=train_function, it=iterator: _sync(f(it)),
                     "traces": traces,
                     "times": [], "peak_mem_mib": round(peak, 1)})
   for _ in range(rounds):
@@ -699,11 +701,46 @@ def ce_settings(backbone, input_size, channels, num_classes, batch_size,
           "steps_per_process": steps, "rounds": rounds}
 
 
+def plot_memory_time(rows, path):
+  """One panel per backbone and batch: each variant's step memory against
+  its time per step, both as multiples of the CE step's."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  groups = list(dict.fromkeys((r["backbone"], r["input_size"],
+                               r["batch_size"]) for r in rows))
+  fig, axes = plt.subplots(1, len(groups), figsize=(4.4 * len(groups), 4.2),
+                           squeeze=False)
+  for ax, (backbone, side, batch) in zip(axes[0], groups):
+    sel = [r for r in rows if (r["backbone"], r["input_size"],
+                               r["batch_size"]) == (backbone, side, batch)]
+    for r in sel:
+      ax.scatter(r["ratio_to_ce"], r["memory_ratio_to_ce"], s=40)
+      ax.annotate(r["variant"], (r["ratio_to_ce"], r["memory_ratio_to_ce"]),
+                  textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.axhline(1.3, color="grey", lw=0.8, ls="--")
+    ax.set(title=f"{backbone} {side}px, batch {batch}",
+           xlabel="seconds per step (× ce)",
+           ylabel="step memory above baseline (× ce)",
+           xlim=(0, max(r["ratio_to_ce"] for r in sel) * 1.25),
+           ylim=(0, max(r["memory_ratio_to_ce"] for r in sel) * 1.15))
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def plot_sweep(rows, path):
+  """Time and memory against the batch size; where every backbone was
+  measured at one batch size, memory against time (`plot_memory_time`)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   backbones = list(dict.fromkeys(r["backbone"] for r in rows))
+  if "memory_ratio_to_ce" in rows[0] and all(
+      len({r["batch_size"] for r in rows if r["backbone"] == b}) == 1
+      for b in backbones):
+    return plot_memory_time(rows, path)
   fig, axes = plt.subplots(2, len(backbones), figsize=(4.2 * len(backbones),
                                                         7), squeeze=False)
   for j, backbone in enumerate(backbones):
