@@ -16,6 +16,20 @@ Peak memory: on a GPU, TensorFlow's allocator peak for that model's steps; on
 CPU, the growth of the process's resident-set high-water mark while that
 model was first built and run (later models reuse freed memory, so CPU figures
 are upper-bound-ish indications, not allocator-exact).
+
+The memory sweep of the exact step and its cheaper variants (issue #24):
+
+  python -m advisor_tf.tools.bench --sweep --methods=ce,mfrw_mes \
+      --virtual_scopes=all,head --advice=exact,lagged --remat=none,blocks \
+      --sweep_groups='[["small_cnn", 32, 3, 10, [128], 100],
+                       ["resnet32", 32, 3, 10, [128], 100],
+                       ["resnet50", 224, 3, 14, [16], null]]' \
+      --steps=2 --rounds=3 --warmup=1 \
+      --json=results/bench_memory.json --plot=results/bench_memory.png
+
+times ce, exact, exact+remat, lagged and head round-robin per group, and
+measures each one's step memory in a fresh process (`peak_memory_alone`: VmHWM
+over a step less the runtime's baseline after a warm-up step).
 """
 
 import json
@@ -76,10 +90,12 @@ _CE_SETTINGS = flags.DEFINE_bool(
     "fresh processes, rounds interleaved; prints each setting's time and its "
     "ratio to TensorFlow's defaults.")
 _SWEEP = flags.DEFINE_bool(
-    "sweep", False, "Cost curves instead of one table: every method and "
-    "virtual scope over batch sizes 32-256 on small_cnn and resnet32 (CIFAR "
-    "inputs) and the Clothing1M ResNet-50 at 224 (batch 8, 16); time per "
-    "step round-robin per group, peak memory per variant in a fresh process.")
+    "sweep", False, "Cost curves instead of one table: ce and, per advisor "
+    "method, the exact step and each --virtual_scopes / --advice / --remat "
+    "value off it alone, over batch sizes 32-256 on small_cnn and resnet32 "
+    "(CIFAR inputs) and the Clothing1M ResNet-50 at 224 (batch 8, 16); time "
+    "per step round-robin per group, step memory above the runtime's "
+    "baseline per variant in a fresh process.")
 _SWEEP_GROUPS = flags.DEFINE_string(
     "sweep_groups", None, "With --sweep: other groups, as JSON "
     "[[backbone, input_size, channels, classes, [batch sizes], meta batch "
