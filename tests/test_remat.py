@@ -20,7 +20,6 @@ from advisor_tf import backbones
 from advisor_tf import cli
 from advisor_tf import config as config_lib
 from advisor_tf import model as model_lib
-from advisor_tf.tools import bench
 from conftest import assert_mirrored_step_equals_single, batches, tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -264,13 +263,26 @@ def test_advisor_train_out_of_memory_is_one_line(tmp_path):
   assert "--batch_size" in lines[0] and "--remat=blocks" in lines[0]
 
 
+def _peak_memory_alone(args, **kwargs):
+  """`bench.peak_memory_alone` in a process of its own: the bench defines
+  absl flags (`--backbone`, ...) that `advisor-train`'s, imported by other
+  test modules of the same pytest process, define too."""
+  script = ("import json, sys\nfrom advisor_tf.tools import bench\n"
+            "print(json.dumps(bench.peak_memory_alone(*json.loads(sys.argv[1]),"
+            " **json.loads(sys.argv[2]))))")
+  proc = subprocess.run(
+      [sys.executable, "-c", script, json.dumps(args), json.dumps(kwargs)],
+      capture_output=True, text=True, timeout=600, check=True)
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 def test_remat_lowers_the_exact_steps_memory(tmp_path):
   """The bench's memory probe: the exact step with remat keeps less alive
   than without (small CNN, 32×32, batch 64)."""
   args = ("mfrw_mes", "all", "exact", "small_cnn", 32, 3, 10, 64, 50)
-  plain = bench.peak_memory_alone(*args)
-  remat = bench.peak_memory_alone(*args, remat="blocks")
+  plain = _peak_memory_alone(args)
+  remat = _peak_memory_alone(args, remat="blocks")
   for row in (plain, remat):
     assert row["peak_reset"] and row["baseline_memory_mb"] > 100
   assert remat["peak_memory_mb"] < 0.8 * plain["peak_memory_mb"], (
