@@ -204,10 +204,7 @@ def fingerprint(config, source):
     paths = (source.paths or {}).get(name)
     if paths is not None:
       for path, label in zip(paths, labels):
-        path = str(path)
-        if root:
-          path = os.path.relpath(os.path.abspath(path), root)
-        digest.update(f"{path}\t{int(label)}\n".encode())
+        digest.update(f"{_relative(path, root)}\t{int(label)}\n".encode())
     else:
       digest.update(labels.tobytes())
     splits[name] = {"examples": int(len(labels)),
@@ -231,9 +228,8 @@ def split_files(config, source):
   root = os.path.abspath(config.data_dir) if config.data_dir else None
   files = {}
   for name, paths in source.paths.items():
-    files[name] = [
-        [os.path.relpath(os.path.abspath(str(p)), root) if root else str(p),
-         int(label)] for p, label in zip(paths, source.labels[name])]
+    files[name] = [[_relative(p, root), int(label)]
+                   for p, label in zip(paths, source.labels[name])]
   return files
 
 
