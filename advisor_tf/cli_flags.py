@@ -67,8 +67,9 @@ flags.DEFINE_enum("meta_source", _D.meta_source, _C["meta_source"],
                   "data) and taken out of training; random_noisy: the same "
                   "draw after the synthetic noise; auto: chosen from the "
                   "training labels as given, without any trusted label "
-                  "(per class the examples of smallest loss under a short "
-                  "cross-entropy warm-up, then taken out of training). "
+                  "(per class the examples whose label their nearest "
+                  "neighbours agree with most, in the feature space of a "
+                  "short warm-up; then taken out of training). "
                   "Unset: folder when the dataset has one, else auto.")
 flags.DEFINE_string("corrections", _D.corrections,
                     "A corrections.csv from advisor-review (path,given_label,"

@@ -22,28 +22,35 @@ it from the user's own dirty training data, without any trusted label.
                 configuration with the balanced softmax (cross-entropy
                 corrected for the class sizes of the given labels, so that
                 a long tail does not leave the small classes unlearned) on
-                the whole training split; per class, the `--meta_per_class`
-                examples labelled with it whose loss under that model
-                (cross-entropy of the given label, without augmentation;
-                averaged over the warm-up epochs, momentum `LOSS_MOMENTUM`)
-                is smallest form the meta set (`POOL_FRACTION` = q instead
-                draws them among the q smallest: measured, not better), which
-                is then taken out of training for the whole run, as a
-                trusted set would be — except in a class with fewer
-                than `KEEP_BELOW` × k other examples, whose few examples
-                stay in training too. This is CMW-Net-SL's "meta"
-                selection (Shu et al., TPAMI 2023; xjtushujun/CMW-Net
-                `dataloader_cifar.py`), except that the set is chosen once
-                and held out instead of refreshed every epoch from the
-                training set (measured: see the README, "Without a trusted
-                set").
+                the whole training split. Each training example is then
+                scored by how far its label agrees with its neighbourhood
+                in that model's feature space (the backbone's output,
+                without augmentation, cosine similarity): the share of its
+                `NEIGHBOURS` nearest training examples that carry its label,
+                each neighbour's vote weighted by its own agreement
+                (`ROUNDS` = 2; one step of label propagation). Per class,
+                the `--meta_per_class` examples of highest agreement (ties:
+                the smaller warm-up loss) form the meta set, which is then
+                taken out of training for the whole run, as a trusted set
+                would be — except in a class with fewer than `KEEP_BELOW` ×
+                k other examples, whose few examples stay in training too.
+                The neighbourhood vote is Deep k-NN's filter (Bahri, Jiang
+                and Gupta, ICML 2020) used to pick a meta set; it replaced
+                CMW-Net-SL's per-class smallest loss (Shu et al., TPAMI
+                2023), which a barely trained model ranks noisily: a
+                consistently flipped image looks like its true class's
+                images, whose labels mostly say so. Measured: see the docs,
+                "Without a trusted set". With more than `VOTERS` training
+                examples, a seeded random `VOTERS` of them vote.
 
 Unset (`None`), a run takes `folder` when the dataset ships a trusted split
 and `DEFAULT_DRAW` otherwise (the best of the three measured by
 `python -m advisor_tf.experiments.meta_source`).
 
-Small-loss selection trusts that most examples labelled c show a c. Where
-half a class or more is mislabelled it picks the wrong examples; `select`
+The selection trusts that, among the images labelled c, those that show a c
+outnumber those of any one other class. Where they do not (a class half or
+more relabelled from one other class, a tail class outnumbered by the
+head's noise) it picks the wrong examples; `select`
 estimates, per class, the share of the examples labelled c that the warm-up
 classifier predicts as c, and of the selected ones, and the run logs a
 warning naming every class where the selected ones are mostly not predicted
@@ -75,12 +82,13 @@ from advisor_tf import builder
 from advisor_tf.data import pipeline
 
 DEFAULT_DRAW = "auto"
-WARMUP_STEPS = 16       # The warm-up: whole epochs, at least this many steps.
-LOSS_MOMENTUM = 0.7     # Per epoch.
+WARMUP_STEPS = 32       # The warm-up: whole epochs, at least this many steps.
+LOSS_MOMENTUM = 0.7     # Per epoch (the losses break agreement ties).
 SUSPECT_BELOW = 0.5     # Agreement of predictions with a class's labels.
-FOLDS = 1               # Out-of-sample warm-up losses (1: in sample).
 WARMUP_METHOD = "balanced_softmax"  # Unbiased by the classes' sizes.
-POOL_FRACTION = None    # Draw k from this smallest-loss share (None: k least).
+NEIGHBOURS = 50         # Nearest training examples that vote on a label.
+ROUNDS = 2              # Vote rounds (> 1: votes weighted by the voter's).
+VOTERS = 20_000         # At most this many training examples vote.
 KEEP_BELOW = 3          # A class with fewer than this × k others keeps its
                         # meta examples in training too.
 RECORD = "meta_selection.json"
@@ -108,25 +116,82 @@ def warmup_epochs(steps_per_epoch):
   return max(1, -(-WARMUP_STEPS // max(steps_per_epoch, 1)))
 
 
-def select_small_loss(losses, labels, per_class, num_classes, pool=None,
-                      rng=None):
+def select_per_class(scores, losses, labels, per_class, num_classes):
   """Sorted positions of the `per_class` examples of each class (all of a
-  smaller one) with the smallest `losses` (ties: the earlier position);
-  with `pool` (a fraction), `per_class` drawn by `rng` among the class's
-  `pool` share of smallest losses (at least `per_class` of them)."""
-  losses, labels = np.asarray(losses), np.asarray(labels)
+  smaller one) with the highest `scores` (ties: the smaller `losses`, then
+  the earlier position)."""
+  scores, losses = np.asarray(scores), np.asarray(losses)
+  labels = np.asarray(labels)
   chosen = []
   for c in range(num_classes):
     members = np.flatnonzero(labels == c)
-    order = members[np.argsort(losses[members], kind="stable")]
-    if pool is None:
-      chosen.append(order[:per_class])
-    else:
-      size = max(per_class, int(round(pool * len(members))))
-      candidates = order[:size]
-      chosen.append(rng.choice(candidates, min(per_class, len(candidates)),
-                               replace=False))
+    order = members[np.lexsort((members, losses[members], -scores[members]))]
+    chosen.append(order[:per_class])
   return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def neighbour_agreement(neighbours, voters, labels, rounds=ROUNDS):
+  """Per example, the share of its nearest voters that carry its label.
+
+  Args:
+    neighbours: `[n, k]` indices into `voters`, each example's k nearest.
+    voters: the positions (into `labels`) of the examples that vote.
+    labels: `[n]` the given labels.
+    rounds: with more than 1, each round weights a voter's vote by its own
+      agreement in the round before (a voter whose neighbourhood disputes
+      its label counts less).
+  """
+  labels = np.asarray(labels)
+  voters = np.asarray(voters, np.int64)[np.asarray(neighbours)]
+  same = labels[voters] == labels[:, None]
+  agreement = same.mean(axis=1)
+  for _ in range(rounds - 1):
+    weight = agreement[voters]
+    agreement = (weight * same).sum(axis=1) / np.maximum(weight.sum(axis=1),
+                                                         1e-12)
+  return agreement
+
+
+def choose_voters(n, seed, limit=VOTERS):
+  """Sorted positions of the examples that vote: all of them, or a seeded
+  random `limit` of more."""
+  if n <= limit:
+    return np.arange(n)
+  return np.sort(np.random.default_rng([seed, 13]).choice(n, limit,
+                                                          replace=False))
+
+
+def nearest_voters(features, voters, k):
+  """`[n, k]` indices into `voters` of each example's `k` nearest voters by
+  cosine similarity, itself excluded.
+
+  Args:
+    features: a callable, positions (None: every example) → an iterable of
+      feature batches in the order of the positions; it is called twice
+      (the voters, then every example), so that the features of all the
+      examples are never held at once.
+    voters: sorted positions of the voters.
+    k: neighbours per example (at most the voters less one).
+  """
+  def unit(batch):
+    batch = np.asarray(batch, np.float32).reshape(len(batch), -1)
+    return batch / np.maximum(np.linalg.norm(batch, axis=1, keepdims=True),
+                              1e-12)
+
+  voters = np.asarray(voters, np.int64)
+  keys = np.concatenate([unit(f) for f in features(voters)])
+  k = min(k, len(voters) - 1)
+  out, start = [], 0
+  for batch in features(None):
+    similarity = unit(batch) @ keys.T
+    rows = np.arange(start, start + len(similarity))
+    own = np.searchsorted(voters, rows)
+    is_voter = (own < len(voters)) & (voters[np.minimum(own, len(voters) - 1)]
+                                      == rows)
+    similarity[np.flatnonzero(is_voter), own[is_voter]] = -np.inf
+    out.append(np.argpartition(-similarity, k - 1, axis=1)[:, :k])
+    start += len(similarity)
+  return np.concatenate(out) if out else np.zeros((0, k), np.int64)
 
 
 def purity(positions, labels, clean_labels):
@@ -182,8 +247,9 @@ def describe(config, split):
           "random_noisy": "drawn at random out of train after the synthetic "
                           "noise (labels as dirty as training)",
           "auto": "chosen automatically from the training labels as given "
-                  "(no trusted label; the smallest losses per class after a "
-                  "short warm-up), held out of training"}[
+                  "(no trusted label; per class, the labels its neighbours "
+                  "agree with most after a short warm-up), held out of "
+                  "training"}[
                       split.meta_source]
   line = f"Meta set: --meta_source={split.meta_source}, {text}; " \
          f"{len(split.meta_labels)} examples, {per}"
@@ -257,78 +323,81 @@ def _stream(config, source, split, start_step, seed):
       gridmask=config.gridmask)
 
 
-def warmup_losses(config, source, split, epochs, folds=None):
-  """Per-example losses (of the given labels, without augmentation) after a
-  `WARMUP_METHOD` warm-up of `config` for `epochs` epochs, their exponential
-  moving average over the epochs (`LOSS_MOMENTUM`), and the last epoch's
-  predicted classes. With `folds` > 1 (default `FOLDS`) the training split
-  is cut into that many parts, stratified by given label; a model trained
-  on the others scores each part (out of sample: a model that never saw an
-  example cannot have memorised its wrong label)."""
-  folds = FOLDS if folds is None else folds
+def _features(model, source, split, batch_size):
+  """`nearest_voters`' feature reader: the warm-up backbone's output on
+  training examples, without augmentation."""
+  indices = np.asarray(split.train_indices)
+  labels = np.asarray(split.train_labels)
+
+  def read(positions):
+    positions = np.arange(len(labels)) if positions is None else positions
+    data = pipeline.unaugmented_train(source, indices[positions],
+                                      labels[positions]).batch(batch_size)
+    for x, _ in data:
+      yield np.asarray(model.backbone(x, training=False))
+  return read
+
+
+def warmup(config, source, split, epochs):
+  """A `WARMUP_METHOD` warm-up of `config` for `epochs` epochs on the
+  whole training split. Returns the per-example losses of the given labels
+  (without augmentation; their exponential moving average over the epochs,
+  `LOSS_MOMENTUM`), the last epoch's predicted classes, and each example's
+  `NEIGHBOURS` nearest voters (`choose_voters`) in the final model's
+  feature space, with the voters."""
   ce = dataclasses.replace(config, method=WARMUP_METHOD, virtual_scope="all",
                            meta_update_every=1, advice="exact")
-  labels = np.asarray(split.train_labels)
-  n = len(labels)
-  if folds > 1:  # Stratified: each class dealt round-robin after a shuffle.
-    rng = np.random.default_rng([config.seed, 7])
-    part = np.zeros(n, np.int64)
-    for c in np.unique(labels):
-      members = rng.permutation(np.flatnonzero(labels == c))
-      part[members] = (np.arange(len(members)) + c) % folds
-    parts = [(np.flatnonzero(part != k), np.flatnonzero(part == k))
-             for k in range(folds)]
-  else:
-    parts = [(np.arange(n), np.arange(n))]
-  ema = np.zeros(n)
-  predicted = np.zeros(n, np.int64)
-  for k, (fit, scored) in enumerate(parts):
-    sub = dataclasses.replace(
-        split, train_indices=np.asarray(split.train_indices)[fit],
-        train_labels=labels[fit],
-        train_clean_labels=np.asarray(split.train_clean_labels)[fit])
-    steps = _steps_per_epoch(ce, sub)
-    keras.utils.set_random_seed(config.seed + 1_000_003 + k)
-    model = builder.build_model(ce, source.image_shape, source.num_classes,
-                                class_counts=sub.class_counts(
-                                    source.num_classes),
-                                steps_per_epoch=steps)
-    for epoch in range(epochs):
-      model.fit(_stream(ce, source, sub, epoch * steps, config.seed + k),
-                epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps,
-                verbose=0, shuffle=False)
-      adv = advice.advise(model, source, split, positions=scored,
-                          batch_size=config.eval_batch_size)
-      losses = np.asarray(adv.loss, np.float64)
-      ema[scored] = losses if epoch == 0 else (
-          LOSS_MOMENTUM * ema[scored] + (1 - LOSS_MOMENTUM) * losses)
-      predicted[scored] = adv.predicted
-    del model
+  n = len(split.train_labels)
+  steps = _steps_per_epoch(ce, split)
+  keras.utils.set_random_seed(config.seed + 1_000_003)
+  model = builder.build_model(ce, source.image_shape, source.num_classes,
+                              class_counts=split.class_counts(
+                                  source.num_classes),
+                              steps_per_epoch=steps)
+  for epoch in range(epochs):
+    model.fit(_stream(ce, source, split, epoch * steps, config.seed),
+              epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps,
+              verbose=0, shuffle=False)
+    adv = advice.advise(model, source, split,
+                        batch_size=config.eval_batch_size)
+    losses = np.asarray(adv.loss, np.float64)
+    ema = losses if epoch == 0 else (LOSS_MOMENTUM * ema
+                                     + (1 - LOSS_MOMENTUM) * losses)
+  voters = choose_voters(n, config.seed)
+  neighbours = nearest_voters(
+      _features(model, source, split, config.eval_batch_size), voters,
+      NEIGHBOURS)
+  del model
   keras.utils.set_random_seed(config.seed)  # As if nothing had been drawn.
-  return ema, predicted
+  return ema, np.asarray(adv.predicted), neighbours, voters
 
 
 def select(config, source, split):
   """`auto`'s selection for a run (see the module docstring): a record
   `{positions, indices, labels, purity, suspect_classes, ...}`."""
   epochs = warmup_epochs(_steps_per_epoch(config, split))
-  losses, predicted = warmup_losses(config, source, split, epochs)
+  losses, predicted, neighbours, voters = warmup(config, source, split,
+                                                 epochs)
   labels = np.asarray(split.train_labels)
-  positions = select_small_loss(losses, labels, config.meta_per_class,
-                                source.num_classes, POOL_FRACTION,
-                                np.random.default_rng([config.seed, 11]))
+  agreement = neighbour_agreement(neighbours, voters, labels)
+  positions = select_per_class(agreement, losses, labels,
+                               config.meta_per_class, source.num_classes)
   everyone = np.arange(len(labels))
   labelled = class_agreement(predicted, labels, everyone, source.num_classes)
   chosen = class_agreement(predicted, labels, positions, source.num_classes)
   return {
       "source": "auto", "per_class": config.meta_per_class,
       "warmup_epochs": epochs, "loss_momentum": LOSS_MOMENTUM,
-      "folds": FOLDS,
-      "rule": "per class, the smallest losses after a balanced-softmax "
-              "warm-up", "pool_fraction": POOL_FRACTION,
+      "rule": "per class, the highest agreement of the labels of the "
+              "nearest neighbours in the feature space of a balanced-softmax "
+              "warm-up (ties: the smaller loss)",
+      "neighbours": int(neighbours.shape[1]), "rounds": ROUNDS,
+      "voters": int(len(voters)),
       "positions": [int(p) for p in positions],
       "indices": [int(i) for i in np.asarray(split.train_indices)[positions]],
       "labels": [int(y) for y in labels[positions]],
+      "neighbour_agreement": [round(float(a), 4)
+                              for a in agreement[positions]],
       "purity": (purity(positions, labels, split.train_clean_labels)
                  if known_truth(config) else None),
       "class_agreement": labelled, "selected_agreement": chosen,
@@ -385,7 +454,7 @@ def prepare(config, source, split, out):
     names = source.class_names
     agreement = record["class_agreement"]
     logging.warning(
-        "--meta_source=auto: small-loss selection is unreliable for "
+        "--meta_source=auto: the automatic selection is unreliable for "
         "class(es) %s: the warm-up classifier predicts few of the examples "
         "labelled with it as it (%s; or few of those selected), so half or "
         "more of its labels may be wrong, and its meta examples with them. "

@@ -53,17 +53,66 @@ def test_random_is_drawn_before_the_noise_random_noisy_after_it():
   assert set(auto.meta_indices) <= set(auto.train_indices)
 
 
-def test_small_loss_selection_is_class_balanced_and_purity_is_right():
+def test_selection_is_class_balanced_highest_score_first_and_purity_is_right():
   labels = np.array([0, 0, 0, 1, 1, 1, 1, 2])
-  losses = np.array([0.5, 0.1, 0.9, 0.3, 0.2, 0.8, 0.1, 0.4])
-  chosen = meta_select.select_small_loss(losses, labels, 2, 3)
-  np.testing.assert_array_equal(chosen, [0, 1, 4, 6, 7])  # Class 2: all (1).
+  scores = np.array([0.5, 0.9, 0.1, 0.7, 0.8, 0.2, 0.8, 0.4])
+  losses = np.array([0.1, 0.1, 0.1, 0.1, 0.3, 0.1, 0.2, 0.1])
+  chosen = meta_select.select_per_class(scores, losses, labels, 2, 3)
+  # Class 1: 0.8 twice, the smaller loss (position 6) first; class 2: all.
+  np.testing.assert_array_equal(chosen, [0, 1, 4, 6, 7])
+  np.testing.assert_array_equal(
+      meta_select.select_per_class(scores, losses, labels, 1, 3), [1, 6, 7])
   clean = np.array([0, 0, 1, 1, 2, 1, 1, 2])
   assert meta_select.purity(chosen, labels, clean) == pytest.approx(4 / 5)
   assert meta_select.purity([], labels, clean) is None
-  drawn = meta_select.select_small_loss(losses, labels, 1, 3, pool=0.5,
-                                        rng=np.random.default_rng(0))
-  np.testing.assert_array_equal(np.bincount(labels[drawn]), [1, 1, 1])
+
+
+def _batches(features, size=7):
+  def read(positions):
+    rows = features if positions is None else features[positions]
+    for start in range(0, len(rows), size):
+      yield rows[start:start + size]
+  return read
+
+
+def test_nearest_voters_is_the_brute_force_cosine_neighbourhood():
+  rng = np.random.default_rng(0)
+  features = rng.normal(size=(40, 5)).astype(np.float32)
+  voters = np.sort(rng.choice(40, 25, replace=False))
+  got = meta_select.nearest_voters(_batches(features), voters, 4)
+  unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+  similarity = unit @ unit[voters].T
+  for row in range(40):
+    candidates = [j for j in range(len(voters)) if voters[j] != row]
+    want = sorted(candidates, key=lambda j: -similarity[row, j])[:4]
+    assert sorted(got[row]) == sorted(want)  # Itself never among them.
+  assert meta_select.choose_voters(40, 0, limit=50).tolist() == list(range(40))
+  drawn = meta_select.choose_voters(40, 0, limit=25)
+  assert len(set(drawn)) == 25 and list(drawn) == sorted(drawn)
+
+
+def test_neighbour_agreement_finds_consistently_flipped_labels():
+  # Two clusters of images; a third of cluster 0's are labelled 1 (a Flip):
+  # per example the loss of a model that learned the 2:1 majority cannot
+  # order the clean ones of class 1 above the flipped, the neighbours can.
+  rng = np.random.default_rng(1)
+  centres = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+  truth = np.repeat([0, 1], 30)
+  features = centres[truth] + 0.05 * rng.normal(size=(60, 3))
+  labels = truth.copy()
+  flipped = np.arange(0, 30, 3)
+  labels[flipped] = 1
+  voters = np.arange(60)
+  neighbours = meta_select.nearest_voters(_batches(features), voters, 10)
+  once = meta_select.neighbour_agreement(neighbours, voters, labels, rounds=1)
+  twice = meta_select.neighbour_agreement(neighbours, voters, labels)
+  assert once[flipped].max() < once[truth == 1].min()  # Both labelled 1.
+  # The second round weights each vote by the voter's own agreement: the
+  # flipped ones' few like-labelled neighbours are themselves disputed.
+  assert twice[flipped].mean() < once[flipped].mean()
+  chosen = meta_select.select_per_class(twice, np.zeros(60), labels, 10, 2)
+  assert not set(chosen) & set(flipped)
+  np.testing.assert_array_equal(np.bincount(labels[chosen]), [10, 10])
 
 
 def test_suspect_classes():
