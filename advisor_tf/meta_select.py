@@ -54,8 +54,8 @@ head's noise) it picks the wrong examples; `select`
 estimates, per class, the share of the examples labelled c that the warm-up
 classifier predicts as c, and of the selected ones, and the run logs a
 warning naming every class where the selected ones are mostly not predicted
-as their label, or the labelled ones much less than the other classes'
-(`suspects`; `suspect_classes` in the record and in `metrics.json`). A
+as their label, or the labelled ones much less than the other classes', or
+where most neighbours of the selected ones carry other labels (`suspects`; `suspect_classes` in the record and in `metrics.json`). A
 consistent relabelling of most of a class (Flip noise above 0.5) cannot be
 told from the truth without a trusted label, and is not detected.
 
@@ -216,20 +216,36 @@ def class_agreement(predicted, labels, positions, num_classes):
   return out
 
 
-def suspects(labelled, selected):
+def suspects(labelled, selected, disputed=()):
   """Classes whose selected examples are mostly not predicted as their
   label (`selected` agreement below `SUSPECT_BELOW`), or whose labelled
   examples are, below `SUSPECT_BELOW` and below `SUSPECT_BELOW` times the
   median class (the classifier recognises the class in its labels much
   less than the others: a class more than half mislabelled, or one it has
-  not learned yet)."""
+  not learned yet), or whose selected examples' labels most of their
+  neighbours dispute (`disputed`: per class the median neighbour agreement
+  of its selected examples, below `SUSPECT_BELOW`: even the class's best
+  examples sit among images labelled otherwise — a tail class outnumbered
+  by other classes' noise)."""
   known = [a for a in labelled if a is not None]
   bar = min(SUSPECT_BELOW, SUSPECT_BELOW * float(np.median(known))
             ) if known else 0.0
   return sorted({c for c, a in enumerate(selected)
                  if a is not None and a < SUSPECT_BELOW}
                 | {c for c, a in enumerate(labelled)
-                   if a is not None and a < bar})
+                   if a is not None and a < bar}
+                | {c for c, a in enumerate(disputed)
+                   if a is not None and a < SUSPECT_BELOW})
+
+
+def class_median(values, labels, positions, num_classes):
+  """Per class c, the median of `values` at the `positions` labelled c
+  (None for a class with none)."""
+  values, labels = np.asarray(values), np.asarray(labels)
+  positions = np.asarray(positions, np.int64)
+  return [float(np.median(values[positions[labels[positions] == c]]))
+          if np.any(labels[positions] == c) else None
+          for c in range(num_classes)]
 
 
 def known_truth(config):
@@ -385,6 +401,7 @@ def select(config, source, split):
   everyone = np.arange(len(labels))
   labelled = class_agreement(predicted, labels, everyone, source.num_classes)
   chosen = class_agreement(predicted, labels, positions, source.num_classes)
+  disputed = class_median(agreement, labels, positions, source.num_classes)
   return {
       "source": "auto", "per_class": config.meta_per_class,
       "warmup_epochs": epochs, "loss_momentum": LOSS_MOMENTUM,
@@ -401,7 +418,8 @@ def select(config, source, split):
       "purity": (purity(positions, labels, split.train_clean_labels)
                  if known_truth(config) else None),
       "class_agreement": labelled, "selected_agreement": chosen,
-      "suspect_classes": suspects(labelled, chosen),
+      "selected_neighbour_agreement": disputed,
+      "suspect_classes": suspects(labelled, chosen, disputed),
       "kept_in": [int(c) for c in range(source.num_classes)
                   if np.sum(labels == c) - config.meta_per_class
                   < KEEP_BELOW * config.meta_per_class],
@@ -456,8 +474,10 @@ def prepare(config, source, split, out):
     logging.warning(
         "--meta_source=auto: the automatic selection is unreliable for "
         "class(es) %s: the warm-up classifier predicts few of the examples "
-        "labelled with it as it (%s; or few of those selected), so half or "
-        "more of its labels may be wrong, and its meta examples with them. "
+        "labelled with it as it (%s; or few of those selected), or the "
+        "labels of most of the selected ones' nearest neighbours differ, so "
+        "half or more of its labels may be wrong, and its meta examples "
+        "with them. "
         "Check these classes' labels (advisor-analyze), or give a trusted "
         "meta/ folder (--meta_source=folder).",
         ", ".join(str(names[c]) for c in record["suspect_classes"]),

@@ -121,6 +121,11 @@ def test_suspect_classes():
   # An early, weak classifier recognises every class little: none singled
   # out by the labelled agreement alone.
   assert meta_select.suspects([0.3, 0.35, 0.25], [0.9, 0.8, 0.7]) == []
+  # Even the best examples of class 1 sit among images labelled otherwise.
+  assert meta_select.suspects([0.9, 0.8, 0.85], [1.0, 0.9, 0.9],
+                              [0.9, 0.3, None]) == [1]
+  assert meta_select.class_median([0.2, 0.9, 0.4, 0.7], [0, 1, 0, 0],
+                                  [0, 1, 3], 3) == pytest.approx([0.45, 0.9, None])
 
 
 def test_auto_selection_uses_no_trusted_label(tmp_path):
