@@ -238,6 +238,18 @@ def suspects(labelled, selected, disputed=()):
                    if a is not None and a < SUSPECT_BELOW})
 
 
+def record_suspects(record):
+  """The classes `suspects` names for a recorded selection (its per-class
+  agreements and its chosen examples' neighbour agreement): the warning's
+  rule of this version, also for a record written by an older one."""
+  labels = np.asarray(record["labels"], np.int64)
+  disputed = class_median(record["neighbour_agreement"], labels,
+                          np.arange(len(labels)),
+                          len(record["class_agreement"]))
+  return suspects(record["class_agreement"], record["selected_agreement"],
+                  disputed)
+
+
 def class_median(values, labels, positions, num_classes):
   """Per class c, the median of `values` at the `positions` labelled c
   (None for a class with none)."""

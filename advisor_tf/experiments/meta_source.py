@@ -34,12 +34,33 @@ Per (grid, cell, variant) the JSON holds, in the order of `seeds`:
 
   accuracy          test top-1 (%)
   purity            the fraction of right labels in the meta set the run
-                    ended with (1.0 for `clean`; None for `ce`): from
-                    `metrics.json` `meta/purity` on the array grid, from the
-                    folder's manifest (`manifest.json`: every file's clean
-                    label) on the user path
-  suspect_classes   `auto`: the classes the last selection flagged
+                    ended with (1.0 for `clean`; None for `ce`): from the
+                    synthetic noise's clean labels on the array grid, from
+                    the folder's manifest (`manifest.json`: every file's
+                    clean label) on the user path
+  suspect_classes   `auto`: the classes the run's warning named
+  warned_classes    `auto`: the classes this version's warning names for the
+                    run's recorded selection (`meta_select.record_suspects`;
+                    the same as `suspect_classes` unless the rule changed
+                    since the run)
+  class_purity      `auto` and `random`: per class (the meta set's given
+                    labels), the fraction of right labels; the warning is
+                    scored against it (`warning_check`: a class whose
+                    selection is less than half right should be named)
+  class_noise       `auto` and `random`: per class (given labels), the
+                    fraction of wrong labels among the training candidates
+  purity_ceiling    `auto` and `random`: the highest purity any selection
+                    of the same size per class could reach out of the
+                    dirty training labels (per class, min(chosen, right-
+                    labelled candidates)): in the long tail some classes
+                    have fewer right labels than the set asks for
   train_seconds     wall time of the run
+
+`class_purity`, `class_noise`, `purity_ceiling` and `warned_classes` of
+runs recorded
+before they existed (or before the warning's rule changed) are filled in from
+the kept `--workdir` (the run's `meta_selection.json` and folders) without
+training again.
 
 With `--reuse=results/user_path.json`, user-path `ce` and `clean` runs are
 copied from the user-path grid (issue #20's `user_path.py`: the same folders,
@@ -119,7 +140,15 @@ load_results = dirty_labels.load_results
 write_results = dirty_labels.write_results
 
 
-_KEYS = ("accuracy", "purity", "suspect_classes", "train_seconds")
+# What `selection_scores` adds beside `purity`.
+_SCORES = ("class_purity", "class_noise", "purity_ceiling")
+_KEYS = ("accuracy", "purity", "suspect_classes", "warned_classes",
+         *_SCORES, "train_seconds")
+# Variants whose meta set is drawn out of the dirty training labels.
+_DRAWN = ("random", "auto")
+# A class whose selection is less than this right is one the warning
+# should name ("half or more of its labels may be wrong").
+MOSTLY_WRONG_BELOW = 0.5
 
 
 def done(results, grid, cell, variant, seed):
@@ -149,18 +178,88 @@ def _manifest_truth(data_dir):
   return {row[0]: row[2] for row in manifest["splits"]["train"]}
 
 
-def folder_purity(config, workdir):
-  """Purity of the meta set of a user-path run (the folder's manifest knows
-  the clean labels; the run does not)."""
+def selection_truth(grid, config, workdir):
+  """The given and the clean labels of a run's training candidates (before
+  any meta set is taken out) and of the meta set it trained with (`auto`:
+  the selection recorded in `workdir`): `((given, clean), (given, clean))`.
+  The clean labels come from the synthetic noise on the array grid, from
+  the folder's manifest on the user path (the run does not know them)."""
   source, split = run_lib.prepare_data(config)
-  if split.meta_source == "folder":
-    return 1.0
-  split = meta_select.auto_split(config, split, workdir)
+  chosen = meta_select.auto_split(config, split, workdir)
+  if grid == "array":
+    return ((split.train_labels, split.train_clean_labels),
+            (chosen.meta_labels, chosen.meta_clean_labels))
   truth = _manifest_truth(config.data_dir)
   paths = source.paths["train"]
-  clean = [truth[os.path.relpath(str(paths[i]), config.data_dir)]
-           for i in split.meta_indices]
-  return float(np.mean(np.asarray(clean) == np.asarray(split.meta_labels)))
+
+  def clean(indices):
+    return np.asarray([truth[os.path.relpath(str(paths[i]), config.data_dir)]
+                       for i in indices])
+
+  return ((split.train_labels, clean(split.train_indices)),
+          (chosen.meta_labels, clean(chosen.meta_indices)))
+
+
+def selection_scores(train, meta):
+  """`purity`, `class_purity`, `class_noise` and `purity_ceiling` (see the
+  module
+  docstring) of a meta set `meta = (given, clean)` drawn out of the
+  training candidates `train = (given, clean)`."""
+  given, clean = (np.asarray(a, np.int64) for a in meta)
+  train_given, train_clean = (np.asarray(a, np.int64) for a in train)
+  classes = int(max(given.max(), train_given.max())) + 1
+  right = given == clean
+  class_purity = [round(float(np.mean(right[given == c])), 4)
+                  if np.any(given == c) else None for c in range(classes)]
+  chosen = np.bincount(given, minlength=classes)
+  available = np.bincount(train_given[train_given == train_clean],
+                          minlength=classes)
+  wrong = train_given != train_clean
+  class_noise = [round(float(np.mean(wrong[train_given == c])), 4)
+                 if np.any(train_given == c) else None for c in range(classes)]
+  return {"purity": float(np.mean(right)), "class_purity": class_purity,
+          "class_noise": class_noise,
+          "purity_ceiling": round(float(
+              np.minimum(chosen, available).sum() / chosen.sum()), 4)}
+
+
+def drawn_scores(grid, config, workdir):
+  """`selection_scores` of a run whose meta set was drawn out of train."""
+  return selection_scores(*selection_truth(grid, config, workdir))
+
+
+def backfill_scores(results, root):
+  """Fills in `class_purity`, `class_noise` and `purity_ceiling` of drawn
+  (`random`,
+  `auto`) runs recorded without them, and `warned_classes` of every `auto`
+  run, from the kept runs under `root` (an `auto` run needs its
+  `meta_selection.json`). Returns how many entries changed."""
+  changed = 0
+  for grid, by_cell in results.items():
+    for cell, by_variant in by_cell.items():
+      for variant in _DRAWN:
+        entry = by_variant.get(variant)
+        if not entry:
+          continue
+        for at, seed in enumerate(entry["seeds"]):
+          config = run_config(grid, cell, variant, seed, root)
+          record = meta_select.read_record(config.workdir)
+          if variant == "auto" and record is None:
+            continue
+          values = {}
+          if variant == "auto":
+            values["warned_classes"] = meta_select.record_suspects(record)
+          if (any((entry.get(key) or [None] * (at + 1))[at] is None
+                  for key in _SCORES)
+              and (grid == "array" or os.path.isdir(config.data_dir))):
+            scores = drawn_scores(grid, config, config.workdir)
+            values.update({key: scores[key] for key in _SCORES})
+          for key, value in values.items():
+            column = entry.setdefault(key, [None] * len(entry["seeds"]))
+            if column[at] != value:
+              column[at] = value
+              changed += 1
+  return changed
 
 
 def run_one(grid, cell, variant, seed, root, epochs=None):
@@ -175,12 +274,16 @@ def run_one(grid, cell, variant, seed, root, epochs=None):
             "train_seconds": round(time.time() - start, 1)}
   if variant == "ce":
     return values
-  if grid == "array":
+  if variant in _DRAWN:
+    values.update(drawn_scores(grid, config, config.workdir))
+  elif grid == "array":  # `clean`: drawn before the synthetic noise.
     values["purity"] = metrics.get("meta/purity")
-  else:
-    values["purity"] = folder_purity(config, config.workdir)
+  else:  # `clean`: the folder's own meta/ (written with clean labels).
+    values["purity"] = 1.0
   if variant == "auto":
     values["suspect_classes"] = metrics.get("meta/suspect_classes")
+    values["warned_classes"] = meta_select.record_suspects(
+        meta_select.read_record(config.workdir))
   return values
 
 
@@ -218,6 +321,8 @@ def run_grid(out, grids, cells, variants, seeds, root, epochs=None,
   given). Returns the results dict."""
   results = load_results(out)
   if "user_path" in grids and reuse_user_path(results, reuse, cells, seeds):
+    write_results(out, results)
+  if backfill_scores(results, root):
     write_results(out, results)
   todo = [(g, c, s, v) for g in grids for s in seeds for c in cells
           for v in variants if not done(results, g, c, v, s)]
@@ -288,7 +393,63 @@ def goal_check(results):
       if purity is not None and cell in ("sym0.4", "flip0.4"):
         parts.append(f"purity {purity * 100:.1f} % "
                      f"{'≥' if purity >= 0.95 else '<'} 95 %")
+      ceiling = mean(by_variant.get("auto"), "purity_ceiling")
+      if purity is not None and ceiling is not None:
+        parts.append(f"purity {purity * 100:.1f} % of a reachable "
+                     f"{ceiling * 100:.1f} %")
       lines.append(f"{grid} {cell}: auto {auto:.1f} " + ", ".join(parts))
+  return lines
+
+
+def warning_check(results):
+  """How often `auto`'s warning (`warned_classes`: this version's rule) was
+  right, as lines of text per grid and cell (runs that recorded
+  `class_purity`). The warning says that half or more of a class's labels
+  may be wrong, and its meta examples with them; scored are the classes
+  whose selection is mostly wrong (purity below `MOSTLY_WRONG_BELOW`) and
+  those whose training labels are (`class_noise` of at least
+  1 − `MOSTLY_WRONG_BELOW`): how many of each it named, and how many it
+  named that are neither; and the runs below CE of the same seed, and how
+  many of them carried a warning."""
+  lines = []
+  for grid, by_cell in results.items():
+    for cell, by_variant in by_cell.items():
+      auto = by_variant.get("auto") or {}
+      ce = by_variant.get("ce") or {}
+      count = dict.fromkeys(("runs", "selected", "selected_named", "labels",
+                             "labels_named", "named", "neither", "below",
+                             "below_warned"), 0)
+      for at, seed in enumerate(auto.get("seeds", [])):
+        purity = (auto.get("class_purity") or [None] * (at + 1))[at]
+        noise = (auto.get("class_noise") or [None] * (at + 1))[at]
+        if purity is None or noise is None:
+          continue
+        named = set((auto.get("warned_classes") or [None] * (at + 1))[at]
+                    or [])
+        selected = {c for c, p in enumerate(purity)
+                    if p is not None and p < MOSTLY_WRONG_BELOW}
+        labels = {c for c, n in enumerate(noise)
+                  if n is not None and n >= 1 - MOSTLY_WRONG_BELOW}
+        count["runs"] += 1
+        count["selected"] += len(selected)
+        count["selected_named"] += len(selected & named)
+        count["labels"] += len(labels)
+        count["labels_named"] += len(labels & named)
+        count["named"] += len(named)
+        count["neither"] += len(named - selected - labels)
+        if seed in ce.get("seeds", []) and (
+            auto["accuracy"][at] < ce["accuracy"][ce["seeds"].index(seed)]):
+          count["below"] += 1
+          count["below_warned"] += bool(named)
+      if count["runs"]:
+        lines.append(
+            f"{grid} {cell}: {count['runs']} auto run(s); classes with a "
+            f"mostly wrong selection: {count['selected']}, named "
+            f"{count['selected_named']}; with mostly wrong training labels: "
+            f"{count['labels']}, named {count['labels_named']}; classes "
+            f"named: {count['named']}, neither: {count['neither']}; runs "
+            f"below CE: {count['below']}, with a warning: "
+            f"{count['below_warned']}")
   return lines
 
 
@@ -338,6 +499,8 @@ def main(argv, f):
                        f.epochs.value, f.reuse.value)
   print(tables(results))
   print("\n".join(goal_check(results)))
+  print("The warning (`auto`):")
+  print("\n".join(warning_check(results)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,77 @@
+"""The no-trusted-set grid's scoring (`experiments/meta_source.py`): the
+per-class purity of a drawn meta set, the purity any selection could reach,
+and how often `auto`'s warning named the classes it should."""
+
+import numpy as np
+import pytest
+
+from advisor_tf import meta_select
+from advisor_tf.experiments import meta_source
+
+
+def test_selection_scores_per_class_and_the_reachable_purity():
+  # Class 0: two chosen, one right; only one right-labelled candidate, so
+  # no choice of two could be pure. Class 1: both right.
+  train = ([0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 1, 1])
+  meta = ([0, 0, 1, 1], [0, 1, 1, 1])
+  scores = meta_source.selection_scores(train, meta)
+  assert scores["purity"] == pytest.approx(0.75)
+  assert scores["class_purity"] == [0.5, 1.0]
+  assert scores["class_noise"] == [pytest.approx(2 / 3, abs=1e-4), 0.0]
+  assert scores["purity_ceiling"] == pytest.approx(0.75)
+  # A class no example of which was chosen has no purity.
+  scores = meta_source.selection_scores(([0, 1, 2], [0, 1, 2]),
+                                        ([0, 2], [0, 2]))
+  assert scores["class_purity"] == [1.0, None, 1.0]
+  assert scores["purity_ceiling"] == 1.0
+
+
+def test_drawn_scores_of_an_array_run_match_the_runs_own_purity(tmp_path):
+  config = meta_source.run_config("array", "lt20_sym0.4", "random", 0,
+                                  str(tmp_path))
+  (train_given, train_clean), (given, clean) = meta_source.selection_truth(
+      "array", config, config.workdir)
+  scores = meta_source.drawn_scores("array", config, config.workdir)
+  assert scores["purity"] == pytest.approx(np.mean(np.asarray(given)
+                                                   == np.asarray(clean)))
+  # The long tail's smallest classes have fewer right labels than the
+  # 10 per class the set asks for: the ceiling is below 1, and no draw
+  # is above it.
+  assert scores["purity"] <= scores["purity_ceiling"] < 1.0
+  assert len(train_given) == len(train_clean) > len(given)
+
+
+def test_warning_check_counts_hits_misses_and_runs_below_ce():
+  results = {"array": {"flip0.4": {
+      "ce": {"seeds": [0, 1], "accuracy": [60.0, 60.0]},
+      "auto": {"seeds": [0, 1], "accuracy": [55.0, 90.0],
+               # Seed 0: class 1 selected mostly wrong and named; class 2
+               # named, its selection right but most of its labels wrong;
+               # class 0 named for nothing. Seed 1: class 0 selected mostly
+               # wrong, not named.
+               "class_purity": [[1.0, 0.2, 1.0], [0.4, 1.0, 1.0]],
+               "class_noise": [[0.1, 0.6, 0.5], [0.3, 0.2, 0.1]],
+               "warned_classes": [[0, 1, 2], []]}}}}
+  (line,) = meta_source.warning_check(results)
+  assert "2 auto run(s)" in line
+  assert "mostly wrong selection: 2, named 1" in line
+  assert "mostly wrong training labels: 2, named 2" in line
+  assert "classes named: 3, neither: 1" in line
+  assert "runs below CE: 1, with a warning: 1" in line
+
+
+def test_backfill_skips_runs_whose_workdir_is_gone(tmp_path):
+  results = {"array": {"sym0.4": {"auto": {"seeds": [0],
+                                           "accuracy": [90.0]}}}}
+  assert meta_source.backfill_scores(results, str(tmp_path)) == 0
+  assert "class_purity" not in results["array"]["sym0.4"]["auto"]
+
+
+def test_record_suspects_applies_todays_rule_to_an_older_record():
+  # A record written before `selected_neighbour_agreement` existed: class 1's
+  # chosen examples sit among images labelled otherwise (median 0.25).
+  record = {"labels": [0, 0, 1, 1], "neighbour_agreement": [0.9, 0.8, 0.2, 0.3],
+            "class_agreement": [0.9, 0.9], "selected_agreement": [1.0, 1.0]}
+  assert meta_select.record_suspects(record) == [1]
+  record["neighbour_agreement"] = [0.9, 0.8, 0.7, 0.6]
+  assert meta_select.record_suspects(record) == []
