@@ -118,7 +118,9 @@ CELLS = {
 }
 SEEDS = (0, 1, 2)
 FOLDS = crossval.FOLDS
-DEFAULT_EPOCHS = config_lib.TrainConfig().epochs
+# The grid's protocol pins the run length (a long-tailed cell's 5 steps an
+# epoch would otherwise raise the default; `config.MIN_STEPS`).
+DEFAULT_EPOCHS = config_lib.DEFAULT_EPOCHS
 
 # ---------------------------------------------------------------- protocol
 def cell_config(cell, method, seed, epochs=DEFAULT_EPOCHS, root="runs"):
