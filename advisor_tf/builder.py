@@ -17,8 +17,7 @@ from advisor_tf import model as model_lib
 
 def total_steps(config, steps_per_epoch):
   """Iterations of the whole run: `--train_steps`, else epochs × steps."""
-  return config.train_steps or config.epochs_for(steps_per_epoch) * (
-      steps_per_epoch)
+  return config.train_steps or config.epochs * steps_per_epoch
 
 
 def learning_rate(config, steps_per_epoch):
@@ -29,8 +28,7 @@ def learning_rate(config, steps_per_epoch):
     return keras.optimizers.schedules.CosineDecay(
         config.lr, decay_steps=total_steps(config, steps_per_epoch))
   boundaries = (sorted(config.lr_decay_steps) or
-                [e * steps_per_epoch
-                 for e in sorted(config.decay_epochs(steps_per_epoch))])
+                [e * steps_per_epoch for e in sorted(config.decay_epochs())])
   values = [config.lr * config.lr_decay_factor ** i
             for i in range(len(boundaries) + 1)]
   return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)

@@ -96,11 +96,7 @@ flags.DEFINE_string("pretrained_weights", _D.pretrained_weights,
 flags.DEFINE_string("init_checkpoint", _D.init_checkpoint,
                     "Start the classifier from a previous run's checkpoints "
                     "folder (or a checkpoint prefix).")
-flags.DEFINE_integer(
-    "epochs", _D.epochs,
-    f"Training epochs. Unset: {config_lib.DEFAULT_EPOCHS}, or more when an "
-    f"epoch is short, so that a run makes at least {config_lib.MIN_STEPS} "
-    "steps (the advisor learns once a step); the log says what was chosen.")
+flags.DEFINE_integer("epochs", _D.epochs, "Training epochs.")
 flags.DEFINE_integer("train_steps", _D.train_steps,
                      "Train for this many iterations instead of --epochs "
                      "(schedules then run over iterations).")

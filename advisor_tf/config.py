@@ -32,14 +32,7 @@ VERBOSITIES = ("auto", 0, 1, 2)
 BUNDLED_DATASETS = ("digits",)
 # Defaults that adapt to the data and the run (`TrainConfig.resolved`).
 DEFAULT_META_BATCH_SIZE = 50
-# --epochs unset: 30, raised for a small training set until the run makes at
-# least MIN_STEPS steps (the advisor learns once a step; chosen on the
-# user-path grid: the 32-px long-tailed folders make 5 steps an epoch, and
-# 150 steps gave MFRW-MES +7.7 points over CE there, 300 steps +9.4; the
-# balanced folders' 17 steps an epoch make 510 steps in 30 epochs).
-DEFAULT_EPOCHS = 30
-MIN_STEPS = 300
-ADAPTIVE_FIELDS = ("meta_batch_size", "epochs", "lr_decay_epochs")
+ADAPTIVE_FIELDS = ("meta_batch_size", "lr_decay_epochs")
 DEFAULT_DECAY_FRACTIONS = (2 / 3, 5 / 6)
 # Where the meta set comes from (`advisor_tf.meta_select`); unset: `folder`
 # when the dataset ships a trusted split, else `meta_select.DEFAULT_DRAW`.
@@ -103,8 +96,7 @@ class TrainConfig:
   backbone: str = "small_cnn_auto"  # = small_cnn at 8×8 (user_path grid).
   pretrained_weights: str | None = None
   init_checkpoint: str | None = None
-  epochs: int | None = None  # None: DEFAULT_EPOCHS, more for a small
-  # training set (at least MIN_STEPS steps; `resolved`).
+  epochs: int = 30
   train_steps: int | None = None
   steps_per_epoch: int | None = None
   batch_size: int = 64
@@ -233,61 +225,38 @@ class TrainConfig:
     if self.image_size is not None and self.image_size < 8:
       raise ValueError(f"--image_size={self.image_size} must be >= 8.")
     if self.lr_schedule == "step" and not self.lr_decay_steps and any(
-        e < 1 or e > (self.epochs or math.inf) for e in self.lr_decay_epochs):
+        e < 1 or e > self.epochs for e in self.lr_decay_epochs):
       raise ValueError(f"--lr_decay_epochs={list(self.lr_decay_epochs)} must "
                        f"lie in [1, --epochs={self.epochs}].")
     return self
 
-  def decay_epochs(self, steps_per_epoch=None):
+  def decay_epochs(self):
     """The step schedule's decay epochs: `--lr_decay_epochs`, or by default
     at 2/3 and 5/6 of the run (20 and 25 of the default 30 epochs), so any
-    `--epochs` works without setting them (unset: the run's length at
-    `steps_per_epoch`, `epochs_for`)."""
+    `--epochs` works without setting them."""
     if self.lr_decay_epochs:
       return tuple(self.lr_decay_epochs)
-    epochs = self.epochs_for(steps_per_epoch or MIN_STEPS)
-    return tuple(sorted({max(1, round(epochs * f))
+    return tuple(sorted({max(1, round(self.epochs * f))
                          for f in DEFAULT_DECAY_FRACTIONS}))
 
-  def epochs_for(self, steps_per_epoch):
-    """The run's epochs at `steps_per_epoch`: `--epochs`, or unset
-    `DEFAULT_EPOCHS`, raised to as many whole epochs as make `MIN_STEPS`
-    steps when an epoch is short (with `--train_steps`, which gives the
-    run's length: `DEFAULT_EPOCHS`)."""
-    if self.epochs is not None:
-      return self.epochs
-    if self.train_steps is not None:
-      return DEFAULT_EPOCHS
-    return max(DEFAULT_EPOCHS, -(-MIN_STEPS // max(1, steps_per_epoch)))
-
-  def resolved(self, meta_examples, train_examples=None):
+  def resolved(self, meta_examples):
     """This config with the defaults that adapt to the data and the run
     length made concrete: `(config, [what was chosen, in words])`. A run
-    stores the resolved config, so its workdir says what it trained with.
-    `--epochs` is resolved when `train_examples` (the training set's size)
-    is given; the step schedule's decay epochs follow it."""
+    stores the resolved config, so its workdir says what it trained with."""
     changes, chosen = {}, []
-    if self.epochs is None and train_examples is not None:
-      steps = self.steps_per_epoch or train_examples // self.batch_size
-      changes["epochs"] = self.epochs_for(steps)
-      if changes["epochs"] != DEFAULT_EPOCHS:
-        chosen.append(f"--epochs={changes['epochs']} (not {DEFAULT_EPOCHS}: "
-                      f"an epoch of {train_examples} training images is "
-                      f"{steps} steps, and a run makes at least {MIN_STEPS})")
-      self = dataclasses.replace(self, epochs=changes["epochs"])
     if self.meta_batch_size is None:
       changes["meta_batch_size"] = min(DEFAULT_META_BATCH_SIZE,
                                        int(meta_examples))
       chosen.append(f"--meta_batch_size={changes['meta_batch_size']} "
                     f"(the smaller of {DEFAULT_META_BATCH_SIZE} and the meta "
                     f"set's {meta_examples} images)")
-    if self.lr_schedule == "step" and self.epochs is not None and not (
-        self.lr_decay_epochs or self.lr_decay_steps):
+    if self.lr_schedule == "step" and not (self.lr_decay_epochs
+                                           or self.lr_decay_steps):
       changes["lr_decay_epochs"] = self.decay_epochs()
       chosen.append("--lr_decay_epochs="
                     f"{','.join(map(str, changes['lr_decay_epochs']))} "
                     f"(2/3 and 5/6 of --epochs={self.epochs})")
-    return dataclasses.replace(self, **changes).validate(), chosen
+    return dataclasses.replace(self, **changes), chosen
 
   @classmethod
   def from_dict(cls, saved):
@@ -302,20 +271,6 @@ class TrainConfig:
 
   def to_json(self):
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-  def keeping(self, saved):
-    """This config with its unset adaptive defaults taken from a saved run's
-    config dict (a resumed run keeps what it began with, also when this
-    version would choose otherwise)."""
-    keep = {k: saved[k] for k in ADAPTIVE_FIELDS
-            if getattr(self, k) in (None, ()) and saved.get(k) not in (
-                None, [], ())}
-    for key in ("lr_decay_epochs",):
-      if key in keep:
-        keep[key] = tuple(keep[key])
-    if "lr_decay_epochs" in keep and self.lr_decay_steps:
-      del keep["lr_decay_epochs"]
-    return dataclasses.replace(self, **keep)
 
   def differences(self, saved):
     """Flags whose values differ from a saved config dict (run-only flags

@@ -56,18 +56,13 @@ def cross_validated_probabilities(config, source, split, folds=FOLDS,
         split, train_indices=np.asarray(split.train_indices)[fit],
         train_labels=labels[fit],
         train_clean_labels=np.asarray(split.train_clean_labels)[fit])
-    # The run's length as a run on this fold would choose it (`--epochs`
-    # unset: at least `MIN_STEPS` steps).
-    fold_config, _ = config.resolved(len(split.meta_indices),
-                                     len(fold.train_indices))
-    steps = run_lib.steps_per_epoch(fold_config, fold)
+    steps = run_lib.steps_per_epoch(config, fold)
     model = builder.build_model(
-        fold_config, source.image_shape, source.num_classes,
+        config, source.image_shape, source.num_classes,
         class_counts=fold.class_counts(source.num_classes),
         steps_per_epoch=steps)
-    model.fit(trainer.train_stream(fold_config, source, fold,
-                                   seed=config.seed + k),
-              epochs=fold_config.epochs, steps_per_epoch=steps, verbose=0,
+    model.fit(trainer.train_stream(config, source, fold, seed=config.seed + k),
+              epochs=config.epochs, steps_per_epoch=steps, verbose=0,
               shuffle=False)
     probs[held] = advice.probabilities(advice.advise(
         model, source, split, positions=held,

@@ -342,16 +342,6 @@ def _json(path):
     return json.load(f)
 
 
-def keep_resumed_defaults(config):
-  """`config` with the adaptive defaults (`--epochs`, `--meta_batch_size`,
-  `--lr_decay_epochs` left unset) of the run its workdir holds, when it
-  resumes one: a run keeps the length it began with."""
-  path = os.path.join(config.workdir, CONFIG_FILE)
-  if not has_checkpoint(config.workdir) or not os.path.exists(path):
-    return config
-  return config.keeping(_json(path))
-
-
 def _check_resumable(config, source):
   """Refuses to resume a workdir that holds another configuration or was
   trained on other data (a changed test split is only warned about).

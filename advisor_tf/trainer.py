@@ -103,8 +103,7 @@ def train(config, flags_text=None):
   else:
     split = recorded
     run_lib.check_augmentation(config, source)
-  config, chosen = run_lib.keep_resumed_defaults(config).resolved(
-      len(split.meta_indices), len(split.train_indices))
+  config, chosen = config.resolved(len(split.meta_indices))
   if chosen:
     logging.warning("Defaults chosen for this data and run length: %s.",
                     "; ".join(chosen))

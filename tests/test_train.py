@@ -101,50 +101,6 @@ def test_meta_batch_and_decay_epochs_adapt_to_the_data_and_the_run():
       "--meta_batch_size: 4 in the workdir, 9 now"]
 
 
-def test_unset_epochs_give_a_short_epoch_run_at_least_min_steps():
-  config = config_lib.TrainConfig()
-  assert config.epochs is None
-  # 1098 images at batch 64: 17 steps an epoch, 510 in 30 epochs: 30.
-  balanced, chosen = config.resolved(100, train_examples=1098)
-  assert (balanced.epochs, balanced.lr_decay_epochs) == (30, (20, 25))
-  assert not any(c.startswith("--epochs") for c in chosen)
-  # 374 images (a long-tailed folder): 5 steps an epoch; 300 steps need 60.
-  small, chosen = config.resolved(100, train_examples=374)
-  assert config_lib.MIN_STEPS == 300
-  assert (small.epochs, small.lr_decay_epochs) == (60, (40, 50))
-  assert any(c.startswith("--epochs=60 (") and "5 steps" in c
-             for c in chosen)
-  # Whole epochs: 7 steps an epoch need 43 for 300 steps.
-  assert config.resolved(100, train_examples=7 * 64)[0].epochs == 43
-  # What the user sets is kept: --epochs, or the length by --train_steps.
-  assert config_lib.TrainConfig(epochs=5).resolved(
-      100, train_examples=374)[0].epochs == 5
-  assert config_lib.TrainConfig(train_steps=50).resolved(
-      100, train_examples=374)[0].epochs == 30
-  assert config_lib.TrainConfig(steps_per_epoch=100).resolved(
-      100, train_examples=374)[0].epochs == 30
-  # Decay epochs beyond the chosen run are refused, naming the flags.
-  with pytest.raises(ValueError, match="lr_decay_epochs"):
-    config_lib.TrainConfig(lr_decay_epochs=(45,)).resolved(
-        100, train_examples=1098)
-  # Unresolved (a model built outside a run), the schedule is the one a run
-  # of that epoch length would get.
-  assert config.epochs_for(5) == 60 and config.decay_epochs(5) == (40, 50)
-  assert config.decay_epochs() == (20, 25)
-
-
-def test_a_resumed_run_keeps_the_length_it_began_with():
-  saved = json.loads(config_lib.TrainConfig(
-      epochs=30, meta_batch_size=50, lr_decay_epochs=(20, 25)).to_json())
-  kept = config_lib.TrainConfig().keeping(saved)
-  assert (kept.epochs, kept.meta_batch_size, kept.lr_decay_epochs) == (
-      30, 50, (20, 25))
-  resolved, _ = kept.resolved(100, train_examples=374)
-  assert resolved.epochs == 30 and resolved.differences(saved) == []
-  # Set now, it stays set (and a different value is a difference).
-  assert config_lib.TrainConfig(epochs=60).keeping(saved).epochs == 60
-
-
 @pytest.mark.parametrize("flag,message", [
     pytest.param("--method=bogus",
                  "<ce|mwnet|mfrw|mes|mfrw_mes|balanced_softmax|eql|focal>",

@@ -72,8 +72,7 @@ def test_runs_are_a_users_defaults_on_the_folder(tmp_path):
   assert config.noise == "none" and config.augment
   assert config.data_dir == user_path.folder_of(str(tmp_path), "sym0.4", 2,
                                                 32)
-  # The run length a user gets: unset, chosen by the run from the data.
-  assert config.epochs is None and config.advisor_lr == 1e-3
+  assert config.epochs == 30 and config.advisor_lr == 1e-3
   assert user_path.parse_overrides("augment=false,advisor_lr=1e-4,"
                                    "steps_per_epoch=3") == {
                                        "augment": False, "advisor_lr": 1e-4,

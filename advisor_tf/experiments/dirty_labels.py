@@ -118,9 +118,7 @@ CELLS = {
 }
 SEEDS = (0, 1, 2)
 FOLDS = crossval.FOLDS
-# The grid's protocol pins the run length (a long-tailed cell's 5 steps an
-# epoch would otherwise raise the default; `config.MIN_STEPS`).
-DEFAULT_EPOCHS = config_lib.DEFAULT_EPOCHS
+DEFAULT_EPOCHS = config_lib.TrainConfig().epochs
 
 # ---------------------------------------------------------------- protocol
 def cell_config(cell, method, seed, epochs=DEFAULT_EPOCHS, root="runs"):

@@ -107,21 +107,20 @@ _SETTINGS = {"ce": ("ce", "random", "folder"),
 
 def run_config(grid, cell, variant, seed, root, epochs=None):
   """The `TrainConfig` of one run."""
+  epochs = epochs or config_lib.TrainConfig().epochs
   method, array_source, folder_source = _SETTINGS[variant]
   workdir = os.path.join(root, grid, cell, f"{variant}_s{seed}")
   if grid == "array":
-    config = dirty_labels.cell_config(cell, method, seed,
-                                      epochs or dirty_labels.DEFAULT_EPOCHS)
+    config = dirty_labels.cell_config(cell, method, seed, epochs)
     return dataclasses.replace(config, meta_source=array_source,
                                workdir=workdir).validate()
-  # The user's defaults: unset `epochs` is the run length a user gets.
-  length = {} if epochs is None else dict(
-      epochs=epochs, lr_decay_epochs=dirty_labels.decay_epochs(epochs))
   return config_lib.TrainConfig(
       dataset="image_folder", data_dir=folder_of(root, cell, seed),
       image_size=IMAGE_SIZE, method=method, meta_source=folder_source,
-      seed=seed, workdir=workdir, verbose=0, export=False,
-      **length).validate()
+      seed=seed, epochs=epochs,
+      lr_decay_epochs=(max(1, int(epochs * 2 / 3)), max(1, int(epochs * 5 / 6))),
+      workdir=workdir,
+      verbose=0, export=False).validate()
 
 
 def folder_of(root, cell, seed):

@@ -32,9 +32,7 @@ the image's index in the digits' train or test split.
 
 Each run then trains through `trainer.train` with `dataset="image_folder"`,
 `data_dir=` the cell's folder, `image_size`, and otherwise the defaults a
-user gets (`TrainConfig()`: `small_cnn_auto`, 30 epochs or more for a
-short epoch (at least `config.MIN_STEPS` steps: 60 for the long-tailed
-cells), augmentation on — for a
+user gets (`TrainConfig()`: small CNN, 30 epochs, augmentation on — for a
 folder, a random horizontal flip —, noise none since the noise is in the
 folder), with `export=False, verbose=0` (neither changes what is trained).
 `--set=field=value,...` overrides TrainConfig fields, `--tag=@name` suffixes
