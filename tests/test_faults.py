@@ -37,8 +37,16 @@ def _train(workdir, *extra, wait=True, code=None):
   if wait:
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
+  # Ctrl-C as at a terminal, also when the suite itself runs in the
+  # background of a non-interactive shell (which starts it, and so the run,
+  # with SIGINT ignored: Python then installs no KeyboardInterrupt handler).
   return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True,
+                          preexec_fn=_default_sigint)
+
+
+def _default_sigint():
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _error_line(stderr):
