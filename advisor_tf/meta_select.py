@@ -55,9 +55,11 @@ estimates, per class, the share of the examples labelled c that the warm-up
 classifier predicts as c, and of the selected ones, and the run logs a
 warning naming every class where the selected ones are mostly not predicted
 as their label, or the labelled ones much less than the other classes', or
-where most neighbours of the selected ones carry other labels (`suspects`; `suspect_classes` in the record and in `metrics.json`). A
-consistent relabelling of most of a class (Flip noise above 0.5) cannot be
-told from the truth without a trusted label, and is not detected.
+where most neighbours of the selected ones carry other labels (`suspects`;
+`suspect_classes` in the record and in `metrics.json`). A consistent
+relabelling of most of a class (Flip noise above 0.5) cannot be told from
+the truth without a trusted label; it is named only when the warm-up
+classifier happens to give it away.
 
 Exact resume: the selection (positions, dataset indices, labels, the
 warm-up's per-class agreement and the configuration it belongs to) is

@@ -56,11 +56,10 @@ Per (grid, cell, variant) the JSON holds, in the order of `seeds`:
                     have fewer right labels than the set asks for
   train_seconds     wall time of the run
 
-`class_purity`, `class_noise`, `purity_ceiling` and `warned_classes` of
-runs recorded
-before they existed (or before the warning's rule changed) are filled in from
-the kept `--workdir` (the run's `meta_selection.json` and folders) without
-training again.
+`class_purity`, `class_noise`, `purity_ceiling` and `warned_classes` of runs
+recorded before they existed (or before the warning's rule changed) are
+filled in from the kept `--workdir` (the run's `meta_selection.json` and
+folders) without training again.
 
 With `--reuse=results/user_path.json`, user-path `ce` and `clean` runs are
 copied from the user-path grid (issue #20's `user_path.py`: the same folders,
@@ -200,25 +199,28 @@ def selection_truth(grid, config, workdir):
           (chosen.meta_labels, clean(chosen.meta_indices)))
 
 
+def _per_class_share(flags, labels, classes):
+  """Per class c, the share of `flags` among the examples labelled c (None
+  for a class with none), to 4 digits."""
+  return [round(float(np.mean(flags[labels == c])), 4)
+          if np.any(labels == c) else None for c in range(classes)]
+
+
 def selection_scores(train, meta):
   """`purity`, `class_purity`, `class_noise` and `purity_ceiling` (see the
-  module
-  docstring) of a meta set `meta = (given, clean)` drawn out of the
+  module docstring) of a meta set `meta = (given, clean)` drawn out of the
   training candidates `train = (given, clean)`."""
   given, clean = (np.asarray(a, np.int64) for a in meta)
   train_given, train_clean = (np.asarray(a, np.int64) for a in train)
   classes = int(max(given.max(), train_given.max())) + 1
   right = given == clean
-  class_purity = [round(float(np.mean(right[given == c])), 4)
-                  if np.any(given == c) else None for c in range(classes)]
   chosen = np.bincount(given, minlength=classes)
   available = np.bincount(train_given[train_given == train_clean],
                           minlength=classes)
-  wrong = train_given != train_clean
-  class_noise = [round(float(np.mean(wrong[train_given == c])), 4)
-                 if np.any(train_given == c) else None for c in range(classes)]
-  return {"purity": float(np.mean(right)), "class_purity": class_purity,
-          "class_noise": class_noise,
+  return {"purity": float(np.mean(right)),
+          "class_purity": _per_class_share(right, given, classes),
+          "class_noise": _per_class_share(train_given != train_clean,
+                                          train_given, classes),
           "purity_ceiling": round(float(
               np.minimum(chosen, available).sum() / chosen.sum()), 4)}
 
@@ -230,9 +232,8 @@ def drawn_scores(grid, config, workdir):
 
 def backfill_scores(results, root):
   """Fills in `class_purity`, `class_noise` and `purity_ceiling` of drawn
-  (`random`,
-  `auto`) runs recorded without them, and `warned_classes` of every `auto`
-  run, from the kept runs under `root` (an `auto` run needs its
+  (`random`, `auto`) runs recorded without them, and `warned_classes` of
+  every `auto` run, from the kept runs under `root` (an `auto` run needs its
   `meta_selection.json`). Returns how many entries changed."""
   changed = 0
   for grid, by_cell in results.items():
