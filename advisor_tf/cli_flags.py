@@ -81,6 +81,11 @@ flags.DEFINE_string("corrections", _D.corrections,
 flags.DEFINE_enum("method", _D.method, _C["method"], "Training method.")
 flags.DEFINE_integer("embedding_size", _D.embedding_size,
                      "Advisor embedding size E.")
+flags.DEFINE_bool("advisor_label_input", _D.advisor_label_input,
+                  "The advisor also reads each example's given label "
+                  "(MFRW/MES; beyond the thesis, whose flagfiles turn it "
+                  "off): a loss means something else in a tail class than "
+                  "in a head class.")
 flags.DEFINE_float("rho", _D.rho, "MES Bernoulli probability ρ.")
 flags.DEFINE_float("advisor_lr", _D.advisor_lr, "Advisor Adam learning rate "
                    "(the thesis flagfiles set its 1e-4).")
@@ -234,7 +239,7 @@ GROUPS = {
              "flip_targets", "imbalance_factor", "meta_per_class",
              "meta_source",
              "corrections"],
-    "method": ["method", "embedding_size", "rho", "advisor_lr",
+    "method": ["method", "embedding_size", "advisor_label_input", "rho", "advisor_lr",
                "eql_threshold", "focal_gamma", "advice", "virtual_scope",
                "meta_update_every"],
     "optimisation": ["backbone", "pretrained_weights", "init_checkpoint",

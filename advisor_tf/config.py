@@ -88,6 +88,9 @@ class TrainConfig:
   # Method.
   method: str = "mfrw_mes"
   embedding_size: int = 100
+  # The advisor also reads the given label (beyond the thesis; the thesis
+  # flagfiles turn it off). Chosen from the user-path grid (docs/results.md).
+  advisor_label_input: bool = False
   rho: float = 0.9
   advisor_lr: float = DEFAULT_ADVISOR_LR  # The thesis flagfiles set 1e-4.
   eql_threshold: float = 0.01
@@ -303,6 +306,8 @@ def _upgrade(saved):
   """A saved config dict in today's fields: runs saved before
   `augment_policy` stored `autoaugment: true|false`."""
   saved = dict(saved)
+  # Runs saved before `advisor_label_input` had the thesis' advisor.
+  saved.setdefault("advisor_label_input", False)
   # Runs saved before `meta_source` took the dataset's own meta split where
   # it shipped one (`folder`) and otherwise drew it out of train before the
   # noise (`random`); a user's folder may or may not have had one (unset).

@@ -16,16 +16,26 @@ class AdvisorNetwork(keras.layers.Layer):
   `s_k` (one weight per class, MES). Only the heads that are asked for are
   built, so no variable is left without a gradient.
 
+  With `label_input=True` (beyond the thesis) it also reads the example's given
+  label, one-hot, embedded by a third Dense(E) + ReLU and concatenated with
+  the other two before the hidden layer (which then reads 3E values). A loss
+  means something else in a head class than in a tail class; knowing the
+  label lets the advice depend on it, as CMW-Net's class-aware weighting
+  does for Meta-Weight-Net (Shu et al., TPAMI 2023).
+
   Args:
     feature_dim: D, size of `f` and of `W_f`.
     num_classes: C, size of `s_k`; required when `class_weights=True`.
     embedding_size: E (100 in every experiment of the thesis).
     feature_mask: build the MFRW head `W_f`.
     class_weights: build the MES head `s_k`.
+    label_input: also read the given label (needs `num_classes`).
 
   Call arguments:
     features: `(batch, D)`; treated as an observation (gradient stopped).
     losses: `(batch,)` or `(batch, 1)` per-example losses (gradient stopped).
+    labels: `(batch,)` integer labels; required with `label_input=True`,
+      ignored otherwise.
 
   Returns:
     A dict with `"mask"` `(batch, D)` and/or `"suppression"` `(batch, C)`.
@@ -40,18 +50,22 @@ class AdvisorNetwork(keras.layers.Layer):
   """
 
   def __init__(self, feature_dim, num_classes=None, embedding_size=100,
-               feature_mask=True, class_weights=True, **kwargs):
+               feature_mask=True, class_weights=True, label_input=False,
+               **kwargs):
     super().__init__(**kwargs)
     if not (feature_mask or class_weights):
       raise ValueError("AdvisorNetwork needs feature_mask or class_weights.")
-    if class_weights and not num_classes:
-      raise ValueError("class_weights=True (MES) needs num_classes >= 2, got "
-                       f"{num_classes}.")
+    for flag, on in (("class_weights=True (MES)", class_weights),
+                     ("label_input=True", label_input)):
+      if on and not num_classes:
+        raise ValueError(f"{flag} needs num_classes >= 2, got "
+                         f"{num_classes}.")
     self.feature_dim = int(feature_dim)
     self.num_classes = None if num_classes is None else int(num_classes)
     self.embedding_size = int(embedding_size)
     self.feature_mask = bool(feature_mask)
     self.class_weights = bool(class_weights)
+    self.label_input = bool(label_input)
     e = self.embedding_size
     self.feature_embedding = keras.layers.Dense(e, activation="relu",
                                                 name="feature_embedding",
@@ -59,6 +73,10 @@ class AdvisorNetwork(keras.layers.Layer):
     self.loss_embedding = keras.layers.Dense(e, activation="relu",
                                              name="loss_embedding",
                                              dtype=self.dtype_policy)
+    self.label_embedding = (
+        keras.layers.Dense(e, activation="relu", name="label_embedding",
+                           dtype=self.dtype_policy)
+        if self.label_input else None)
     self.hidden = keras.layers.Dense(2 * e, activation="relu", name="hidden",
                                      dtype=self.dtype_policy)
     self.mask_head = (keras.layers.Dense(self.feature_dim, activation="sigmoid",
@@ -74,18 +92,27 @@ class AdvisorNetwork(keras.layers.Layer):
   def build(self, features_shape=None, losses_shape=None):
     self.feature_embedding.build((None, self.feature_dim))
     self.loss_embedding.build((None, 1))
-    self.hidden.build((None, 2 * self.embedding_size))
+    inputs = 2
+    if self.label_embedding is not None:
+      self.label_embedding.build((None, self.num_classes))
+      inputs = 3
+    self.hidden.build((None, inputs * self.embedding_size))
     for head in (self.mask_head, self.suppression_head):
       if head is not None:
         head.build((None, 2 * self.embedding_size))
 
-  def call(self, features, losses):
+  def call(self, features, losses, labels=None):
     features = ops.stop_gradient(ops.cast(features, self.compute_dtype))
     losses = ops.stop_gradient(
         ops.reshape(ops.cast(losses, self.compute_dtype), (-1, 1)))
-    h = ops.concatenate(
-        [self.feature_embedding(features), self.loss_embedding(losses)], -1)
-    h = self.hidden(h)
+    parts = [self.feature_embedding(features), self.loss_embedding(losses)]
+    if self.label_embedding is not None:
+      if labels is None:
+        raise ValueError("AdvisorNetwork(label_input=True) needs the labels.")
+      parts.append(self.label_embedding(ops.one_hot(
+          ops.reshape(ops.cast(labels, "int32"), (-1,)), self.num_classes,
+          dtype=self.compute_dtype)))
+    h = self.hidden(ops.concatenate(parts, -1))
     out = {}
     if self.mask_head is not None:
       out["mask"] = self.mask_head(h)
@@ -98,7 +125,8 @@ class AdvisorNetwork(keras.layers.Layer):
     config.update(feature_dim=self.feature_dim, num_classes=self.num_classes,
                   embedding_size=self.embedding_size,
                   feature_mask=self.feature_mask,
-                  class_weights=self.class_weights)
+                  class_weights=self.class_weights,
+                  label_input=self.label_input)
     return config
 
 

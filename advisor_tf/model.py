@@ -341,6 +341,9 @@ class AdvisorModel(keras.Model):
     advisor: optional advisor layer; by default an `AdvisorNetwork` with the
       heads the mode needs (or a `MetaWeightNet` for `mwnet`).
     embedding_size: E of the default advisor.
+    advisor_label_input: the default `AdvisorNetwork` also reads each
+      example's given label (`mfrw`, `mes`, `mfrw_mes`; beyond the thesis,
+      see `AdvisorNetwork`). False: the thesis' advisor Ψ(f, L).
     rho: P(β = 1) in MES; `rho=1` makes a step deterministic.
     seed: seed of the β draws.
     virtual_scope: which classifier weights the virtual step moves: `all`
@@ -371,7 +374,7 @@ class AdvisorModel(keras.Model):
   """
 
   def __init__(self, backbone, head, mode="mfrw_mes", advisor=None,
-               embedding_size=100, rho=0.9, seed=None, virtual_scope="all",
+               embedding_size=100, advisor_label_input=False, rho=0.9, seed=None, virtual_scope="all",
                last_stage_prefixes=None, meta_update_every=1,
                class_counts=None, eql_threshold=0.01, focal_gamma=2.0,
                advice="exact", remat="none", **kwargs):
@@ -417,6 +420,7 @@ class AdvisorModel(keras.Model):
     self.head = head
     self.mode = mode
     self.embedding_size = int(embedding_size)
+    self.advisor_label_input = bool(advisor_label_input)
     self.rho = float(rho)
     self.seed = seed
     self.feature_dim = int(backbone.output_shape[-1])
@@ -436,7 +440,8 @@ class AdvisorModel(keras.Model):
       advisor = adv_layers.AdvisorNetwork(
           self.feature_dim, self.num_classes, self.embedding_size,
           feature_mask=self.uses_mask, class_weights=self.uses_mes,
-          name="advisor", dtype=advisor_dtype)
+          label_input=self.advisor_label_input, name="advisor",
+          dtype=advisor_dtype)
     self.advisor = advisor
     self.reweight = adv_layers.FeatureReweighting(name="feature_reweighting")
     self._seed_generator = keras.random.SeedGenerator(seed)
@@ -748,7 +753,7 @@ class AdvisorModel(keras.Model):
       weights = self.advisor(ce)
       stats["example_weight_mean"] = ops.mean(weights)
       return TrainLoss(ops.cast(weights, ce.dtype) * ce, stats, None)
-    advice = self.advisor(forward.features, ce)
+    advice = self.advisor(forward.features, ce, labels)
     if self.uses_mask:
       stats["mask_mean"] = ops.mean(advice["mask"])
       attended = self.reweight(forward.features, advice["mask"], training=True)
@@ -909,6 +914,7 @@ class AdvisorModel(keras.Model):
         "head": keras.saving.serialize_keras_object(self.head),
         "advisor": keras.saving.serialize_keras_object(self.advisor),
         "mode": self.mode, "embedding_size": self.embedding_size,
+        "advisor_label_input": self.advisor_label_input,
         "rho": self.rho, "seed": self.seed, "name": self.name,
         "virtual_scope": self.virtual_scope,
         "last_stage_prefixes": self.last_stage_prefixes,

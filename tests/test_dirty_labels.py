@@ -1,6 +1,7 @@
 """The dirty-labels grid: its protocol, its label-issue rankings (cleanlab's
 included), its resumable JSON, and the report naming the ranking."""
 
+import dataclasses
 import json
 import os
 
@@ -13,6 +14,18 @@ from advisor_tf.experiments import dirty_labels as grid
 
 
 # ---------------------------------------------------------------- protocol
+def test_set_overrides_change_only_the_fields_they_name():
+  plain = grid.cell_config("lt20_sym0.4", "mfrw_mes", seed=1, root="/x")
+  ablated = grid.cell_config(
+      "lt20_sym0.4", "mfrw_mes", seed=1, root="/x",
+      overrides=grid.parse_overrides("advisor_label_input=true,"
+                                     "meta_batch_size=100"))
+  assert not plain.advisor_label_input and ablated.advisor_label_input
+  assert ablated.meta_batch_size == 100
+  assert dataclasses.replace(ablated, advisor_label_input=False,
+                             meta_batch_size=plain.meta_batch_size) == plain
+
+
 @pytest.mark.parametrize("cell", list(grid.CELLS))
 def test_every_cell_gives_its_noise_and_imbalance(cell):
   fields = grid.CELLS[cell]

@@ -24,6 +24,34 @@ def test_hypergradient_matches_finite_differences(mode, remat):
     assert abs(analytic - numeric) / abs(numeric) < 1e-4
 
 
+@pytest.mark.parametrize("label_input", [False, True])
+@pytest.mark.parametrize("mode", ["mfrw", "mes", "mfrw_mes"])
+def test_hypergradient_of_either_advisor_matches_finite_differences(
+    mode, label_input):
+  """The thesis' advisor Ψ(f, L) and the one that also reads the label: the
+  label embedding's weights get their share of ∇θ L_meta, exactly."""
+  keras.config.set_floatx("float64")
+  model = tiny_model(mode, lr=0.5, advisor_label_input=label_input)
+  assert model.advisor.label_input is label_input
+  x, y, xm, ym = batches(dtype="float64")
+  grads, _ = model.meta_gradient(x, y, xm, ym)
+  variables = model.advisor.trainable_variables
+  assert len(grads) == len(variables)
+  names = [v.path for v in variables]
+  assert any("label_embedding" in n for n in names) is label_input
+  rng = np.random.default_rng(1)
+  # Through all of θ, then through the label embedding alone (the thesis'
+  # advisor: through its feature embedding alone).
+  alone = "label_embedding" if label_input else "feature_embedding"
+  for only in (None, alone):
+    direction = [rng.standard_normal(v.shape)
+                 if only is None or only in n else np.zeros(v.shape)
+                 for v, n in zip(variables, names)]
+    analytic, numeric = directional_check(model, x, y, xm, ym, direction)
+    assert abs(numeric) > 1e-8, only  # The direction moves L_meta.
+    assert abs(analytic - numeric) / abs(numeric) < 1e-4, only
+
+
 @pytest.mark.parametrize("scope", ["all", "last_stage", "head"])
 @pytest.mark.parametrize("mode", ["mwnet", "mfrw_mes"])
 def test_remat_hypergradient_equals_the_plain_one(mode, scope):

@@ -40,9 +40,35 @@ def test_advisor_heads_shapes_and_round_trip(mask, classes):
     np.testing.assert_allclose(value, out[key])
 
 
+def test_label_input_makes_the_advice_depend_on_the_given_label():
+  advisor = layers.AdvisorNetwork(feature_dim=7, num_classes=3,
+                                  embedding_size=5, label_input=True)
+  f = np.random.default_rng(0).normal(size=(4, 7)).astype("float32")
+  loss = np.full(4, 0.5, "float32")
+  # The same feature and loss, labelled 0 or 2: different advice.
+  out = [advisor(np.repeat(f[:1], 4, 0), loss, np.array([c, c, 2, 0]))
+         for c in (0, 1)]
+  for head in ("mask", "suppression"):
+    a, b = (o[head].numpy() for o in out)
+    np.testing.assert_allclose(a[2:], b[2:])  # Same labels, same advice.
+    assert not np.allclose(a[0], b[0])  # Label 0 against label 1.
+  # Three E-sized embeddings before the 2E hidden layer.
+  assert advisor.hidden.kernel.shape == (15, 10)
+  clone = _round_trip(advisor)
+  clone(f, loss, np.arange(4) % 3)
+  clone.set_weights(advisor.get_weights())
+  for key, value in clone(f, loss, np.arange(4) % 3).items():
+    np.testing.assert_allclose(value, advisor(f, loss, np.arange(4) % 3)[key])
+  with pytest.raises(ValueError, match="needs the labels"):
+    advisor(f, loss)
+
+
 def test_advisor_argument_errors():
   with pytest.raises(ValueError, match="num_classes"):
     layers.AdvisorNetwork(feature_dim=4, class_weights=True)
+  with pytest.raises(ValueError, match="label_input=True needs num_classes"):
+    layers.AdvisorNetwork(feature_dim=4, class_weights=False,
+                          label_input=True)
   with pytest.raises(ValueError, match="feature_mask or class_weights"):
     layers.AdvisorNetwork(feature_dim=4, num_classes=2, feature_mask=False,
                           class_weights=False)

@@ -84,7 +84,7 @@ def test_actual_step_uses_updated_advisor():
     f = model.backbone(x, training=True)
     ce = keras.losses.sparse_categorical_crossentropy(
         y, model.head(f, training=True), from_logits=True)
-    advice = model.advisor(f, ce)
+    advice = model.advisor(f, ce, y)
     logits = model.head(f * advice["mask"], training=True)
     loss = tf.reduce_mean(losses.meta_equalization_softmax(
         y, logits, advice["suppression"]))
@@ -157,7 +157,7 @@ def _hand_advised_loss(model, x, y):
       y, model.head(f, training=True), from_logits=True)
   if model.mode == "mwnet":
     return tf.reduce_mean(model.advisor(ce) * ce)
-  advice = model.advisor(f, ce)
+  advice = model.advisor(f, ce, y)
   logits = model.head(f * advice["mask"], training=True)
   return tf.reduce_mean(losses.meta_equalization_softmax(
       y, logits, advice["suppression"]))

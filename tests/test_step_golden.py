@@ -41,6 +41,8 @@ def _cases():
       cases[f"{mode}-{scope}"] = dict(mode=mode, virtual_scope=scope)
   cases["mfrw_mes-every2"] = dict(mode="mfrw_mes", meta_update_every=2)
   cases["mfrw-headbn"] = dict(mode="mfrw", head_batchnorm=True)
+  # The advisor that also reads the given label (beyond the thesis).
+  cases["mfrw_mes-label"] = dict(mode="mfrw_mes", advisor_label_input=True)
   return cases
 
 

@@ -73,12 +73,13 @@ def test_runs_are_a_users_defaults_on_the_folder(tmp_path):
   assert config.data_dir == user_path.folder_of(str(tmp_path), "sym0.4", 2,
                                                 32)
   assert config.epochs == 30 and config.advisor_lr == 1e-3
-  assert user_path.parse_overrides("augment=false,advisor_lr=1e-4,"
-                                   "steps_per_epoch=3") == {
-                                       "augment": False, "advisor_lr": 1e-4,
-                                       "steps_per_epoch": 3}
+  assert dirty_labels.parse_overrides("augment=false,advisor_lr=1e-4,"
+                                      "steps_per_epoch=3") == {
+                                          "augment": False,
+                                          "advisor_lr": 1e-4,
+                                          "steps_per_epoch": 3}
   with pytest.raises(ValueError, match="--set"):
-    user_path.parse_overrides("no_such_field=1")
+    dirty_labels.parse_overrides("no_such_field=1")
 
 
 def test_grid_json_is_resumable(tmp_path):

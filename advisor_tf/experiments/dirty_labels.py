@@ -4,7 +4,8 @@ which signal finds the corrupted labels best.
   python -m advisor_tf.experiments.dirty_labels \
       --out=results/dirty_labels.json \
       [--cells=sym0.4,flip0.4] [--methods=ce,mfrw_mes] [--seeds=0,1,2] \
-      [--epochs=30] [--workdir=runs/dirty_labels] [--folds=5]
+      [--epochs=30] [--workdir=runs/dirty_labels] [--folds=5] \
+      [--set=advisor_label_input=true --out=results/OTHER.json]
 
 Offline, on the bundled digits (scikit-learn's 1 797 8×8 images: 1 198
 training images, of which 10 per class are taken out, clean, as the meta set;
@@ -121,13 +122,43 @@ FOLDS = crossval.FOLDS
 DEFAULT_EPOCHS = config_lib.TrainConfig().epochs
 
 # ---------------------------------------------------------------- protocol
-def cell_config(cell, method, seed, epochs=DEFAULT_EPOCHS, root="runs"):
-  """The `TrainConfig` of one run of the grid."""
+def parse_overrides(text):
+  """`field=value,...` → `{field: value}` typed as `TrainConfig`'s fields
+  (`--set`; booleans: true/false; tuples: values joined by `/`)."""
+  fields = {f.name: f for f in dataclasses.fields(config_lib.TrainConfig)}
+  defaults = config_lib.TrainConfig()
+  out = {}
+  for item in [t for t in (text or "").split(",") if t.strip()]:
+    name, _, value = item.partition("=")
+    name = name.strip()
+    if name not in fields or not _:
+      raise ValueError(f"--set: {item!r} is not field=value of a TrainConfig "
+                       "field.")
+    default = getattr(defaults, name)
+    if isinstance(default, bool):
+      if value.lower() not in ("true", "false"):
+        raise ValueError(f"--set: {name}={value} must be true or false.")
+      out[name] = value.lower() == "true"
+    elif isinstance(default, tuple):
+      out[name] = tuple(int(v) for v in value.split("/") if v)
+    elif isinstance(default, int) or fields[name].type in ("int | None",):
+      out[name] = int(value)
+    elif isinstance(default, float):
+      out[name] = float(value)
+    else:
+      out[name] = value
+  return out
+
+
+def cell_config(cell, method, seed, epochs=DEFAULT_EPOCHS, root="runs",
+                overrides=None):
+  """The `TrainConfig` of one run of the grid; `overrides` (`--set`) are
+  further `TrainConfig` fields."""
   if cell not in CELLS:
     raise ValueError(f"--cells: {cell!r} is not one of {', '.join(CELLS)}.")
   return dataclasses.replace(
-      BASE, **CELLS[cell], method=method, seed=seed, epochs=epochs,
-      lr_decay_epochs=decay_epochs(epochs),
+      BASE, **{**CELLS[cell], **(overrides or {})}, method=method, seed=seed,
+      epochs=epochs, lr_decay_epochs=decay_epochs(epochs),
       workdir=os.path.join(root, cell, f"{method}_s{seed}")).validate()
 
 
@@ -275,12 +306,13 @@ def measure_rankings(adv, method, shared, cv_scores=None):
   return measured
 
 
-def run_one(cell, method, seed, epochs, root, shared, cv_scores=None):
+def run_one(cell, method, seed, epochs, root, shared, cv_scores=None,
+            overrides=None):
   """Trains one run and measures it. `shared` holds the (cell, seed)'s
   `ce_loss` and `cleanlab_cv` qualities (`{ranking: {group: value}}`) when
-  known; `cv_scores` cleanlab's out-of-sample scores. Returns
-  `(values, rankings, advice)`."""
-  config = cell_config(cell, method, seed, epochs, root)
+  known; `cv_scores` cleanlab's out-of-sample scores; `overrides` further
+  `TrainConfig` fields. Returns `(values, rankings, advice)`."""
+  config = cell_config(cell, method, seed, epochs, root, overrides)
   metrics, adv, finished, seconds = _train_and_advise(config)
   num_classes = finished.source.num_classes
   tail = tail_classes(finished.split, num_classes, config.imbalance_factor)
@@ -371,9 +403,10 @@ def _advise(workdir):
 
 
 def run_grid(out, cells, methods, seeds, epochs, root, folds=FOLDS,
-             cleanlab_cv=True, log=print):
+             cleanlab_cv=True, log=print, overrides=None):
   """Runs the missing (cell, method, seed) entries of the grid, rewriting
-  `out` after each. Returns the results dict."""
+  `out` after each; `overrides` are further `TrainConfig` fields of every
+  run (an ablation: give it its own `out`). Returns the results dict."""
   results = load_results(out)
   runs = [(c, s, m) for c in cells for s in seeds for m in methods]
   todo = [(c, s, m) for c, s, m in runs if not done(results, c, m, s)]
@@ -406,7 +439,7 @@ def run_grid(out, cells, methods, seeds, epochs, root, folds=FOLDS,
               f"{quality['label_issue_ap']:.4f} ({time.time() - start:.0f} s)")
       for method in wanted:
         values, rankings, _ = run_one(cell, method, seed, epochs, root, shared,
-                                      cv_scores)
+                                      cv_scores, overrides)
         record(results, cell, method, seed, values, rankings)
         write_results(out, results)
         if method == "ce" and is_noisy(cell):
@@ -509,6 +542,9 @@ def _define_flags():
           "cross-entropy trainings per noisy cell and seed)."),
       workdir=flags.DEFINE_string("workdir", None, "Keep each run here "
                                   "(default: a temp dir)."),
+      set=flags.DEFINE_string("set", "", "Ablations: TrainConfig fields "
+                              "field=value,... of every run (give them "
+                              "their own --out)."),
       rescore=flags.DEFINE_bool(
           "rescore", False, "Train nothing: measure every ranking again for "
           "the runs in --out whose workdirs are kept in --workdir."))
@@ -534,7 +570,14 @@ def main(argv, f):
   if not seeds or min(seeds) < 0:
     raise app.UsageError(f"--seeds={','.join(f.seeds.value)} must be "
                          "integers >= 0.")
+  try:
+    overrides = parse_overrides(f.set.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   if f.rescore.value:
+    if overrides:
+      raise app.UsageError("--rescore trains nothing, so --set has no "
+                           "effect there; drop --set.")
     if not f.workdir.value:
       raise app.UsageError("--rescore needs --workdir, the folder the grid's "
                            "runs were kept in.")
@@ -544,7 +587,8 @@ def main(argv, f):
     with tempfile.TemporaryDirectory() as tmp:
       results = run_grid(f.out.value, f.cells.value, f.methods.value,
                          seeds, f.epochs.value, f.workdir.value or tmp,
-                         f.folds.value, f.cleanlab_cv.value)
+                         f.folds.value, f.cleanlab_cv.value,
+                         overrides=overrides)
   print(tables(results))
   print("\nDefault ranking against cleanlab, per cell (mean AP):")
   print("\n".join(goal_check(results)) or "(no noisy cell measured)")

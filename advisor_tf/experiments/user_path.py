@@ -159,34 +159,6 @@ def folder_of(root, cell, seed, image_size):
   return os.path.join(root, "folders", f"{cell}_s{seed}_{image_size}px")
 
 
-def parse_overrides(text):
-  """`field=value,...` → `{field: value}` typed as `TrainConfig`'s fields
-  (`--set`; booleans: true/false; tuples: values joined by `/`)."""
-  fields = {f.name: f for f in dataclasses.fields(config_lib.TrainConfig)}
-  defaults = config_lib.TrainConfig()
-  out = {}
-  for item in [t for t in (text or "").split(",") if t.strip()]:
-    name, _, value = item.partition("=")
-    name = name.strip()
-    if name not in fields or not _:
-      raise ValueError(f"--set: {item!r} is not field=value of a TrainConfig "
-                       "field.")
-    default = getattr(defaults, name)
-    if isinstance(default, bool):
-      if value.lower() not in ("true", "false"):
-        raise ValueError(f"--set: {name}={value} must be true or false.")
-      out[name] = value.lower() == "true"
-    elif isinstance(default, tuple):
-      out[name] = tuple(int(v) for v in value.split("/") if v)
-    elif isinstance(default, int) or fields[name].type in ("int | None",):
-      out[name] = int(value)
-    elif isinstance(default, float):
-      out[name] = float(value)
-    else:
-      out[name] = value
-  return out
-
-
 def run_config(cell, method, seed, root, image_size=32, folder_size=None,
                epochs=None, overrides=None, tag=""):
   """The `TrainConfig` of one user-path run: a user's defaults on the
@@ -410,7 +382,7 @@ def main(argv, f):
                            f"{', '.join(dirty_labels.METHODS)}.")
   try:
     seeds = sorted({int(s) for s in f.seeds.value})
-    overrides = parse_overrides(f.set.value)
+    overrides = dirty_labels.parse_overrides(f.set.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   if f.image_size.value % 8 and not f.folder_size.value:
