@@ -2,6 +2,8 @@
 per-class purity of a drawn meta set, the purity any selection could reach,
 and how often `auto`'s warning named the classes it should."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,20 @@ def test_record_suspects_applies_todays_rule_to_an_older_record():
   assert meta_select.record_suspects(record) == [1]
   record["neighbour_agreement"] = [0.9, 0.8, 0.7, 0.6]
   assert meta_select.record_suspects(record) == []
+
+
+def test_set_overrides_the_mfrw_mes_variants_not_ce(tmp_path):
+  overrides = {"meta_per_class": 20, "advisor_label_input": True}
+  for grid in meta_source.GRIDS:
+    for variant in meta_source.VARIANTS:
+      plain = meta_source.run_config(grid, "sym0.4", variant, 1,
+                                     str(tmp_path))
+      ablated = meta_source.run_config(grid, "sym0.4", variant, 1,
+                                       str(tmp_path), overrides=overrides)
+      if variant == "ce":
+        assert ablated == plain
+      else:
+        assert (ablated.meta_per_class, ablated.advisor_label_input) == (
+            20, True)
+        assert dataclasses.replace(ablated, meta_per_class=10,
+                                   advisor_label_input=False) == plain

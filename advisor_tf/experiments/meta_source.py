@@ -4,7 +4,8 @@ best when the labels are dirty, on the array grid and on the user's path.
   python -m advisor_tf.experiments.meta_source \
       --out=results/meta_source.json --workdir=runs/meta_source \
       [--grids=array,user_path] [--cells=sym0.4,flip0.4,lt20_sym0.4,sym0.6] \
-      [--variants=ce,clean,random,auto] [--seeds=0,1,2]
+      [--variants=ce,clean,random,auto] [--seeds=0,1,2] \
+      [--set=meta_per_class=20 --out=OTHER.json --workdir=OTHER]
 
 Grids (the dirty-labels cells, `dirty_labels.CELLS`, noisy ones only):
 
@@ -104,8 +105,16 @@ _SETTINGS = {"ce": ("ce", "random", "folder"),
              "auto": ("mfrw_mes", "auto", "auto")}
 
 
-def run_config(grid, cell, variant, seed, root, epochs=None):
-  """The `TrainConfig` of one run."""
+def run_config(grid, cell, variant, seed, root, epochs=None, overrides=None):
+  """The `TrainConfig` of one run; `overrides` (`--set`) are further
+  `TrainConfig` fields of the MFRW-MES variants (`ce` has no meta set)."""
+  config = _base_config(grid, cell, variant, seed, root, epochs)
+  if overrides and variant != "ce":
+    config = dataclasses.replace(config, **overrides).validate()
+  return config
+
+
+def _base_config(grid, cell, variant, seed, root, epochs):
   epochs = epochs or config_lib.TrainConfig().epochs
   method, array_source, folder_source = _SETTINGS[variant]
   workdir = os.path.join(root, grid, cell, f"{variant}_s{seed}")
@@ -230,11 +239,12 @@ def drawn_scores(grid, config, workdir):
   return selection_scores(*selection_truth(grid, config, workdir))
 
 
-def backfill_scores(results, root):
+def backfill_scores(results, root, overrides=None):
   """Fills in `class_purity`, `class_noise` and `purity_ceiling` of drawn
   (`random`, `auto`) runs recorded without them, and `warned_classes` of
   every `auto` run, from the kept runs under `root` (an `auto` run needs its
-  `meta_selection.json`). Returns how many entries changed."""
+  `meta_selection.json`; `overrides`: the runs' `--set`). Returns how many
+  entries changed."""
   changed = 0
   for grid, by_cell in results.items():
     for cell, by_variant in by_cell.items():
@@ -243,7 +253,8 @@ def backfill_scores(results, root):
         if not entry:
           continue
         for at, seed in enumerate(entry["seeds"]):
-          config = run_config(grid, cell, variant, seed, root)
+          config = run_config(grid, cell, variant, seed, root,
+                              overrides=overrides)
           record = meta_select.read_record(config.workdir)
           if variant == "auto" and record is None:
             continue
@@ -263,9 +274,9 @@ def backfill_scores(results, root):
   return changed
 
 
-def run_one(grid, cell, variant, seed, root, epochs=None):
+def run_one(grid, cell, variant, seed, root, epochs=None, overrides=None):
   """Trains one run; returns its values."""
-  config = run_config(grid, cell, variant, seed, root, epochs)
+  config = run_config(grid, cell, variant, seed, root, epochs, overrides)
   if grid == "user_path":
     write_folder(root, cell, seed)
   keras.backend.clear_session()
@@ -316,20 +327,20 @@ def reuse_user_path(results, path, cells, seeds):
 
 
 def run_grid(out, grids, cells, variants, seeds, root, epochs=None,
-             reuse=None, log=print):
+             reuse=None, log=print, overrides=None):
   """Runs the missing (grid, cell, seed, variant) entries, rewriting `out`
   after each (user-path `ce`/`clean` runs copied from `reuse` first, when
   given). Returns the results dict."""
   results = load_results(out)
   if "user_path" in grids and reuse_user_path(results, reuse, cells, seeds):
     write_results(out, results)
-  if backfill_scores(results, root):
+  if backfill_scores(results, root, overrides):
     write_results(out, results)
   todo = [(g, c, s, v) for g in grids for s in seeds for c in cells
           for v in variants if not done(results, g, c, v, s)]
   log(f"meta_source: {len(todo)} run(s) to do → {out}")
   for count, (grid, cell, seed, variant) in enumerate(todo, 1):
-    values = run_one(grid, cell, variant, seed, root, epochs)
+    values = run_one(grid, cell, variant, seed, root, epochs, overrides)
     record(results, grid, cell, variant, seed, values)
     write_results(out, results)
     purity = values.get("purity")
@@ -470,6 +481,9 @@ def _define_flags():
                                   "TrainConfig's).", lower_bound=1),
       workdir=flags.DEFINE_string("workdir", None, "Keep runs and folders "
                                   "here (default: a temp dir)."),
+      set=flags.DEFINE_string("set", "", "Ablations: TrainConfig fields "
+                              "field=value,... of the MFRW-MES runs (give "
+                              "them their own --out and --workdir)."),
       reuse=flags.DEFINE_string(
           "reuse", None, "The user-path grid's JSON (results/user_path.json): "
           "copy its ce and mfrw_mes (clean meta/ folder) runs as this grid's "
@@ -494,10 +508,14 @@ def main(argv, f):
   except ValueError:
     raise app.UsageError(f"--seeds={','.join(f.seeds.value)} must be "
                          "integers >= 0.") from None
+  try:
+    overrides = dirty_labels.parse_overrides(f.set.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   with tempfile.TemporaryDirectory() as tmp:
     results = run_grid(f.out.value, f.grids.value, f.cells.value,
                        f.variants.value, seeds, f.workdir.value or tmp,
-                       f.epochs.value, f.reuse.value)
+                       f.epochs.value, f.reuse.value, overrides=overrides)
   print(tables(results))
   print("\n".join(goal_check(results)))
   print("The warning (`auto`):")
