@@ -5,7 +5,8 @@ best when the labels are dirty, on the array grid and on the user's path.
       --out=results/meta_source.json --workdir=runs/meta_source \
       [--grids=array,user_path] [--cells=sym0.4,flip0.4,lt20_sym0.4,sym0.6] \
       [--variants=ce,clean,random,auto] [--seeds=0,1,2] \
-      [--set=meta_per_class=20 --out=OTHER.json --workdir=OTHER]
+      [--set=meta_per_class=20 --out=OTHER.json --workdir=OTHER] \
+      [--keep_below=1000000 --out=OTHER.json --workdir=OTHER]
 
 Grids (the dirty-labels cells, `dirty_labels.CELLS`, noisy ones only):
 
@@ -481,6 +482,11 @@ def _define_flags():
                                   "TrainConfig's).", lower_bound=1),
       workdir=flags.DEFINE_string("workdir", None, "Keep runs and folders "
                                   "here (default: a temp dir)."),
+      keep_below=flags.DEFINE_integer(
+          "keep_below", None, "Ablation of `auto`: meta_select.KEEP_BELOW "
+          f"(default {meta_select.KEEP_BELOW}; 0: every class's meta "
+          "examples held out of training, 1000000: kept in by every class; "
+          "give it its own --out and --workdir).", lower_bound=0),
       set=flags.DEFINE_string("set", "", "Ablations: TrainConfig fields "
                               "field=value,... of the MFRW-MES runs (give "
                               "them their own --out and --workdir)."),
@@ -493,6 +499,11 @@ def _define_flags():
 def main(argv, f):
   del argv
   cli.quiet_logs()
+  if f.keep_below.value is not None:
+    # Ablation of `auto`'s hold-out: classes with fewer than this × k other
+    # examples keep their meta examples in training (0: every class holds
+    # them out; a huge value: every class keeps them in).
+    meta_select.KEEP_BELOW = f.keep_below.value
   for name, values, allowed in (("grids", f.grids.value, GRIDS),
                                 ("variants", f.variants.value, VARIANTS)):
     for value in values:
