@@ -1,10 +1,13 @@
 """The train step: BatchNorm statistics, determinism, the four phases."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from advisor_tf import config as config_lib
 from advisor_tf import losses
 from conftest import assert_mirrored_step_equals_single, batches, tiny_model
 
@@ -242,3 +245,11 @@ def test_lagged_mirrored_step_equals_single_device_step():
   assert_mirrored_step_equals_single(
       "mfrw_mes", batchnorm=False, lr=0.5, momentum=0.9, weight_decay=1e-3,
       advice="lagged")
+
+def test_a_run_saved_before_label_input_had_the_thesis_advisor():
+  saved = json.loads(config_lib.TrainConfig().to_json())
+  del saved["advisor_label_input"]
+  assert not config_lib.TrainConfig.from_dict(saved).advisor_label_input
+  assert config_lib.TrainConfig(advisor_label_input=True).differences(
+      saved) == ["--advisor_label_input: False in the workdir, True now"]
+  assert config_lib.TrainConfig().differences(saved) == []
