@@ -189,8 +189,12 @@ def test_grid_skips_what_is_done_and_shares_ce_and_cleanlab_cv(
     tmp_path, monkeypatch):
   trained = []
 
-  def fake_run_one(cell, method, seed, epochs, root, shared, cv_scores=None):
+  overrides_seen = []
+
+  def fake_run_one(cell, method, seed, epochs, root, shared, cv_scores=None,
+                   overrides=None):
     trained.append((cell, method, seed))
+    overrides_seen.append(overrides)
     if not grid.is_noisy(cell):
       return {"accuracy": 50.0, "tail_accuracy": 40.0}, {}, None
     ap = {"loss": 0.1 * (seed + 1)}
@@ -236,6 +240,13 @@ def test_grid_skips_what_is_done_and_shares_ce_and_cleanlab_cv(
   assert saved["sym0.4"]["mes"]["label_issue_ap"]["ce_loss"] == [0.1, 0.2]
   assert saved["sym0.4"]["mwnet"]["label_issue_ap"]["cleanlab_cv"] == [1.0,
                                                                        1.0]
+  # `--set` reaches every run of the grid.
+  assert overrides_seen == [None] * len(overrides_seen)
+  overrides_seen.clear()
+  grid.run_grid(str(tmp_path / "ablation.json"), ["lt20"], ["mfrw_mes"], [0],
+                2, str(tmp_path), folds=3, log=lambda _: None,
+                overrides={"advisor_label_input": True})
+  assert overrides_seen == [{"advisor_label_input": True}]
 
 
 def test_grid_means_are_over_the_advisor_methods():
