@@ -77,7 +77,7 @@ def _advise_batch(model, x, y):
     weight = ops.reshape(model.advisor(ce), (-1,))
     out.update(weight=weight, advised_loss=ops.cast(weight, ce.dtype) * ce)
     return out
-  advice = model.advisor(features, ce, y)
+  advice = model.advise(features, ce, y)
   advised_logits = logits
   if model.uses_mask:
     out["mask"] = advice["mask"]

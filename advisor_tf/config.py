@@ -89,7 +89,8 @@ class TrainConfig:
   method: str = "mfrw_mes"
   embedding_size: int = 100
   # The advisor also reads the given label (beyond the thesis; the thesis
-  # flagfiles turn it off). Chosen from the user-path grid (docs/results.md).
+  # flagfiles turn it off). Off: no consistent gain on the digits grids
+  # (docs/results.md, "The advisor that also reads the label").
   advisor_label_input: bool = False
   rho: float = 0.9
   advisor_lr: float = DEFAULT_ADVISOR_LR  # The thesis flagfiles set 1e-4.

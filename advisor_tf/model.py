@@ -374,7 +374,8 @@ class AdvisorModel(keras.Model):
   """
 
   def __init__(self, backbone, head, mode="mfrw_mes", advisor=None,
-               embedding_size=100, advisor_label_input=False, rho=0.9, seed=None, virtual_scope="all",
+               embedding_size=100, advisor_label_input=False, rho=0.9,
+               seed=None, virtual_scope="all",
                last_stage_prefixes=None, meta_update_every=1,
                class_counts=None, eql_threshold=0.01, focal_gamma=2.0,
                advice="exact", remat="none", **kwargs):
@@ -753,7 +754,7 @@ class AdvisorModel(keras.Model):
       weights = self.advisor(ce)
       stats["example_weight_mean"] = ops.mean(weights)
       return TrainLoss(ops.cast(weights, ce.dtype) * ce, stats, None)
-    advice = self.advisor(forward.features, ce, labels)
+    advice = self.advise(forward.features, ce, labels)
     if self.uses_mask:
       stats["mask_mean"] = ops.mean(advice["mask"])
       attended = self.reweight(forward.features, advice["mask"], training=True)
@@ -766,6 +767,14 @@ class AdvisorModel(keras.Model):
     else:
       losses = adv_losses.cross_entropy(labels, logits)
     return TrainLoss(losses, stats, head_updates)
+
+  def advise(self, features, losses, labels):
+    """The advisor's output dict for a batch (MFRW/MES modes). The labels
+    reach only an advisor that reads them (`label_input`), so an advisor
+    layer of the thesis' signature `call(features, losses)` still fits."""
+    if getattr(self.advisor, "label_input", False):
+      return self.advisor(features, losses, labels)
+    return self.advisor(features, losses)
 
   def _meta_loss(self, fast_weights, x_meta, y_meta):
     """L_meta(ŵ) = mean_j CE(Φ(x_m,j; ŵ), y_m,j): plain feature, plain CE;

@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from advisor_tf import backbones
 from advisor_tf import config as config_lib
+from advisor_tf import layers
 from advisor_tf import losses
+from advisor_tf import model as model_lib
 from conftest import assert_mirrored_step_equals_single, batches, tiny_model
 
 MODES = ["ce", "mwnet", "mfrw", "mes", "mfrw_mes"]
@@ -87,7 +90,7 @@ def test_actual_step_uses_updated_advisor():
     f = model.backbone(x, training=True)
     ce = keras.losses.sparse_categorical_crossentropy(
         y, model.head(f, training=True), from_logits=True)
-    advice = model.advisor(f, ce, y)
+    advice = model.advise(f, ce, y)
     logits = model.head(f * advice["mask"], training=True)
     loss = tf.reduce_mean(losses.meta_equalization_softmax(
         y, logits, advice["suppression"]))
@@ -160,7 +163,7 @@ def _hand_advised_loss(model, x, y):
       y, model.head(f, training=True), from_logits=True)
   if model.mode == "mwnet":
     return tf.reduce_mean(model.advisor(ce) * ce)
-  advice = model.advisor(f, ce, y)
+  advice = model.advise(f, ce, y)
   logits = model.head(f * advice["mask"], training=True)
   return tf.reduce_mean(losses.meta_equalization_softmax(
       y, logits, advice["suppression"]))
@@ -253,3 +256,28 @@ def test_a_run_saved_before_label_input_had_the_thesis_advisor():
   assert config_lib.TrainConfig(advisor_label_input=True).differences(
       saved) == ["--advisor_label_input: False in the workdir, True now"]
   assert config_lib.TrainConfig().differences(saved) == []
+
+
+def test_an_advisor_of_the_thesis_signature_still_fits():
+  """A user's advisor layer with `call(features, losses)` (no labels) is
+  called as before; one with `label_input` gets the labels."""
+  seen = []
+
+  class TwoArgumentAdvisor(layers.AdvisorNetwork):
+
+    def call(self, features, losses):  # pylint: disable=arguments-differ
+      seen.append("called")
+      return super().call(features, losses)
+
+  keras.utils.set_random_seed(0)
+  body = backbones.small_cnn((8, 8, 1), widths=(4, 4, 8))
+  head = backbones.linear_head(body.output_shape[-1], 5)
+  advisor = TwoArgumentAdvisor(8, 5, embedding_size=6)
+  model = model_lib.AdvisorModel(body, head, advisor=advisor, rho=1.0)
+  model.compile(optimizer=keras.optimizers.SGD(0.1),
+                advisor_optimizer=keras.optimizers.Adam(1e-2))
+  logs = _step(model, *batches())
+  assert seen and np.isfinite(float(logs["loss"]))
+  labelled = tiny_model("mfrw_mes", advisor_label_input=True)
+  assert labelled.advisor.label_input
+  assert np.isfinite(float(_step(labelled, *batches())["loss"]))
