@@ -24,6 +24,12 @@ def test_set_overrides_change_only_the_fields_they_name():
   assert ablated.meta_batch_size == 100
   assert dataclasses.replace(ablated, advisor_label_input=False,
                              meta_batch_size=plain.meta_batch_size) == plain
+  for bad, message in (("meta_per_class=ten", "meta_per_class=ten must be an "
+                        "integer"), ("lr=fast", "lr=fast must be a number"),
+                       ("lr_decay_epochs=2/x", "integers joined by /"),
+                       ("augment=maybe", "must be true or false")):
+    with pytest.raises(ValueError, match=message):
+      grid.parse_overrides(bad)
 
 
 @pytest.mark.parametrize("cell", list(grid.CELLS))

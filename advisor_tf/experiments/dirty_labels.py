@@ -139,14 +139,20 @@ def parse_overrides(text):
       if value.lower() not in ("true", "false"):
         raise ValueError(f"--set: {name}={value} must be true or false.")
       out[name] = value.lower() == "true"
-    elif isinstance(default, tuple):
-      out[name] = tuple(int(v) for v in value.split("/") if v)
+      continue
+    if isinstance(default, tuple):
+      kind, convert = "integers joined by /", (
+          lambda v: tuple(int(x) for x in v.split("/") if x))
     elif isinstance(default, int) or fields[name].type in ("int | None",):
-      out[name] = int(value)
+      kind, convert = "an integer", int
     elif isinstance(default, float):
-      out[name] = float(value)
+      kind, convert = "a number", float
     else:
-      out[name] = value
+      kind, convert = "text", str
+    try:
+      out[name] = convert(value)
+    except ValueError:
+      raise ValueError(f"--set: {name}={value} must be {kind}.") from None
   return out
 
 
