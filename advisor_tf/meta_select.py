@@ -42,6 +42,10 @@ it from the user's own dirty training data, without any trusted label.
                 images, whose labels mostly say so. Measured: see the docs,
                 "Without a trusted set". With more than `VOTERS` training
                 examples, a seeded random `VOTERS` of them vote.
+                `SPREAD` > 1 (an ablation, `meta_source --spread`) spreads
+                the pick over the class's neighbourhoods instead
+                (`spread_per_class`); measured, not the default: it seeks
+                out a class's flipped-in lobe under Flip noise.
 
 Unset (`None`), a run takes `folder` when the dataset ships a trusted split
 and `DEFAULT_DRAW` otherwise (the best of the three measured by
@@ -91,6 +95,9 @@ WARMUP_METHOD = "balanced_softmax"  # Unbiased by the classes' sizes.
 NEIGHBOURS = 50         # Nearest training examples that vote on a label.
 ROUNDS = 2              # Vote rounds (> 1: votes weighted by the voter's).
 VOTERS = 20_000         # At most this many training examples vote.
+SPREAD = 1              # Candidates per class, × k, that the pick spreads
+                        # over (`spread_per_class`; 1: the k best).
+CONFIRMED = 0.5         # The agreement a candidate of the spread pick needs.
 KEEP_BELOW = 3          # A class with fewer than this × k others keeps its
                         # meta examples in training too.
 RECORD = "meta_selection.json"
@@ -132,6 +139,53 @@ def select_per_class(scores, losses, labels, per_class, num_classes):
   return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
+def spread_per_class(scores, losses, labels, per_class, num_classes,
+                     neighbours, voters, pool=None):
+  """Like `select_per_class`, but spread over each class's neighbourhoods:
+  among the class's `pool` × `per_class` best-scored examples (ties as
+  there), greedily in the order of their score, an example is taken unless
+  it is among the r nearest neighbours of one taken before (non-maximum
+  suppression on the neighbour graph), r = the class's size ÷ `per_class`
+  (each taken example stands for about as many of its class), at most the
+  graph's k; a class left short is filled from the pool in score order.
+  The pool holds only examples of a score of at least `CONFIRMED` (most of
+  the neighbours' weighted votes are for the example's label); a class
+  with no more of them than `per_class` is picked as by
+  `select_per_class`.
+
+  Args:
+    neighbours, voters: `nearest_voters`' graph (nearest first) and its
+      voters (positions into `labels`).
+    pool: the candidates per class, × `per_class` (1: `select_per_class`).
+  """
+  pool = SPREAD if pool is None else pool
+  scores, losses = np.asarray(scores), np.asarray(losses)
+  labels = np.asarray(labels)
+  neighbours = np.asarray(neighbours)
+  voters = np.asarray(voters, np.int64)
+  chosen = []
+  for c in range(num_classes):
+    members = np.flatnonzero(labels == c)
+    order = members[np.lexsort((members, losses[members], -scores[members]))]
+    confirmed = order[:max(1, pool) * per_class]
+    confirmed = confirmed[scores[confirmed] >= CONFIRMED]
+    order = confirmed if len(confirmed) > per_class else order[:per_class]
+    radius = min(neighbours.shape[1], max(1, len(members) // max(per_class,
+                                                                 1)))
+    taken, near = [], set()
+    for p in order:
+      if len(taken) == per_class:
+        break
+      if p not in near:
+        taken.append(p)
+        near.update(voters[neighbours[p, :radius]].tolist())
+    kept = frozenset(taken)
+    rest = [p for p in order if p not in kept]
+    chosen.append(np.asarray(taken + rest[:per_class - len(taken)],
+                             np.int64))
+  return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
 def neighbour_agreement(neighbours, voters, labels, rounds=ROUNDS):
   """Per example, the share of its nearest voters that carry its label.
 
@@ -165,7 +219,7 @@ def choose_voters(n, seed, limit=VOTERS):
 
 def nearest_voters(features, voters, k):
   """`[n, k]` indices into `voters` of each example's `k` nearest voters by
-  cosine similarity, itself excluded.
+  cosine similarity, nearest first, itself excluded.
 
   Args:
     features: a callable, positions (None: every example) → an iterable of
@@ -191,7 +245,10 @@ def nearest_voters(features, voters, k):
     is_voter = (own < len(voters)) & (voters[np.minimum(own, len(voters) - 1)]
                                       == rows)
     similarity[np.flatnonzero(is_voter), own[is_voter]] = -np.inf
-    out.append(np.argpartition(-similarity, k - 1, axis=1)[:, :k])
+    near = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    closeness = np.take_along_axis(similarity, near, axis=1)
+    out.append(np.take_along_axis(near, np.argsort(-closeness, axis=1,
+                                                   kind="stable"), axis=1))
     start += len(similarity)
   return np.concatenate(out) if out else np.zeros((0, k), np.int64)
 
@@ -410,8 +467,9 @@ def select(config, source, split):
                                                  epochs)
   labels = np.asarray(split.train_labels)
   agreement = neighbour_agreement(neighbours, voters, labels)
-  positions = select_per_class(agreement, losses, labels,
-                               config.meta_per_class, source.num_classes)
+  positions = spread_per_class(agreement, losses, labels,
+                               config.meta_per_class, source.num_classes,
+                               neighbours, voters)
   everyone = np.arange(len(labels))
   labelled = class_agreement(predicted, labels, everyone, source.num_classes)
   chosen = class_agreement(predicted, labels, positions, source.num_classes)
@@ -421,8 +479,11 @@ def select(config, source, split):
       "warmup_epochs": epochs, "loss_momentum": LOSS_MOMENTUM,
       "rule": "per class, the highest agreement of the labels of the "
               "nearest neighbours in the feature space of a balanced-softmax "
-              "warm-up (ties: the smaller loss)",
+              "warm-up (ties: the smaller loss)"
+              + (f", spread over the neighbourhoods of the {SPREAD} × k best "
+                 f"of agreement >= {CONFIRMED}" if SPREAD > 1 else ""),
       "neighbours": int(neighbours.shape[1]), "rounds": ROUNDS,
+      "spread": SPREAD, "confirmed": CONFIRMED,
       "voters": int(len(voters)),
       "positions": [int(p) for p in positions],
       "indices": [int(i) for i in np.asarray(split.train_indices)[positions]],

@@ -86,6 +86,8 @@ def test_nearest_voters_is_the_brute_force_cosine_neighbourhood():
     candidates = [j for j in range(len(voters)) if voters[j] != row]
     want = sorted(candidates, key=lambda j: -similarity[row, j])[:4]
     assert sorted(got[row]) == sorted(want)  # Itself never among them.
+    closeness = similarity[row, got[row]]
+    assert np.all(np.diff(closeness) <= 0)  # Nearest first.
   assert meta_select.choose_voters(40, 0, limit=50).tolist() == list(range(40))
   drawn = meta_select.choose_voters(40, 0, limit=25)
   assert len(set(drawn)) == 25 and list(drawn) == sorted(drawn)
@@ -113,6 +115,55 @@ def test_neighbour_agreement_finds_consistently_flipped_labels():
   chosen = meta_select.select_per_class(twice, np.zeros(60), labels, 10, 2)
   assert not set(chosen) & set(flipped)
   np.testing.assert_array_equal(np.bincount(labels[chosen]), [10, 10])
+
+
+def _two_lobes():
+  # Class 0: a small, tight lobe of 5 near (1, 0, 0) whose images agree a
+  # little more with their neighbours than those of its big lobe of 35,
+  # opposite; class 1: 40 near (0, 0, 1). The k = 2 best of class 0 both
+  # come from the small lobe.
+  rng = np.random.default_rng(2)
+  centres = np.array([[1.0, 0, 0]] * 5 + [[-1.0, 0, 0]] * 35
+                     + [[0, 0, 1.0]] * 40)
+  features = centres + 0.05 * rng.normal(size=(80, 3))
+  labels = np.repeat([0, 1], 40)
+  scores = np.where(np.arange(80) < 5, 0.95, 0.9) - 0.001 * rng.random(80)
+  voters = np.arange(80)
+  neighbours = meta_select.nearest_voters(_batches(features), voters, 10)
+  return labels, scores, neighbours, voters
+
+
+def test_spread_pick_covers_each_lobe_of_a_class_where_the_k_best_do_not():
+  labels, scores, neighbours, voters = _two_lobes()
+  best = meta_select.select_per_class(scores, np.zeros(80), labels, 2, 2)
+  assert set(best[best < 40]) <= set(range(5))  # Both from the small lobe.
+  spread = meta_select.spread_per_class(scores, np.zeros(80), labels, 2, 2,
+                                        neighbours, voters, pool=3)
+  np.testing.assert_array_equal(np.bincount(labels[spread]), [2, 2])
+  first, second = spread[spread < 40]
+  # The best one, then the best of the class's 3 × 2 best outside its
+  # r = min(40 ÷ 2, 10) nearest neighbours: the big lobe's best.
+  assert first == best[0] and second == 5 + np.argmax(scores[5:40])
+  assert second not in voters[neighbours[first]]
+  # pool=1 is the k best.
+  np.testing.assert_array_equal(
+      meta_select.spread_per_class(scores, np.zeros(80), labels, 2, 2,
+                                   neighbours, voters, pool=1), best)
+
+
+def test_spread_pick_takes_only_confirmed_labels_else_the_k_best():
+  labels, scores, neighbours, voters = _two_lobes()
+  # The big lobe's labels are disputed by their neighbourhood: never spread
+  # into. Class 1 has no more confirmed examples than k: its k best.
+  scores = scores.copy()
+  scores[5:40] = meta_select.CONFIRMED - 0.1
+  scores[40:78] = 0.2
+  spread = meta_select.spread_per_class(scores, np.zeros(80), labels, 2, 2,
+                                        neighbours, voters, pool=3)
+  best = meta_select.select_per_class(scores, np.zeros(80), labels, 2, 2)
+  assert set(spread[spread < 40]) <= set(range(5))
+  np.testing.assert_array_equal(spread[spread >= 40], [78, 79])
+  np.testing.assert_array_equal(spread[spread >= 40], best[2:])
 
 
 def test_suspect_classes():

@@ -7,6 +7,7 @@ best when the labels are dirty, on the array grid and on the user's path.
       [--variants=ce,clean,random,auto] [--seeds=0,1,2] \
       [--set=meta_per_class=20 --out=OTHER.json --workdir=OTHER] \
       [--keep_below=1000000 --out=OTHER.json --workdir=OTHER]
+      [--spread=3 [--confirmed=0] --out=OTHER.json --workdir=OTHER]
 
 Grids (the dirty-labels cells, `dirty_labels.CELLS`, noisy ones only):
 
@@ -487,6 +488,14 @@ def _define_flags():
           f"(default {meta_select.KEEP_BELOW}; 0: every class's meta "
           "examples held out of training, 1000000: kept in by every class; "
           "give it its own --out and --workdir).", lower_bound=0),
+      spread=flags.DEFINE_integer(
+          "spread", None, "Ablation of `auto`: meta_select.SPREAD (default "
+          f"{meta_select.SPREAD}; the pick spreads over this × k candidates "
+          "per class; give it its own --out and --workdir).", lower_bound=1),
+      confirmed=flags.DEFINE_float(
+          "confirmed", None, "Ablation of `auto`: meta_select.CONFIRMED "
+          f"(default {meta_select.CONFIRMED}; 0: the spread pick may take "
+          "any of its candidates).", lower_bound=0.0, upper_bound=1.0),
       set=flags.DEFINE_string("set", "", "Ablations: TrainConfig fields "
                               "field=value,... of the MFRW-MES runs (give "
                               "them their own --out and --workdir)."),
@@ -504,6 +513,10 @@ def main(argv, f):
     # examples keep their meta examples in training (0: every class holds
     # them out; a huge value: every class keeps them in).
     meta_select.KEEP_BELOW = f.keep_below.value
+  if f.spread.value is not None:
+    meta_select.SPREAD = f.spread.value  # Ablation of `auto`'s pick.
+  if f.confirmed.value is not None:
+    meta_select.CONFIRMED = f.confirmed.value
   for name, values, allowed in (("grids", f.grids.value, GRIDS),
                                 ("variants", f.variants.value, VARIANTS)):
     for value in values:
