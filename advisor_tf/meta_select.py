@@ -44,8 +44,10 @@ it from the user's own dirty training data, without any trusted label.
                 examples, a seeded random `VOTERS` of them vote.
                 `SPREAD` > 1 (an ablation, `meta_source --spread`) spreads
                 the pick over the class's neighbourhoods instead
-                (`spread_per_class`); measured, not the default: it seeks
-                out a class's flipped-in lobe under Flip noise.
+                (`spread_per_class`; `LOBE_CHECK`: not a class whose
+                disputed labels look like one other class's images,
+                `lobed_classes`); measured, not the default: under Flip
+                noise it seeks out a class's flipped-in lobe.
 
 Unset (`None`), a run takes `folder` when the dataset ships a trusted split
 and `DEFAULT_DRAW` otherwise (the best of the three measured by
@@ -98,6 +100,8 @@ VOTERS = 20_000         # At most this many training examples vote.
 SPREAD = 1              # Candidates per class, × k, that the pick spreads
                         # over (`spread_per_class`; 1: the k best).
 CONFIRMED = 0.5         # The agreement a candidate of the spread pick needs.
+LOBE_CHECK = False      # Spread no class whose disputed labels are mostly
+                        # one other class's images (`lobed_classes`).
 KEEP_BELOW = 3          # A class with fewer than this × k others keeps its
                         # meta examples in training too.
 RECORD = "meta_selection.json"
@@ -139,8 +143,41 @@ def select_per_class(scores, losses, labels, per_class, num_classes):
   return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
+def lobed_classes(neighbours, voters, labels, agreement, num_classes):
+  """The classes whose disputed labels look like one other class: of the
+  examples labelled c whose `agreement` is below one half, more than half
+  have the same other class as the plurality label of their neighbours
+  (Flip noise: a lobe of one other class's images labelled c). Uniform
+  noise spreads a class's wrong labels over many classes.
+
+  Args:
+    neighbours, voters: `nearest_voters`' graph and its voters.
+    labels: `[n]` the given labels.
+    agreement: `[n]` `neighbour_agreement`.
+    num_classes: the number of classes.
+  """
+  labels = np.asarray(labels)
+  disputed = np.flatnonzero(np.asarray(agreement) < 0.5)
+  if not len(disputed):
+    return []
+  votes = labels[np.asarray(voters, np.int64)[np.asarray(neighbours)[
+      disputed]]]
+  counts = np.zeros((len(disputed), num_classes))
+  np.add.at(counts, (np.repeat(np.arange(len(disputed)), votes.shape[1]),
+                     votes.ravel()), 1.0)
+  own = labels[disputed]
+  counts[np.arange(len(disputed)), own] = -1.0  # The other class it looks like.
+  looks_like = counts.argmax(axis=1)
+  lobed = []
+  for c in range(num_classes):
+    seen = looks_like[own == c]
+    if len(seen) and np.bincount(seen).max() > len(seen) / 2:
+      lobed.append(c)
+  return lobed
+
+
 def spread_per_class(scores, losses, labels, per_class, num_classes,
-                     neighbours, voters, pool=None):
+                     neighbours, voters, pool=None, keep=()):
   """Like `select_per_class`, but spread over each class's neighbourhoods:
   among the class's `pool` × `per_class` best-scored examples (ties as
   there), greedily in the order of their score, an example is taken unless
@@ -157,6 +194,7 @@ def spread_per_class(scores, losses, labels, per_class, num_classes,
     neighbours, voters: `nearest_voters`' graph (nearest first) and its
       voters (positions into `labels`).
     pool: the candidates per class, × `per_class` (1: `select_per_class`).
+    keep: classes picked as by `select_per_class`.
   """
   pool = SPREAD if pool is None else pool
   scores, losses = np.asarray(scores), np.asarray(losses)
@@ -167,7 +205,7 @@ def spread_per_class(scores, losses, labels, per_class, num_classes,
   for c in range(num_classes):
     members = np.flatnonzero(labels == c)
     order = members[np.lexsort((members, losses[members], -scores[members]))]
-    confirmed = order[:max(1, pool) * per_class]
+    confirmed = order[:(1 if c in keep else max(1, pool)) * per_class]
     confirmed = confirmed[scores[confirmed] >= CONFIRMED]
     order = confirmed if len(confirmed) > per_class else order[:per_class]
     radius = min(neighbours.shape[1], max(1, len(members) // max(per_class,
@@ -467,9 +505,11 @@ def select(config, source, split):
                                                  epochs)
   labels = np.asarray(split.train_labels)
   agreement = neighbour_agreement(neighbours, voters, labels)
+  lobed = (lobed_classes(neighbours, voters, labels, agreement,
+                        source.num_classes) if LOBE_CHECK else [])
   positions = spread_per_class(agreement, losses, labels,
                                config.meta_per_class, source.num_classes,
-                               neighbours, voters)
+                               neighbours, voters, keep=lobed)
   everyone = np.arange(len(labels))
   labelled = class_agreement(predicted, labels, everyone, source.num_classes)
   chosen = class_agreement(predicted, labels, positions, source.num_classes)
@@ -483,7 +523,7 @@ def select(config, source, split):
               + (f", spread over the neighbourhoods of the {SPREAD} × k best "
                  f"of agreement >= {CONFIRMED}" if SPREAD > 1 else ""),
       "neighbours": int(neighbours.shape[1]), "rounds": ROUNDS,
-      "spread": SPREAD, "confirmed": CONFIRMED,
+      "spread": SPREAD, "confirmed": CONFIRMED, "lobed_classes": lobed,
       "voters": int(len(voters)),
       "positions": [int(p) for p in positions],
       "indices": [int(i) for i in np.asarray(split.train_indices)[positions]],

@@ -166,6 +166,32 @@ def test_spread_pick_takes_only_confirmed_labels_else_the_k_best():
   np.testing.assert_array_equal(spread[spread >= 40], best[2:])
 
 
+def test_lobed_classes_tells_a_flipped_in_lobe_from_uniform_noise():
+  # Four lobes of images, one per true class; labels: 6 of lobe 1's 20
+  # are labelled 0 (Flip 1 → 0), and some images of lobes 0, 1 and 3 are
+  # labelled 2 (uniform noise into class 2).
+  rng = np.random.default_rng(3)
+  truth = np.repeat(np.arange(4), 20)
+  features = np.eye(4)[truth] + 0.05 * rng.normal(size=(80, 4))
+  labels = truth.copy()
+  labels[20:26] = 0
+  labels[[0, 1, 30, 60, 61]] = 2
+  voters = np.arange(80)
+  neighbours = meta_select.nearest_voters(_batches(features), voters, 10)
+  agreement = meta_select.neighbour_agreement(neighbours, voters, labels)
+  assert meta_select.lobed_classes(neighbours, voters, labels, agreement,
+                                   4) == [0]
+  # With the check, class 0 is picked as the k best; the others spread.
+  spread = meta_select.spread_per_class(agreement, np.zeros(80), labels, 3,
+                                        4, neighbours, voters, pool=3,
+                                        keep=[0])
+  best = meta_select.select_per_class(agreement, np.zeros(80), labels, 3, 4)
+  np.testing.assert_array_equal(spread[labels[spread] == 0],
+                                best[labels[best] == 0])
+  assert meta_select.lobed_classes(neighbours, voters, labels,
+                                   np.ones(80), 4) == []  # None disputed.
+
+
 def test_suspect_classes():
   assert meta_select.suspects([0.9, 0.8, 0.2, 0.85], [1.0, 1.0, 1.0, 0.3]) \
       == [2, 3]

@@ -496,6 +496,11 @@ def _define_flags():
           "confirmed", None, "Ablation of `auto`: meta_select.CONFIRMED "
           f"(default {meta_select.CONFIRMED}; 0: the spread pick may take "
           "any of its candidates).", lower_bound=0.0, upper_bound=1.0),
+      lobe_check=flags.DEFINE_bool(
+          "lobe_check", None, "Ablation of `auto`: meta_select.LOBE_CHECK "
+          f"(default {meta_select.LOBE_CHECK}; with --spread: a class whose "
+          "disputed labels mostly look like one other class is not "
+          "spread)."),
       set=flags.DEFINE_string("set", "", "Ablations: TrainConfig fields "
                               "field=value,... of the MFRW-MES runs (give "
                               "them their own --out and --workdir)."),
@@ -517,6 +522,8 @@ def main(argv, f):
     meta_select.SPREAD = f.spread.value  # Ablation of `auto`'s pick.
   if f.confirmed.value is not None:
     meta_select.CONFIRMED = f.confirmed.value
+  if f.lobe_check.value is not None:
+    meta_select.LOBE_CHECK = f.lobe_check.value
   for name, values, allowed in (("grids", f.grids.value, GRIDS),
                                 ("variants", f.variants.value, VARIANTS)):
     for value in values:
