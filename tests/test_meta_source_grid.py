@@ -3,6 +3,7 @@ per-class purity of a drawn meta set, the purity any selection could reach,
 and how often `auto`'s warning named the classes it should."""
 
 import dataclasses
+import types
 
 import numpy as np
 import pytest
@@ -96,3 +97,29 @@ def test_set_overrides_the_mfrw_mes_variants_not_ce(tmp_path):
             20, True)
         assert dataclasses.replace(ablated, meta_per_class=10,
                                    advisor_label_input=False) == plain
+
+
+def test_ablation_flags_set_the_pick_that_the_runs_use(monkeypatch, tmp_path):
+  seen = {}
+
+  def fake_grid(*args, **kwargs):
+    del args, kwargs
+    seen.update(spread=meta_select.SPREAD, confirmed=meta_select.CONFIRMED,
+                lobe_check=meta_select.LOBE_CHECK,
+                keep_below=meta_select.KEEP_BELOW)
+    return {}
+
+  monkeypatch.setattr(meta_source, "run_grid", fake_grid)
+  monkeypatch.setattr(meta_source.cli, "quiet_logs", lambda: None)
+  for name in ("SPREAD", "CONFIRMED", "LOBE_CHECK", "KEEP_BELOW"):
+    monkeypatch.setattr(meta_select, name, getattr(meta_select, name))
+  flag = lambda value: types.SimpleNamespace(value=value)  # noqa: E731
+  f = types.SimpleNamespace(
+      out=flag(str(tmp_path / "out.json")), grids=flag(["array"]),
+      cells=flag(["sym0.4"]), variants=flag(["auto"]), seeds=flag(["0"]),
+      epochs=flag(None), workdir=flag(str(tmp_path)), keep_below=flag(0),
+      spread=flag(3), confirmed=flag(0.0), lobe_check=flag(True),
+      set=flag(""), reuse=flag(None))
+  meta_source.main([], f)
+  assert seen == {"spread": 3, "confirmed": 0.0, "lobe_check": True,
+                  "keep_below": 0}

@@ -6,8 +6,9 @@ best when the labels are dirty, on the array grid and on the user's path.
       [--grids=array,user_path] [--cells=sym0.4,flip0.4,lt20_sym0.4,sym0.6] \
       [--variants=ce,clean,random,auto] [--seeds=0,1,2] \
       [--set=meta_per_class=20 --out=OTHER.json --workdir=OTHER] \
-      [--keep_below=1000000 --out=OTHER.json --workdir=OTHER]
-      [--spread=3 [--confirmed=0] --out=OTHER.json --workdir=OTHER]
+      [--keep_below=1000000 --out=OTHER.json --workdir=OTHER] \
+      [--spread=3 [--confirmed=0] [--lobe_check] --out=OTHER.json \
+       --workdir=OTHER]
 
 Grids (the dirty-labels cells, `dirty_labels.CELLS`, noisy ones only):
 
