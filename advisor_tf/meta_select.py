@@ -135,12 +135,15 @@ def select_per_class(scores, losses, labels, per_class, num_classes):
   the earlier position)."""
   scores, losses = np.asarray(scores), np.asarray(losses)
   labels = np.asarray(labels)
-  chosen = []
-  for c in range(num_classes):
-    members = np.flatnonzero(labels == c)
-    order = members[np.lexsort((members, losses[members], -scores[members]))]
-    chosen.append(order[:per_class])
+  chosen = [_ranked(np.flatnonzero(labels == c), scores, losses)[:per_class]
+            for c in range(num_classes)]
   return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def _ranked(members, scores, losses):
+  """`members` by descending score, ties by the smaller loss, then the
+  earlier position."""
+  return members[np.lexsort((members, losses[members], -scores[members]))]
 
 
 def lobed_classes(neighbours, voters, labels, agreement, num_classes):
@@ -204,7 +207,7 @@ def spread_per_class(scores, losses, labels, per_class, num_classes,
   chosen = []
   for c in range(num_classes):
     members = np.flatnonzero(labels == c)
-    order = members[np.lexsort((members, losses[members], -scores[members]))]
+    order = _ranked(members, scores, losses)
     confirmed = order[:(1 if c in keep else max(1, pool)) * per_class]
     confirmed = confirmed[scores[confirmed] >= CONFIRMED]
     order = confirmed if len(confirmed) > per_class else order[:per_class]
@@ -507,9 +510,12 @@ def select(config, source, split):
   agreement = neighbour_agreement(neighbours, voters, labels)
   lobed = (lobed_classes(neighbours, voters, labels, agreement,
                         source.num_classes) if LOBE_CHECK else [])
-  positions = spread_per_class(agreement, losses, labels,
-                               config.meta_per_class, source.num_classes,
-                               neighbours, voters, keep=lobed)
+  positions = (spread_per_class(agreement, losses, labels,
+                                config.meta_per_class, source.num_classes,
+                                neighbours, voters, keep=lobed)
+               if SPREAD > 1 else
+               select_per_class(agreement, losses, labels,
+                                config.meta_per_class, source.num_classes))
   everyone = np.arange(len(labels))
   labelled = class_agreement(predicted, labels, everyone, source.num_classes)
   chosen = class_agreement(predicted, labels, positions, source.num_classes)
