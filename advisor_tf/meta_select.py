@@ -47,7 +47,13 @@ it from the user's own dirty training data, without any trusted label.
                 (`spread_per_class`; `LOBE_CHECK`: not a class whose
                 disputed labels look like one other class's images,
                 `lobed_classes`); measured, not the default: under Flip
-                noise it seeks out a class's flipped-in lobe.
+                noise it seeks out a class's flipped-in lobe. `REGIONS`
+                (an ablation, `meta_source --regions`): one region of the
+                warm-up's feature space per class (k-means, as many
+                centres as classes); a class picked in the region of
+                another label that picks there too moves to a region left
+                over (`rehome`): the fix for a class turned more than half
+                into one other label; measured, not the default.
 
 Unset (`None`), a run takes `folder` when the dataset ships a trusted split
 and `DEFAULT_DRAW` otherwise (the best of the three measured by
@@ -83,6 +89,7 @@ import os
 from absl import logging
 import keras
 import numpy as np
+from sklearn import cluster
 import tensorflow as tf
 
 from advisor_tf import advice
@@ -104,6 +111,10 @@ LOBE_CHECK = False      # Spread no class whose disputed labels are mostly
                         # one other class's images (`lobed_classes`).
 KEEP_BELOW = 3          # A class with fewer than this × k others keeps its
                         # meta examples in training too.
+REGIONS = False         # One region per class: a class whose pick lies in
+                        # another label's region moves (`rehome`).
+REGION_SHARE = 0.25     # The least share of a region's examples a class
+                        # must have to move its pick there.
 RECORD = "meta_selection.json"
 
 
@@ -225,6 +236,74 @@ def spread_per_class(scores, losses, labels, per_class, num_classes,
     chosen.append(np.asarray(taken + rest[:per_class - len(taken)],
                              np.int64))
   return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def feature_regions(features, voters, count, seed):
+  """Each example's region: the nearest of `count` k-means centres of the
+  voters' features (unit length, so cosine, as `nearest_voters`; seeded
+  k-means++). `features`: as `nearest_voters`' (called twice)."""
+  def unit(batch):
+    batch = np.asarray(batch, np.float32).reshape(len(batch), -1)
+    return batch / np.maximum(np.linalg.norm(batch, axis=1, keepdims=True),
+                              1e-12)
+
+  keys = np.concatenate([unit(f) for f in features(np.asarray(voters))])
+  count = max(1, min(count, len(keys)))
+  kmeans = cluster.KMeans(count, n_init=10, random_state=seed).fit(keys)
+  out = [kmeans.predict(unit(batch)) for batch in features(None)]
+  return (np.concatenate(out).astype(np.int64) if out
+          else np.zeros(0, np.int64))
+
+
+def rehome(positions, regions, scores, losses, labels, per_class,
+           num_classes, share=None):
+  """One region per class. A class's home is the region (`feature_regions`)
+  that holds most of its picked `positions`. Where a class c's home is also
+  the home of the region's plurality label d (d ≠ c: both picks in d's
+  images), c moves: to the region that is no class's home in which c has
+  the largest share of the examples, at least `share` (`REGION_SHARE`) and
+  `per_class` of them; there it takes its `per_class` best (ties as
+  `select_per_class`). A class with no such region keeps its pick. This is
+  the consistent relabelling of most of a class (Flip noise above one half):
+  its images are mostly labelled d, so its label is a plurality nowhere and
+  the vote picks the images flipped into it out of another class; the
+  region of its own images is the one left over.
+
+  Returns the sorted positions and `[[class, from region, to region], ...]`
+  of the classes moved."""
+  share = REGION_SHARE if share is None else share
+  positions = np.asarray(positions, np.int64)
+  regions, labels = np.asarray(regions, np.int64), np.asarray(labels)
+  scores, losses = np.asarray(scores), np.asarray(losses)
+  count = int(regions.max()) + 1 if len(regions) else 0
+  table = np.zeros((count, num_classes))
+  np.add.at(table, (regions, labels), 1.0)
+  shares = table / np.maximum(table.sum(axis=1, keepdims=True), 1.0)
+  owner = table.argmax(axis=1)
+  home = {}
+  for c in range(num_classes):
+    mine = positions[labels[positions] == c]
+    if len(mine):
+      home[c] = int(np.bincount(regions[mine], minlength=count).argmax())
+  taken = set(home.values())
+  chosen = {c: positions[labels[positions] == c] for c in home}
+  moved = []
+  for c, region in sorted(home.items()):
+    d = int(owner[region])
+    if d == c or home.get(d) != region:
+      continue
+    free = [r for r in range(count) if r not in taken
+            and shares[r, c] >= share and table[r, c] >= per_class]
+    if not free:
+      continue
+    to = max(free, key=lambda r: (shares[r, c], -r))
+    taken.add(to)
+    members = np.flatnonzero((labels == c) & (regions == to))
+    chosen[c] = _ranked(members, scores, losses)[:per_class]
+    moved.append([c, region, int(to)])
+  out = [chosen[c] for c in sorted(chosen)]
+  return (np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64),
+          moved)
 
 
 def neighbour_agreement(neighbours, voters, labels, rounds=ROUNDS):
@@ -472,7 +551,8 @@ def warmup(config, source, split, epochs):
   (without augmentation; their exponential moving average over the epochs,
   `LOSS_MOMENTUM`), the last epoch's predicted classes, and each example's
   `NEIGHBOURS` nearest voters (`choose_voters`) in the final model's
-  feature space, with the voters."""
+  feature space, with the voters, and (`REGIONS`) each example's region in
+  that space (`feature_regions`, as many as classes; else None)."""
   ce = dataclasses.replace(config, method=WARMUP_METHOD, virtual_scope="all",
                            meta_update_every=1, advice="exact")
   n = len(split.train_labels)
@@ -492,20 +572,21 @@ def warmup(config, source, split, epochs):
     ema = losses if epoch == 0 else (LOSS_MOMENTUM * ema
                                      + (1 - LOSS_MOMENTUM) * losses)
   voters = choose_voters(n, config.seed)
-  neighbours = nearest_voters(
-      _features(model, source, split, config.eval_batch_size), voters,
-      NEIGHBOURS)
+  features = _features(model, source, split, config.eval_batch_size)
+  neighbours = nearest_voters(features, voters, NEIGHBOURS)
+  regions = (feature_regions(features, voters, source.num_classes,
+                             config.seed) if REGIONS else None)
   del model
   keras.utils.set_random_seed(config.seed)  # As if nothing had been drawn.
-  return ema, np.asarray(adv.predicted), neighbours, voters
+  return ema, np.asarray(adv.predicted), neighbours, voters, regions
 
 
 def select(config, source, split):
   """`auto`'s selection for a run (see the module docstring): a record
   `{positions, indices, labels, purity, suspect_classes, ...}`."""
   epochs = warmup_epochs(_steps_per_epoch(config, split))
-  losses, predicted, neighbours, voters = warmup(config, source, split,
-                                                 epochs)
+  losses, predicted, neighbours, voters, regions = warmup(
+      config, source, split, epochs)
   labels = np.asarray(split.train_labels)
   agreement = neighbour_agreement(neighbours, voters, labels)
   lobed = (lobed_classes(neighbours, voters, labels, agreement,
@@ -516,6 +597,10 @@ def select(config, source, split):
                if SPREAD > 1 else
                select_per_class(agreement, losses, labels,
                                 config.meta_per_class, source.num_classes))
+  moved = []
+  if regions is not None:
+    positions, moved = rehome(positions, regions, agreement, losses, labels,
+                              config.meta_per_class, source.num_classes)
   everyone = np.arange(len(labels))
   labelled = class_agreement(predicted, labels, everyone, source.num_classes)
   chosen = class_agreement(predicted, labels, positions, source.num_classes)
@@ -527,9 +612,15 @@ def select(config, source, split):
               "nearest neighbours in the feature space of a balanced-softmax "
               "warm-up (ties: the smaller loss)"
               + (f", spread over the neighbourhoods of the {SPREAD} × k best "
-                 f"of agreement >= {CONFIRMED}" if SPREAD > 1 else ""),
+                 f"of agreement >= {CONFIRMED}" if SPREAD > 1 else "")
+              + ("; a class picked in another label's region moves to a "
+                 "region of its own" if regions is not None else ""),
       "neighbours": int(neighbours.shape[1]), "rounds": ROUNDS,
       "spread": SPREAD, "confirmed": CONFIRMED, "lobed_classes": lobed,
+      "regions": (int(regions.max()) + 1 if regions is not None
+                  and len(regions) else 0),
+      "region_share": REGION_SHARE if regions is not None else None,
+      "moved_classes": moved,
       "voters": int(len(voters)),
       "positions": [int(p) for p in positions],
       "indices": [int(i) for i in np.asarray(split.train_indices)[positions]],

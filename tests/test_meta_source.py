@@ -192,6 +192,66 @@ def test_lobed_classes_tells_a_flipped_in_lobe_from_uniform_noise():
                                    np.ones(80), 4) == []  # None disputed.
 
 
+def _turned_class():
+  """Three lobes of 30 images, one per true class. True 0 is turned: 16 of
+  its 30 labelled 1. 12 of the true 2s are labelled 0. The scores put
+  label 0's best where the vote of a turned class does: on the images
+  flipped into it (lobe 2), not on its own minority (lobe 0)."""
+  rng = np.random.default_rng(5)
+  truth = np.repeat(np.arange(3), 30)
+  features = np.eye(3)[truth] + 0.05 * rng.normal(size=(90, 3))
+  labels = truth.copy()
+  labels[:16] = 1
+  labels[60:72] = 0
+  scores = np.full(90, 0.9)
+  scores[16:30] = 0.45   # True 0s labelled 0: a minority in their lobe.
+  scores[60:72] = 0.5    # True 2s labelled 0.
+  scores[:16] = 0.3      # True 0s labelled 1.
+  return truth, features, labels, scores
+
+
+def test_feature_regions_are_the_lobes_of_the_feature_space():
+  truth, features, _, _ = _turned_class()
+  voters = np.arange(0, 90, 2)  # Centres from the voters, all assigned.
+  regions = meta_select.feature_regions(_batches(features), voters, 3, 0)
+  assert len(regions) == 90
+  for lobe in range(3):  # One region per lobe, a different one each.
+    assert len(set(regions[truth == lobe])) == 1
+  assert len(set(regions)) == 3
+  np.testing.assert_array_equal(
+      regions, meta_select.feature_regions(_batches(features), voters, 3, 0))
+
+
+def test_rehome_moves_a_turned_class_to_the_region_left_over():
+  truth, features, labels, scores = _turned_class()
+  regions = meta_select.feature_regions(_batches(features), np.arange(90),
+                                        3, 0)
+  pick = meta_select.select_per_class(scores, np.zeros(90), labels, 3, 3)
+  assert set(truth[pick[labels[pick] == 0]]) == {2}  # The vote's mistake.
+  moved, record = meta_select.rehome(pick, regions, scores, np.zeros(90),
+                                     labels, 3, 3)
+  # Label 0 picked in lobe 2, whose plurality label 2 picks there too; lobe
+  # 0 is no class's home and label 0 is 14 of its 30: it moves there.
+  assert set(truth[moved[labels[moved] == 0]]) == {0}
+  assert record == [[0, int(regions[60]), int(regions[0])]]
+  np.testing.assert_array_equal(moved[labels[moved] != 0],
+                                pick[labels[pick] != 0])
+  np.testing.assert_array_equal(np.bincount(labels[moved]), [3, 3, 3])
+  # Nothing moves where each class picks in a region of its own ...
+  right = meta_select.select_per_class(np.where(truth == labels, 0.9, 0.1),
+                                       np.zeros(90), labels, 3, 3)
+  same, record = meta_select.rehome(right, regions, scores, np.zeros(90),
+                                    labels, 3, 3)
+  np.testing.assert_array_equal(same, right)
+  assert record == []
+  # ... nor where the region left over holds too small a share of the
+  # label (uniform noise, not a turned class).
+  kept, record = meta_select.rehome(pick, regions, scores, np.zeros(90),
+                                    labels, 3, 3, share=0.5)
+  np.testing.assert_array_equal(kept, pick)
+  assert record == []
+
+
 def test_suspect_classes():
   assert meta_select.suspects([0.9, 0.8, 0.2, 0.85], [1.0, 1.0, 1.0, 0.3]) \
       == [2, 3]
@@ -205,7 +265,10 @@ def test_suspect_classes():
                                   [0, 1, 3], 3) == pytest.approx([0.45, 0.9, None])
 
 
-def test_auto_selection_uses_no_trusted_label(tmp_path):
+@pytest.mark.parametrize("regions", [False, True])
+def test_auto_selection_uses_no_trusted_label(tmp_path, monkeypatch,
+                                              regions):
+  monkeypatch.setattr(meta_select, "REGIONS", regions)
   config = _small(tmp_path / "run", epochs=2, lr_decay_epochs=(1,))
   source, split = run_lib.prepare_data(config)
   rng = np.random.default_rng(0)
@@ -221,6 +284,10 @@ def test_auto_selection_uses_no_trusted_label(tmp_path):
   assert not set(chosen.meta_indices) & set(chosen.train_indices)
   assert len(chosen.train_indices) == len(split.train_indices) - 100
   assert chosen.meta_purity == pytest.approx(records[0]["purity"])
+  # One region per class when asked (`rehome`), and what moved.
+  assert records[0]["regions"] == (10 if regions else 0)
+  assert records[0]["moved_classes"] == records[1]["moved_classes"]
+  assert all(len(m) == 3 for m in records[0]["moved_classes"])
 
 
 # ------------------------------------------------------------------ flags

@@ -106,12 +106,14 @@ def test_ablation_flags_set_the_pick_that_the_runs_use(monkeypatch, tmp_path):
     del args, kwargs
     seen.update(spread=meta_select.SPREAD, confirmed=meta_select.CONFIRMED,
                 lobe_check=meta_select.LOBE_CHECK,
-                keep_below=meta_select.KEEP_BELOW)
+                keep_below=meta_select.KEEP_BELOW,
+                regions=meta_select.REGIONS)
     return {}
 
   monkeypatch.setattr(meta_source, "run_grid", fake_grid)
   monkeypatch.setattr(meta_source.cli, "quiet_logs", lambda: None)
-  for name in ("SPREAD", "CONFIRMED", "LOBE_CHECK", "KEEP_BELOW"):
+  for name in ("SPREAD", "CONFIRMED", "LOBE_CHECK", "KEEP_BELOW",
+               "REGIONS"):
     monkeypatch.setattr(meta_select, name, getattr(meta_select, name))
   flag = lambda value: types.SimpleNamespace(value=value)  # noqa: E731
   f = types.SimpleNamespace(
@@ -119,7 +121,54 @@ def test_ablation_flags_set_the_pick_that_the_runs_use(monkeypatch, tmp_path):
       cells=flag(["sym0.4"]), variants=flag(["auto"]), seeds=flag(["0"]),
       epochs=flag(None), workdir=flag(str(tmp_path)), keep_below=flag(0),
       spread=flag(3), confirmed=flag(0.0), lobe_check=flag(True),
-      set=flag(""), reuse=flag(None))
+      regions=flag(True), set=flag(""), reuse=flag(None))
   meta_source.main([], f)
   assert seen == {"spread": 3, "confirmed": 0.0, "lobe_check": True,
-                  "keep_below": 0}
+                  "keep_below": 0, "regions": True}
+
+
+def test_oracle_pick_takes_right_labels_first_and_fills_a_short_class():
+  # Class 0: three right (positions 0, 2, 4), two wrong; class 1: one right
+  # (position 5) of three, so two wrong ones fill its pick.
+  given = [0, 0, 0, 0, 0, 1, 1, 1]
+  clean = [0, 1, 0, 1, 0, 1, 0, 2]
+  for seed in range(5):
+    pick = meta_source.oracle_pick(given, clean, 2, 2, seed)
+    assert list(pick) == sorted(pick)
+    class0 = [p for p in pick if given[p] == 0]
+    assert len(class0) == 2 and set(class0) <= {0, 2, 4}
+    assert [p for p in pick if given[p] == 1] in ([5, 6], [5, 7])
+  draws = {tuple(meta_source.oracle_pick(given, clean, 2, 2, s))
+           for s in range(20)}
+  assert len(draws) > 1  # Drawn at random among the right ones, seeded.
+  assert (list(meta_source.oracle_pick(given, clean, 2, 2, 3))
+          == list(meta_source.oracle_pick(given, clean, 2, 2, 3)))
+
+
+def test_oracle_record_is_the_meta_set_the_run_holds_out(tmp_path):
+  config = meta_source.run_config("array", "lt20_sym0.4", "oracle", 0,
+                                  str(tmp_path))
+  assert config.meta_source == "auto"  # The run reads the record.
+  meta_source.write_oracle_record("array", config)
+  record = meta_select.read_record(config.workdir)
+  _, split = run_lib.prepare_data(config)
+  resolved, _ = config.resolved(len(split.meta_indices))
+  # The run takes this record instead of selecting (trainer → prepare).
+  assert meta_select._record_matches(record, resolved, split)
+  chosen = meta_select.auto_split(resolved, split, config.workdir)
+  labels, clean = np.asarray(split.train_labels), np.asarray(
+      split.train_clean_labels)
+  scores = meta_source.drawn_scores("array", config, config.workdir)
+  # As pure as any pick of 10 per class out of the dirty labels can be.
+  assert scores["purity"] == pytest.approx(scores["purity_ceiling"])
+  assert np.bincount(chosen.meta_labels).tolist() == [10] * 10
+  # Held out of training as `auto`'s selection is, but in the classes that
+  # keep theirs (too few other examples).
+  kept = set(record["kept_in"])
+  out = [i for i, y in zip(chosen.meta_indices, chosen.meta_labels)
+         if y not in kept]
+  assert not set(out) & set(chosen.train_indices)
+  assert len(chosen.train_indices) == len(labels) - len(out)
+  assert np.mean(labels[record["positions"]]
+                 == clean[record["positions"]]) == pytest.approx(
+                     record["purity"])

@@ -8,7 +8,8 @@ best when the labels are dirty, on the array grid and on the user's path.
       [--set=meta_per_class=20 --out=OTHER.json --workdir=OTHER] \
       [--keep_below=1000000 --out=OTHER.json --workdir=OTHER] \
       [--spread=3 [--confirmed=0] [--lobe_check] --out=OTHER.json \
-       --workdir=OTHER]
+       --workdir=OTHER] [--regions --out=OTHER.json --workdir=OTHER] \
+      [--variants=oracle --out=OTHER.json --workdir=OTHER]
 
 Grids (the dirty-labels cells, `dirty_labels.CELLS`, noisy ones only):
 
@@ -33,6 +34,16 @@ Variants (MFRW-MES unless said):
           `--meta_source=random` (today's draw out of the train folder)
   auto    `--meta_source=auto` (`advisor_tf.meta_select`): chosen from the
           dirty labels after a short warm-up, held out of training
+  oracle  (not in the default `--variants`) `auto`'s run with a pick that
+          knows the truth: per class, 10 drawn at random among the training
+          candidates whose label is right (then wrong ones, where a class
+          has fewer right ones), held out of training as `auto`'s are
+          (`oracle_pick`; written as the run's `meta_selection.json` before
+          it starts). The best any selection out of the dirty training
+          set can do — a bound on `auto`, where `clean` is not one: its 10
+          are drawn before the noise, so they take mostly wrong labels
+          out of training at high noise, where any pick out of the dirty
+          labels takes right ones
 
 Per (grid, cell, variant) the JSON holds, in the order of `seeds`:
 
@@ -99,13 +110,15 @@ from advisor_tf.experiments import user_path  # noqa: E402
 GRIDS = ("array", "user_path")
 CELLS = ("sym0.4", "flip0.4", "lt20_sym0.4", "sym0.6")
 VARIANTS = ("ce", "clean", "random", "auto")
+OPTIONAL_VARIANTS = ("oracle",)  # Run when --variants names them.
 SEEDS = (0, 1, 2)
 IMAGE_SIZE = 32
 # Variant → (method, --meta_source on the array grid, on the user path).
 _SETTINGS = {"ce": ("ce", "random", "folder"),
              "clean": ("mfrw_mes", "random", "folder"),
              "random": ("mfrw_mes", "random_noisy", "random"),
-             "auto": ("mfrw_mes", "auto", "auto")}
+             "auto": ("mfrw_mes", "auto", "auto"),
+             "oracle": ("mfrw_mes", "auto", "auto")}
 
 
 def run_config(grid, cell, variant, seed, root, epochs=None, overrides=None):
@@ -156,7 +169,7 @@ _SCORES = ("class_purity", "class_noise", "purity_ceiling")
 _KEYS = ("accuracy", "purity", "suspect_classes", "warned_classes",
          *_SCORES, "train_seconds")
 # Variants whose meta set is drawn out of the dirty training labels.
-_DRAWN = ("random", "auto")
+_DRAWN = ("random", "auto", "oracle")
 # A class whose selection is less than this right is one the warning
 # should name ("half or more of its labels may be wrong").
 MOSTLY_WRONG_BELOW = 0.5
@@ -284,6 +297,8 @@ def run_one(grid, cell, variant, seed, root, epochs=None, overrides=None):
     write_folder(root, cell, seed)
   keras.backend.clear_session()
   start = time.time()
+  if variant == "oracle" and meta_select.read_record(config.workdir) is None:
+    write_oracle_record(grid, config)
   metrics = trainer.train(config)
   values = {"accuracy": metrics["test/top1"],
             "train_seconds": round(time.time() - start, 1)}
@@ -300,6 +315,55 @@ def run_one(grid, cell, variant, seed, root, epochs=None, overrides=None):
     values["warned_classes"] = meta_select.record_suspects(
         meta_select.read_record(config.workdir))
   return values
+
+
+def oracle_pick(given, clean, per_class, num_classes, seed):
+  """Sorted positions of a meta set that knows the truth: per class (given
+  labels), `per_class` drawn at random (seeded) among the examples whose
+  label is right, then among the wrong ones where a class has fewer right
+  ones (the `purity_ceiling`)."""
+  given, clean = np.asarray(given, np.int64), np.asarray(clean, np.int64)
+  rng = np.random.default_rng([seed, 21])
+  chosen = []
+  for c in range(num_classes):
+    members = np.flatnonzero(given == c)
+    right = members[clean[members] == c]
+    wrong = members[clean[members] != c]
+    chosen.append(np.concatenate([rng.permutation(right),
+                                  rng.permutation(wrong)])[:per_class])
+  return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def write_oracle_record(grid, config):
+  """Writes an `oracle` run's meta set (`oracle_pick`) as its workdir's
+  `meta_selection.json`, which the run (`--meta_source=auto`) then reads
+  instead of selecting; held out of training as `auto`'s selection is
+  (`meta_select.KEEP_BELOW`)."""
+  source, split = run_lib.prepare_data(config)
+  resolved, _ = config.resolved(len(split.meta_indices))  # As trainer does.
+  (given, clean), _ = selection_truth(grid, config, config.workdir)
+  given = np.asarray(given, np.int64)
+  k, classes = config.meta_per_class, source.num_classes
+  positions = oracle_pick(given, clean, k, classes, config.seed)
+  record = {
+      "source": "oracle", "per_class": k, "warmup_epochs": 0,
+      "rule": "per class, drawn at random among the right labels (knows "
+              "the truth: an experiment's bound)",
+      "positions": positions.tolist(),
+      "indices": np.asarray(split.train_indices)[positions].tolist(),
+      "labels": given[positions].tolist(),
+      "purity": float(np.mean(given[positions]
+                              == np.asarray(clean)[positions])),
+      "suspect_classes": [], "class_agreement": [None] * classes,
+      "kept_in": [c for c in range(classes) if np.sum(given == c) - k
+                  < meta_select.KEEP_BELOW * k],
+      "train_examples": int(len(given)),
+      "config": json.loads(resolved.to_json())}
+  os.makedirs(config.workdir, exist_ok=True)
+  path = os.path.join(config.workdir, meta_select.RECORD)
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f)
+  os.replace(path + ".tmp", path)
 
 
 def reuse_user_path(results, path, cells, seeds):
@@ -367,13 +431,16 @@ def tables(results):
   seeds) and the purity (%) of the meta sets."""
   lines = []
   for grid, by_cell in results.items():
+    variants = VARIANTS + tuple(
+        v for v in OPTIONAL_VARIANTS
+        if any(v in by_variant for by_variant in by_cell.values()))
     lines += [f"{grid}: test top-1 % (mean ± std over seeds); meta-set "
               "purity %", "",
-              "| cell | " + " | ".join(VARIANTS)
+              "| cell | " + " | ".join(variants)
               + " | purity random | purity auto |",
-              "|---|" + "---|" * (len(VARIANTS) + 2)]
+              "|---|" + "---|" * (len(variants) + 2)]
     for cell, by_variant in by_cell.items():
-      row = [_stat(by_variant.get(v, {}).get("accuracy")) for v in VARIANTS]
+      row = [_stat(by_variant.get(v, {}).get("accuracy")) for v in variants]
       auto = by_variant.get("auto", {})
       row += [_stat(by_variant.get("random", {}).get("purity"), 100),
               _stat(auto.get("purity"), 100)]
@@ -399,7 +466,8 @@ def goal_check(results):
       parts = []
       for name, other, margin in (("random + 5", "random", 5.0),
                                   ("clean − 2", "clean", -2.0),
-                                  ("ce", "ce", 0.0)):
+                                  ("ce", "ce", 0.0),
+                                  ("oracle − 2", "oracle", -2.0)):
         value = mean(by_variant.get(other))
         if value is not None:
           ok = auto >= value + margin
@@ -476,8 +544,9 @@ def _define_flags():
                               f"Grids, from {', '.join(GRIDS)}."),
       cells=flags.DEFINE_list("cells", list(CELLS), "Noisy cells of "
                               "dirty_labels.CELLS."),
-      variants=flags.DEFINE_list("variants", list(VARIANTS),
-                                 f"Variants, from {', '.join(VARIANTS)}."),
+      variants=flags.DEFINE_list(
+          "variants", list(VARIANTS), "Variants, from "
+          f"{', '.join(VARIANTS + OPTIONAL_VARIANTS)}."),
       seeds=flags.DEFINE_list("seeds", [str(s) for s in SEEDS],
                               "Seeds (integers >= 0)."),
       epochs=flags.DEFINE_integer("epochs", None, "Epochs per run (default: "
@@ -502,6 +571,11 @@ def _define_flags():
           f"(default {meta_select.LOBE_CHECK}; with --spread: a class whose "
           "disputed labels mostly look like one other class is not "
           "spread)."),
+      regions=flags.DEFINE_bool(
+          "regions", None, "Ablation of `auto`: meta_select.REGIONS "
+          f"(default {meta_select.REGIONS}; a class picked in another "
+          "label's region of the feature space moves to a region of its "
+          "own; give it its own --out and --workdir)."),
       set=flags.DEFINE_string("set", "", "Ablations: TrainConfig fields "
                               "field=value,... of the MFRW-MES runs (give "
                               "them their own --out and --workdir)."),
@@ -525,8 +599,11 @@ def main(argv, f):
     meta_select.CONFIRMED = f.confirmed.value
   if f.lobe_check.value is not None:
     meta_select.LOBE_CHECK = f.lobe_check.value
+  if f.regions.value is not None:
+    meta_select.REGIONS = f.regions.value
   for name, values, allowed in (("grids", f.grids.value, GRIDS),
-                                ("variants", f.variants.value, VARIANTS)):
+                                ("variants", f.variants.value,
+                                 VARIANTS + OPTIONAL_VARIANTS)):
     for value in values:
       if value not in allowed:
         raise app.UsageError(f"--{name}: {value!r} is not one of "
