@@ -50,10 +50,10 @@ it from the user's own dirty training data, without any trusted label.
                 noise it seeks out a class's flipped-in lobe. `REGIONS`
                 (an ablation, `meta_source --regions`): one region of the
                 warm-up's feature space per class (k-means, as many
-                centres as classes); a class picked in the region of
-                another label that picks there too moves to a region left
-                over (`rehome`): the fix for a class turned more than half
-                into one other label; measured, not the default.
+                centres as classes), matched one to one with the classes
+                so that the most labels agree; a class picked outside its
+                region moves into it (`rehome`): the fix for a class
+                turned more than half into one other label.
 
 Unset (`None`), a run takes `folder` when the dataset ships a trusted split
 and `DEFAULT_DRAW` otherwise (the best of the three measured by
@@ -89,6 +89,7 @@ import os
 from absl import logging
 import keras
 import numpy as np
+from scipy import optimize
 from sklearn import cluster
 import tensorflow as tf
 
@@ -111,8 +112,8 @@ LOBE_CHECK = False      # Spread no class whose disputed labels are mostly
                         # one other class's images (`lobed_classes`).
 KEEP_BELOW = 3          # A class with fewer than this × k others keeps its
                         # meta examples in training too.
-REGIONS = False         # One region per class: a class whose pick lies in
-                        # another label's region moves (`rehome`).
+REGIONS = False         # One region per class, matched one to one: a class
+                        # picked outside its region moves in (`rehome`).
 REGION_SHARE = 0.25     # The least share of a region's examples a class
                         # must have to move its pick there.
 RECORD = "meta_selection.json"
@@ -257,53 +258,45 @@ def feature_regions(features, voters, count, seed):
 
 def rehome(positions, regions, scores, losses, labels, per_class,
            num_classes, share=None):
-  """One region per class. A class's home is the region (`feature_regions`)
-  that holds most of its picked `positions`. Where a class c's home is also
-  the home of the region's plurality label d (d ≠ c: both picks in d's
-  images), c moves: to the region that is no class's home in which c has
-  the largest share of the examples, at least `share` (`REGION_SHARE`) and
-  `per_class` of them; there it takes its `per_class` best (ties as
-  `select_per_class`). A class with no such region keeps its pick. This is
-  the consistent relabelling of most of a class (Flip noise above one half):
-  its images are mostly labelled d, so its label is a plurality nowhere and
-  the vote picks the images flipped into it out of another class; the
-  region of its own images is the one left over.
+  """One region per class. The classes are matched one to one with the
+  regions (`feature_regions`) so that as many examples as possible carry
+  the label of their region (the Hungarian method). A class whose picked
+  `positions` lie mostly outside its region moves into it — takes the
+  region's `per_class` examples of its label of the highest score (ties as
+  `select_per_class`) — when its label is at least `share`
+  (`REGION_SHARE`) of the region's examples and `per_class` of them; else
+  it keeps its pick. This is the consistent relabelling of most of a class
+  (Flip noise above one half): its images are mostly labelled d, its label
+  is a plurality nowhere, and the vote picks images flipped into it out of
+  another class; matched one to one, the region of its own images is left
+  to it, d being matched to the region of d's own.
 
   Returns the sorted positions and `[[class, from region, to region], ...]`
-  of the classes moved."""
+  of the classes moved (from: where most of the pick was)."""
   share = REGION_SHARE if share is None else share
   positions = np.asarray(positions, np.int64)
   regions, labels = np.asarray(regions, np.int64), np.asarray(labels)
   scores, losses = np.asarray(scores), np.asarray(losses)
   count = int(regions.max()) + 1 if len(regions) else 0
-  table = np.zeros((count, num_classes))
-  np.add.at(table, (regions, labels), 1.0)
-  shares = table / np.maximum(table.sum(axis=1, keepdims=True), 1.0)
-  owner = table.argmax(axis=1)
-  home = {}
+  table = np.zeros((num_classes, count))
+  np.add.at(table, (labels, regions), 1.0)
+  shares = table / np.maximum(table.sum(axis=0, keepdims=True), 1.0)
+  classes, matches = optimize.linear_sum_assignment(-table)  # Most labels.
+  matched = dict(zip(classes.tolist(), matches.tolist()))
+  chosen, moved = [], []
   for c in range(num_classes):
     mine = positions[labels[positions] == c]
-    if len(mine):
-      home[c] = int(np.bincount(regions[mine], minlength=count).argmax())
-  taken = set(home.values())
-  chosen = {c: positions[labels[positions] == c] for c in home}
-  moved = []
-  for c, region in sorted(home.items()):
-    d = int(owner[region])
-    if d == c or home.get(d) != region:
-      continue
-    free = [r for r in range(count) if r not in taken
-            and shares[r, c] >= share and table[r, c] >= per_class]
-    if not free:
-      continue
-    to = max(free, key=lambda r: (shares[r, c], -r))
-    taken.add(to)
-    members = np.flatnonzero((labels == c) & (regions == to))
-    chosen[c] = _ranked(members, scores, losses)[:per_class]
-    moved.append([c, region, int(to)])
-  out = [chosen[c] for c in sorted(chosen)]
-  return (np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64),
-          moved)
+    to = matched.get(c)
+    if len(mine) and to is not None:
+      home = int(np.bincount(regions[mine], minlength=count).argmax())
+      if (home != to and shares[c, to] >= share
+          and table[c, to] >= per_class):
+        members = np.flatnonzero((labels == c) & (regions == to))
+        mine = _ranked(members, scores, losses)[:per_class]
+        moved.append([c, home, int(to)])
+    chosen.append(mine)
+  return (np.sort(np.concatenate(chosen)) if chosen
+          else np.zeros(0, np.int64), moved)
 
 
 def neighbour_agreement(neighbours, voters, labels, rounds=ROUNDS):
@@ -613,8 +606,9 @@ def select(config, source, split):
               "warm-up (ties: the smaller loss)"
               + (f", spread over the neighbourhoods of the {SPREAD} × k best "
                  f"of agreement >= {CONFIRMED}" if SPREAD > 1 else "")
-              + ("; a class picked in another label's region moves to a "
-                 "region of its own" if regions is not None else ""),
+              + ("; a class picked outside its region of the feature space "
+                 "(matched one to one) moves into it" if regions is not None
+                 else ""),
       "neighbours": int(neighbours.shape[1]), "rounds": ROUNDS,
       "spread": SPREAD, "confirmed": CONFIRMED, "lobed_classes": lobed,
       "regions": (int(regions.max()) + 1 if regions is not None

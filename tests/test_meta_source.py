@@ -230,8 +230,9 @@ def test_rehome_moves_a_turned_class_to_the_region_left_over():
   assert set(truth[pick[labels[pick] == 0]]) == {2}  # The vote's mistake.
   moved, record = meta_select.rehome(pick, regions, scores, np.zeros(90),
                                      labels, 3, 3)
-  # Label 0 picked in lobe 2, whose plurality label 2 picks there too; lobe
-  # 0 is no class's home and label 0 is 14 of its 30: it moves there.
+  # Matched one to one so that the most labels agree (0 → lobe 0: 14,
+  # 1 → lobe 1: 30, 2 → lobe 2: 18), label 0 is picked outside its lobe;
+  # it is 14 of lobe 0's 30: it moves there.
   assert set(truth[moved[labels[moved] == 0]]) == {0}
   assert record == [[0, int(regions[60]), int(regions[0])]]
   np.testing.assert_array_equal(moved[labels[moved] != 0],
