@@ -260,12 +260,14 @@ def rehome(positions, regions, scores, losses, labels, per_class,
            num_classes, share=None):
   """One region per class. The classes are matched one to one with the
   regions (`feature_regions`) so that as many examples as possible carry
-  the label of their region (the Hungarian method). A class whose picked
-  `positions` lie mostly outside its region moves into it — takes the
-  region's `per_class` examples of its label of the highest score (ties as
-  `select_per_class`) — when its label is at least `share`
-  (`REGION_SHARE`) of the region's examples and `per_class` of them; else
-  it keeps its pick. This is the consistent relabelling of most of a class
+  the label of their region (the Hungarian method). A class c whose
+  picked `positions` lie mostly in the region of another class d, which
+  picks there too, moves into its own region — takes the region's
+  `per_class` examples labelled c of the highest score (ties as
+  `select_per_class`) — when c is at least `share` (`REGION_SHARE`) of the
+  region's examples and `per_class` of them; else it keeps its pick (as
+  does a class picked in a region whose class picks elsewhere: a class
+  that k-means split in two). This is the consistent relabelling of most of a class
   (Flip noise above one half): its images are mostly labelled d, its label
   is a plurality nowhere, and the vote picks images flipped into it out of
   another class; matched one to one, the region of its own images is left
@@ -283,17 +285,19 @@ def rehome(positions, regions, scores, losses, labels, per_class,
   shares = table / np.maximum(table.sum(axis=0, keepdims=True), 1.0)
   classes, matches = optimize.linear_sum_assignment(-table)  # Most labels.
   matched = dict(zip(classes.tolist(), matches.tolist()))
+  picks = [positions[labels[positions] == c] for c in range(num_classes)]
+  home = [int(np.bincount(regions[p], minlength=count).argmax()) if len(p)
+          else None for p in picks]
+  owner = {region: c for c, region in matched.items()}
   chosen, moved = [], []
-  for c in range(num_classes):
-    mine = positions[labels[positions] == c]
-    to = matched.get(c)
-    if len(mine) and to is not None:
-      home = int(np.bincount(regions[mine], minlength=count).argmax())
-      if (home != to and shares[c, to] >= share
-          and table[c, to] >= per_class):
-        members = np.flatnonzero((labels == c) & (regions == to))
-        mine = _ranked(members, scores, losses)[:per_class]
-        moved.append([c, home, int(to)])
+  for c, mine in enumerate(picks):
+    to, d = matched.get(c), owner.get(home[c])
+    if (to is not None and home[c] != to and d is not None
+        and home[d] == home[c] and shares[c, to] >= share
+        and table[c, to] >= per_class):
+      members = np.flatnonzero((labels == c) & (regions == to))
+      mine = _ranked(members, scores, losses)[:per_class]
+      moved.append([c, home[c], int(to)])
     chosen.append(mine)
   return (np.sort(np.concatenate(chosen)) if chosen
           else np.zeros(0, np.int64), moved)

@@ -253,6 +253,22 @@ def test_rehome_moves_a_turned_class_to_the_region_left_over():
   assert record == []
 
 
+def test_rehome_leaves_a_class_that_the_regions_split_in_two():
+  # Class 1's images fall in two regions (1 and 2); its best-scored are in
+  # the one not matched to it (no class's): nobody else picks there, so it
+  # stays, though its matched region would hold it.
+  regions = np.repeat(np.arange(4), 10)
+  labels = np.repeat([0, 1, 1, 2], 10)
+  labels[28:30] = 0  # Region 1 holds more of class 1 than region 2.
+  scores = np.where((regions == 2) & (labels == 1), 0.9, 0.5)
+  pick = meta_select.select_per_class(scores, np.zeros(40), labels, 3, 3)
+  assert set(regions[pick[labels[pick] == 1]]) == {2}
+  same, record = meta_select.rehome(pick, regions, scores, np.zeros(40),
+                                    labels, 3, 3)
+  np.testing.assert_array_equal(same, pick)
+  assert record == []
+
+
 def test_suspect_classes():
   assert meta_select.suspects([0.9, 0.8, 0.2, 0.85], [1.0, 1.0, 1.0, 0.3]) \
       == [2, 3]
