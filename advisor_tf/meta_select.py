@@ -465,7 +465,8 @@ def describe(config, split):
 def metrics(config, split):
   """The meta set's entries of `metrics.json`: `meta/source`,
   `meta/per_class`, and with synthetic noise `meta/purity`; for `auto`
-  the suspect classes (`meta/suspect_classes`)."""
+  the suspect classes (`meta/suspect_classes`) and those whose pick moved
+  to a region of their own (`meta/moved_classes`, `rehome`)."""
   counts = np.bincount(np.asarray(split.meta_labels, np.int64))
   out = {"meta/source": split.meta_source,
          "meta/per_class": int(counts.max()) if len(counts) else 0}
@@ -475,6 +476,8 @@ def metrics(config, split):
     record = read_record(config.workdir) or {}
     out["meta/warmup_epochs"] = record.get("warmup_epochs")
     out["meta/suspect_classes"] = record.get("suspect_classes", [])
+    out["meta/moved_classes"] = [m[0] for m in record.get("moved_classes",
+                                                         [])]
   return out
 
 
@@ -678,6 +681,15 @@ def prepare(config, source, split, out):
     _write_record(out, record)
   chosen = held_out(split, record["positions"], record.get("kept_in", []))
   logging.info("%s", describe(config, chosen))
+  if record.get("moved_classes"):
+    logging.warning(
+        "--meta_source=auto: class(es) %s: their best-agreeing images lay "
+        "where another class's labels are the majority, so their meta "
+        "examples were taken from the region of the feature space left to "
+        "them instead; most images of such a class may carry another "
+        "label (check them: advisor-analyze).",
+        ", ".join(str(source.class_names[m[0]])
+                  for m in record["moved_classes"]))
   if record["suspect_classes"]:
     names = source.class_names
     agreement = record["class_agreement"]

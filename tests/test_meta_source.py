@@ -342,6 +342,8 @@ def test_auto_run_records_its_meta_set_and_the_report_says_so(tmp_path):
   record = meta_select.read_record(str(tmp_path / "run"))
   assert record["purity"] == metrics["meta/purity"]
   assert len(record["positions"]) == 100
+  assert metrics["meta/moved_classes"] == [
+      m[0] for m in record["moved_classes"]]
   tags = set()
   for root, _, files in os.walk(tmp_path / "run" / "tensorboard" / "meta"):
     for name in files:
