@@ -121,7 +121,7 @@ def test_ablation_flags_set_the_pick_that_the_runs_use(monkeypatch, tmp_path):
       cells=flag(["sym0.4"]), variants=flag(["auto"]), seeds=flag(["0"]),
       epochs=flag(None), workdir=flag(str(tmp_path)), keep_below=flag(0),
       spread=flag(3), confirmed=flag(0.0), lobe_check=flag(True),
-      regions=flag(True), set=flag(""), reuse=flag(None))
+      regions=flag(True), set=flag(""), reuse=flag(None), compare=flag([]))
   meta_source.main([], f)
   assert seen == {"spread": 3, "confirmed": 0.0, "lobe_check": True,
                   "keep_below": 0, "regions": True}
@@ -172,3 +172,19 @@ def test_oracle_record_is_the_meta_set_the_run_holds_out(tmp_path):
   assert np.mean(labels[record["positions"]]
                  == clean[record["positions"]]) == pytest.approx(
                      record["purity"])
+
+
+def test_compare_fills_in_the_variants_a_run_lacks_for_the_tables():
+  ours = {"array": {"flip0.4": {"auto": {"seeds": [0], "accuracy": [93.0]}}}}
+  other = {"array": {"flip0.4": {
+      "auto": {"seeds": [0], "accuracy": [80.0]},
+      "clean": {"seeds": [0], "accuracy": [94.0], "purity": [1.0]}}},
+           "user_path": {"sym0.4": {"ce": {"seeds": [0],
+                                           "accuracy": [70.0]}}}}
+  merged = meta_source.beside(ours, [other])
+  assert merged["array"]["flip0.4"]["auto"]["accuracy"] == [93.0]  # Ours.
+  assert merged["array"]["flip0.4"]["clean"]["accuracy"] == [94.0]
+  assert merged["user_path"]["sym0.4"]["ce"]["accuracy"] == [70.0]
+  assert "clean" not in ours["array"]["flip0.4"]  # Not written back.
+  assert any("≥ clean − 2 (92.0)" in line
+             for line in meta_source.goal_check(merged))

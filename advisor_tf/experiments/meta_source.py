@@ -419,6 +419,19 @@ def run_grid(out, grids, cells, variants, seeds, root, epochs=None,
 
 
 # ---------------------------------------------------------------- tables
+def beside(results, others):
+  """`results` with the (grid, cell, variant) entries it lacks taken from
+  `others` (the first that has one), for the tables (`--compare`)."""
+  merged = json.loads(json.dumps(results))
+  for other in others:
+    for grid, by_cell in other.items():
+      for cell, by_variant in by_cell.items():
+        for variant, entry in by_variant.items():
+          merged.setdefault(grid, {}).setdefault(cell, {}).setdefault(
+              variant, entry)
+  return merged
+
+
 def _stat(values, scale=1.0, digits=1):
   values = [v * scale for v in values or [] if v is not None]
   if not values:
@@ -579,6 +592,10 @@ def _define_flags():
       set=flags.DEFINE_string("set", "", "Ablations: TrainConfig fields "
                               "field=value,... of the MFRW-MES runs (give "
                               "them their own --out and --workdir)."),
+      compare=flags.DEFINE_list(
+          "compare", [], "Other results of this command (JSON paths): the "
+          "variants --out lacks are taken from them for the printed tables "
+          "and goals (nothing of theirs is written to --out)."),
       reuse=flags.DEFINE_string(
           "reuse", None, "The user-path grid's JSON (results/user_path.json): "
           "copy its ce and mfrw_mes (clean meta/ folder) runs as this grid's "
@@ -625,6 +642,7 @@ def main(argv, f):
     results = run_grid(f.out.value, f.grids.value, f.cells.value,
                        f.variants.value, seeds, f.workdir.value or tmp,
                        f.epochs.value, f.reuse.value, overrides=overrides)
+  results = beside(results, [load_results(path) for path in f.compare.value])
   print(tables(results))
   print("\n".join(goal_check(results)))
   print("The warning (`auto`):")
