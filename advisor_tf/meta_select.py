@@ -47,13 +47,21 @@ it from the user's own dirty training data, without any trusted label.
                 (`spread_per_class`; `LOBE_CHECK`: not a class whose
                 disputed labels look like one other class's images,
                 `lobed_classes`); measured, not the default: under Flip
-                noise it seeks out a class's flipped-in lobe. `REGIONS`
-                (an ablation, `meta_source --regions`): one region of the
-                warm-up's feature space per class (k-means, as many
-                centres as classes), matched one to one with the classes
-                so that the most labels agree; a class picked outside its
-                region moves into it (`rehome`): the fix for a class
-                turned more than half into one other label.
+                noise it seeks out a class's flipped-in lobe.
+                One region per class (`REGIONS`; `meta_source --noregions`
+                to measure without): the warm-up's feature space is cut
+                into as many regions as classes (k-means on the voters'
+                features, 10 restarts), matched one to one with the
+                classes so that the most labels agree; a class whose pick
+                lies in another class's region, where that class picks
+                too, takes its pick from its own region instead (`rehome`,
+                when its label is at least `REGION_SHARE` of that region).
+                That is the fix for a class turned more than half into one
+                other label (Flip noise above one half in a class), whose
+                label is a plurality nowhere: the vote picks the images
+                flipped into it; the region of its own images is the one
+                the matching leaves to it. The run names the classes moved
+                (`moved_classes`, `meta/moved_classes`).
 
 Unset (`None`), a run takes `folder` when the dataset ships a trusted split
 and `DEFAULT_DRAW` otherwise (the best of the three measured by
@@ -69,9 +77,11 @@ warning naming every class where the selected ones are mostly not predicted
 as their label, or the labelled ones much less than the other classes', or
 where most neighbours of the selected ones carry other labels (`suspects`;
 `suspect_classes` in the record and in `metrics.json`). A consistent
-relabelling of most of a class (Flip noise above 0.5) cannot be told from
-the truth without a trusted label; it is named only when the warm-up
-classifier happens to give it away.
+relabelling of most of a class (Flip noise above 0.5) is what the regions
+(`rehome`) resolve, when the warm-up's features keep the class's own
+images apart from the class they were relabelled as; where they do not,
+it cannot be told from the truth without a trusted label and is named only
+when the warm-up classifier happens to give it away.
 
 Exact resume: the selection (positions, dataset indices, labels, the
 warm-up's per-class agreement and the configuration it belongs to) is
@@ -112,7 +122,7 @@ LOBE_CHECK = False      # Spread no class whose disputed labels are mostly
                         # one other class's images (`lobed_classes`).
 KEEP_BELOW = 3          # A class with fewer than this × k others keeps its
                         # meta examples in training too.
-REGIONS = False         # One region per class, matched one to one: a class
+REGIONS = True          # One region per class, matched one to one: a class
                         # picked outside its region moves in (`rehome`).
 REGION_SHARE = 0.25     # The least share of a region's examples a class
                         # must have to move its pick there.

@@ -8,7 +8,7 @@ best when the labels are dirty, on the array grid and on the user's path.
       [--set=meta_per_class=20 --out=OTHER.json --workdir=OTHER] \
       [--keep_below=1000000 --out=OTHER.json --workdir=OTHER] \
       [--spread=3 [--confirmed=0] [--lobe_check] --out=OTHER.json \
-       --workdir=OTHER] [--regions --out=OTHER.json --workdir=OTHER] \
+       --workdir=OTHER] [--noregions --out=OTHER.json --workdir=OTHER] \
       [--variants=oracle --out=OTHER.json --workdir=OTHER]
 
 Grids (the dirty-labels cells, `dirty_labels.CELLS`, noisy ones only):
@@ -587,8 +587,8 @@ def _define_flags():
       regions=flags.DEFINE_bool(
           "regions", None, "Ablation of `auto`: meta_select.REGIONS "
           f"(default {meta_select.REGIONS}; a class picked in another "
-          "label's region of the feature space moves to a region of its "
-          "own; give it its own --out and --workdir)."),
+          "class's region of the feature space moves to its own; give "
+          "--noregions its own --out and --workdir)."),
       set=flags.DEFINE_string("set", "", "Ablations: TrainConfig fields "
                               "field=value,... of the MFRW-MES runs (give "
                               "them their own --out and --workdir)."),
