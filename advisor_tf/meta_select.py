@@ -249,19 +249,22 @@ def spread_per_class(scores, losses, labels, per_class, num_classes,
   return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
+def _unit(batch):
+  """A batch of features, flattened, each of unit length."""
+  batch = np.asarray(batch, np.float32).reshape(len(batch), -1)
+  return batch / np.maximum(np.linalg.norm(batch, axis=1, keepdims=True),
+                            1e-12)
+
+
 def feature_regions(features, voters, count, seed):
   """Each example's region: the nearest of `count` k-means centres of the
   voters' features (unit length, so cosine, as `nearest_voters`; seeded
-  k-means++). `features`: as `nearest_voters`' (called twice)."""
-  def unit(batch):
-    batch = np.asarray(batch, np.float32).reshape(len(batch), -1)
-    return batch / np.maximum(np.linalg.norm(batch, axis=1, keepdims=True),
-                              1e-12)
-
-  keys = np.concatenate([unit(f) for f in features(np.asarray(voters))])
+  k-means++, the best of 10 starts). `features`: as `nearest_voters`'
+  (called twice)."""
+  keys = np.concatenate([_unit(f) for f in features(np.asarray(voters))])
   count = max(1, min(count, len(keys)))
   kmeans = cluster.KMeans(count, n_init=10, random_state=seed).fit(keys)
-  out = [kmeans.predict(unit(batch)) for batch in features(None)]
+  out = [kmeans.predict(_unit(batch)) for batch in features(None)]
   return (np.concatenate(out).astype(np.int64) if out
           else np.zeros(0, np.int64))
 
@@ -277,11 +280,11 @@ def rehome(positions, regions, scores, losses, labels, per_class,
   `select_per_class`) — when c is at least `share` (`REGION_SHARE`) of the
   region's examples and `per_class` of them; else it keeps its pick (as
   does a class picked in a region whose class picks elsewhere: a class
-  that k-means split in two). This is the consistent relabelling of most of a class
-  (Flip noise above one half): its images are mostly labelled d, its label
-  is a plurality nowhere, and the vote picks images flipped into it out of
-  another class; matched one to one, the region of its own images is left
-  to it, d being matched to the region of d's own.
+  that k-means split in two). This is the consistent relabelling of most
+  of a class (Flip noise above one half): its images are mostly labelled
+  d, its label is a plurality nowhere, and the vote picks images flipped
+  into it out of another class; matched one to one, the region of its own
+  images is left to it, d being matched to the region of d's own.
 
   Returns the sorted positions and `[[class, from region, to region], ...]`
   of the classes moved (from: where most of the pick was)."""
@@ -356,17 +359,12 @@ def nearest_voters(features, voters, k):
     voters: sorted positions of the voters.
     k: neighbours per example (at most the voters less one).
   """
-  def unit(batch):
-    batch = np.asarray(batch, np.float32).reshape(len(batch), -1)
-    return batch / np.maximum(np.linalg.norm(batch, axis=1, keepdims=True),
-                              1e-12)
-
   voters = np.asarray(voters, np.int64)
-  keys = np.concatenate([unit(f) for f in features(voters)])
+  keys = np.concatenate([_unit(f) for f in features(voters)])
   k = min(k, len(voters) - 1)
   out, start = [], 0
   for batch in features(None):
-    similarity = unit(batch) @ keys.T
+    similarity = _unit(batch) @ keys.T
     rows = np.arange(start, start + len(similarity))
     own = np.searchsorted(voters, rows)
     is_voter = (own < len(voters)) & (voters[np.minimum(own, len(voters) - 1)]

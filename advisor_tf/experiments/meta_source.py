@@ -464,7 +464,8 @@ def tables(results):
 
 def goal_check(results):
   """The issue's goals per grid and cell, as lines of text: auto ≥ random +
-  5, auto ≥ clean − 2, auto ≥ ce, purity ≥ 95 % at sym0.4 and flip0.4."""
+  5, auto ≥ clean − 2, auto ≥ ce, purity ≥ 95 % at sym0.4 and flip0.4;
+  beside them auto ≥ oracle − 2 (the bound, where `oracle` ran)."""
   lines = []
 
   def mean(entry, key="accuracy"):
