@@ -260,11 +260,20 @@ def feature_regions(features, voters, count, seed):
   """Each example's region: the nearest of `count` k-means centres of the
   voters' features (unit length, so cosine, as `nearest_voters`; seeded
   k-means++, the best of 10 starts). `features`: as `nearest_voters`'
-  (called twice)."""
+  (called twice). None where a feature is not finite (a warm-up that
+  diverged: the run's own training then stops, naming the step)."""
   keys = np.concatenate([_unit(f) for f in features(np.asarray(voters))])
+  if not np.all(np.isfinite(keys)):
+    return None  # A warm-up that diverged: no regions (training will say).
   count = max(1, min(count, len(keys)))
   kmeans = cluster.KMeans(count, n_init=10, random_state=seed).fit(keys)
-  out = [kmeans.predict(_unit(batch)) for batch in features(None)]
+  out, finite = [], True
+  for batch in features(None):
+    batch = _unit(batch)
+    finite = finite and bool(np.all(np.isfinite(batch)))
+    out.append(kmeans.predict(np.nan_to_num(batch)))
+  if not finite:
+    return None
   return (np.concatenate(out).astype(np.int64) if out
           else np.zeros(0, np.int64))
 

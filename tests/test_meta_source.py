@@ -220,6 +220,12 @@ def test_feature_regions_are_the_lobes_of_the_feature_space():
   assert len(set(regions)) == 3
   np.testing.assert_array_equal(
       regions, meta_select.feature_regions(_batches(features), voters, 3, 0))
+  # A warm-up that diverged: no regions, no error (training then stops,
+  # naming the step); a non-finite voter, or another example.
+  for broken in (6, 7):
+    bad = features.copy()
+    bad[broken] = np.nan
+    assert meta_select.feature_regions(_batches(bad), voters, 3, 0) is None
 
 
 def test_rehome_moves_a_turned_class_to_the_region_left_over():
