@@ -188,3 +188,19 @@ def test_compare_fills_in_the_variants_a_run_lacks_for_the_tables():
   assert "clean" not in ours["array"]["flip0.4"]  # Not written back.
   assert any("≥ clean − 2 (92.0)" in line
              for line in meta_source.goal_check(merged))
+
+
+def test_compare_refuses_a_missing_file_naming_the_flag(monkeypatch,
+                                                        tmp_path):
+  monkeypatch.setattr(meta_source.cli, "quiet_logs", lambda: None)
+  flag = lambda value: types.SimpleNamespace(value=value)  # noqa: E731
+  f = types.SimpleNamespace(
+      out=flag(str(tmp_path / "out.json")), grids=flag(["array"]),
+      cells=flag(["sym0.4"]), variants=flag(["auto"]), seeds=flag(["0"]),
+      epochs=flag(None), workdir=flag(str(tmp_path)), keep_below=flag(None),
+      spread=flag(None), confirmed=flag(None), lobe_check=flag(None),
+      regions=flag(None), set=flag(""), reuse=flag(None),
+      compare=flag([str(tmp_path / "missing.json")]))
+  with pytest.raises(meta_source.app.UsageError,
+                     match=r"--compare: .*missing\.json' is not a file"):
+    meta_source.main([], f)

@@ -635,6 +635,10 @@ def main(argv, f):
   except ValueError:
     raise app.UsageError(f"--seeds={','.join(f.seeds.value)} must be "
                          "integers >= 0.") from None
+  for path in f.compare.value:
+    if not os.path.isfile(path):
+      raise app.UsageError(f"--compare: {path!r} is not a file (results of "
+                           "this command, e.g. results/meta_source.json).")
   try:
     overrides = dirty_labels.parse_overrides(f.set.value)
   except ValueError as e:
