@@ -524,7 +524,16 @@ def read_record(workdir):
     return json.load(f)
 
 
-def _write_record(folder, record):
+def kept_in(labels, per_class, num_classes):
+  """The classes that keep their meta examples in training too: fewer
+  than `KEEP_BELOW` × `per_class` other examples."""
+  labels = np.asarray(labels)
+  return [int(c) for c in range(num_classes)
+          if np.sum(labels == c) - per_class < KEEP_BELOW * per_class]
+
+
+def write_record(folder, record):
+  """Writes a selection record to `folder`'s `RECORD` (atomically)."""
   os.makedirs(folder, exist_ok=True)
   path = os.path.join(folder, RECORD)
   with open(path + ".tmp", "w") as f:
@@ -650,9 +659,7 @@ def select(config, source, split):
       "class_agreement": labelled, "selected_agreement": chosen,
       "selected_neighbour_agreement": disputed,
       "suspect_classes": suspects(labelled, chosen, disputed),
-      "kept_in": [int(c) for c in range(source.num_classes)
-                  if np.sum(labels == c) - config.meta_per_class
-                  < KEEP_BELOW * config.meta_per_class],
+      "kept_in": kept_in(labels, config.meta_per_class, source.num_classes),
       "train_examples": int(len(labels)),
       "config": json.loads(config.to_json())}
 
@@ -695,7 +702,7 @@ def prepare(config, source, split, out):
   record = read_record(config.workdir)
   if record is None or not _record_matches(record, config, split):
     record = select(config, source, split)
-    _write_record(out, record)
+    write_record(out, record)
   chosen = held_out(split, record["positions"], record.get("kept_in", []))
   logging.info("%s", describe(config, chosen))
   if record.get("moved_classes"):

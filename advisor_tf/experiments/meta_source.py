@@ -355,15 +355,10 @@ def write_oracle_record(grid, config):
       "purity": float(np.mean(given[positions]
                               == np.asarray(clean)[positions])),
       "suspect_classes": [], "class_agreement": [None] * classes,
-      "kept_in": [c for c in range(classes) if np.sum(given == c) - k
-                  < meta_select.KEEP_BELOW * k],
+      "kept_in": meta_select.kept_in(given, k, classes),
       "train_examples": int(len(given)),
       "config": json.loads(resolved.to_json())}
-  os.makedirs(config.workdir, exist_ok=True)
-  path = os.path.join(config.workdir, meta_select.RECORD)
-  with open(path + ".tmp", "w") as f:
-    json.dump(record, f)
-  os.replace(path + ".tmp", path)
+  meta_select.write_record(config.workdir, record)
 
 
 def reuse_user_path(results, path, cells, seeds):
