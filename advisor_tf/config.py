@@ -82,6 +82,7 @@ class TrainConfig:
   noise_rate: float = 0.4
   flip_targets: str = "random"
   imbalance_factor: float = 1.0
+  train_examples: int | None = None  # None: the whole training split.
   meta_per_class: int = 10
   meta_source: str | None = None  # None: meta_select.resolve() decides.
   corrections: str | None = None  # advisor-review's corrections.csv.
@@ -189,7 +190,7 @@ class TrainConfig:
     if not 0.0 <= self.rho <= 1.0:
       raise ValueError(f"--rho={self.rho} must be in [0, 1].")
     for name in ("epochs", "batch_size", "meta_batch_size", "embedding_size",
-                 "eval_batch_size"):
+                 "eval_batch_size", "train_examples"):
       if getattr(self, name) is not None and getattr(self, name) < 1:
         raise ValueError(f"--{name}={getattr(self, name)} must be >= 1.")
     if self.meta_per_class == 0 and self.meta_source not in (None, "folder"):

@@ -86,6 +86,7 @@ def apply_protocol(config, source):
       noise=config.noise, noise_rate=config.noise_rate,
       flip_targets=config.flip_targets,
       imbalance_factor=config.imbalance_factor,
+      train_examples=config.train_examples,
       meta_per_class=config.meta_per_class,
       meta_source="random" if meta_source == "folder" else meta_source)
   meta_from = source.meta_split if meta_source == "folder" else "train"
@@ -93,9 +94,21 @@ def apply_protocol(config, source):
       protocol, source.labels["train"], source.num_classes, config.seed,
       similar=noise_lib.SIMILAR_CLASSES.get(source.name),
       meta_labels=None if meta_from == "train" else source.labels[meta_from],
-      meta_from=meta_from)
+      meta_from=meta_from, images=lambda indices: image_batches(
+          source, "train", indices, config.eval_batch_size))
   check_augmentation(config, source)
   return split
+
+
+def image_batches(source, split_name, indices, batch_size):
+  """The images of `split_name` at `indices` as the model sees them (no
+  augmentation), in order, as numpy batches: what instance-dependent noise
+  reads."""
+  if len(indices):
+    logging.info("Reading %d %s images for --noise=instance.", len(indices),
+                 split_name)
+  return source.images(split_name, indices).batch(
+      batch_size).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
 def check_augmentation(config, source):

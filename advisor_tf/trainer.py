@@ -19,6 +19,7 @@ checkpoints) live in `advisor_tf.run`; the model is built by
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 
@@ -136,6 +137,24 @@ def train(config, flags_text=None):
       keras.config.set_dtype_policy(previous_policy)
 
 
+HISTORY_FILE = "history.csv"  # Keras' CSVLogger: one row per epoch.
+
+
+def epoch_accuracies(workdir):
+  """Test top-1 (%) after each epoch of the run in `workdir`, from its
+  `history.csv` (an epoch run again after a resume keeps its last row);
+  [] when the run kept none."""
+  path = os.path.join(workdir, HISTORY_FILE)
+  if not os.path.isfile(path):
+    return []
+  rows = {}
+  with open(path, newline="") as f:
+    for row in csv.DictReader(f):
+      if row.get("val_accuracy") not in (None, ""):
+        rows[int(row["epoch"])] = 100.0 * float(row["val_accuracy"])
+  return [rows[k] for k in sorted(rows)]
+
+
 def _train(config, source, split, strategy, out):
   """Trains in `strategy`, resuming from `config.workdir`'s checkpoints and
   writing into `out` (the workdir, or a non-chief worker's scratch)."""
@@ -165,7 +184,9 @@ def _train(config, source, split, strategy, out):
   checkpointing = run_lib.Checkpointing(
       manager, config.checkpoint_every,
       skips_nonfinite=config.strategy == "default")
-  callbacks = [keras.callbacks.TensorBoard(log_dir=log_dir), checkpointing]
+  callbacks = [keras.callbacks.TensorBoard(log_dir=log_dir), checkpointing,
+               keras.callbacks.CSVLogger(os.path.join(out, HISTORY_FILE),
+                                         append=True)]
   if model.advisor is not None and config.telemetry_examples:
     callbacks.append(telemetry.AdvisorTelemetry(
         source, split, out, config.telemetry_examples,

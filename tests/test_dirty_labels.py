@@ -198,7 +198,7 @@ def test_grid_skips_what_is_done_and_shares_ce_and_cleanlab_cv(
   overrides_seen = []
 
   def fake_run_one(cell, method, seed, epochs, root, shared, cv_scores=None,
-                   overrides=None):
+                   overrides=None, grid_=None):
     trained.append((cell, method, seed))
     overrides_seen.append(overrides)
     if not grid.is_noisy(cell):

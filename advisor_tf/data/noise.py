@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-NOISE_TYPES = ("none", "flip", "flip2", "flip3", "symmetric")
+NOISE_TYPES = ("none", "flip", "flip2", "flip3", "symmetric", "instance")
+# The spread of the per-example flip rate of instance-dependent noise.
+INSTANCE_RATE_STD = 0.1
 FLIP_TARGET_RULES = ("random", "similar")
 
 # CIFAR-100's fine labels (tfds / Krizhevsky order) and its 20 superclasses.
@@ -79,6 +81,11 @@ SIMILAR_CLASSES = {
         5: (3,),  # dog → cat
     },
     "cifar100": _superclass_table(),  # the other classes of the superclass
+    "fashion_mnist": {  # 0 T-shirt/top 1 Trouser 2 Pullover 3 Dress 4 Coat
+        0: (6, 3, 2), 1: (3, 0, 4), 2: (4, 6, 0), 3: (0, 4, 6),
+        4: (2, 6, 3), 5: (7, 9, 8), 6: (0, 2, 4), 7: (5, 9, 8),
+        8: (2, 4, 0), 9: (7, 5, 8),  # 5 Sandal 6 Shirt 7 Sneaker 8 Bag 9 Boot
+    },
 }
 
 
@@ -130,6 +137,9 @@ def transition_matrix(noise, rate, num_classes, rng, rule="random",
   """
   if noise not in NOISE_TYPES:
     raise ValueError(f"Unknown noise {noise!r}; allowed: {', '.join(NOISE_TYPES)}.")
+  if noise == "instance":
+    raise ValueError("Instance-dependent noise has no class-level transition "
+                     "matrix: draw it with `instance_labels`.")
   if not 0.0 <= rate < 1.0:
     raise ValueError(f"Noise rate must be in [0, 1), got {rate}.")
   t = np.eye(num_classes)
@@ -155,3 +165,64 @@ def corrupt(labels, matrix, rng):
   u = rng.random(len(clean))[:, None]
   noisy = (u >= cdf).sum(axis=1).astype(np.int64)
   return noisy, clean
+
+
+def instance_labels(batches, labels, rate, num_classes, rng,
+                    std=INSTANCE_RATE_STD):
+  """Instance-dependent noise after Xia et al. 2020 ("Part-dependent label
+  noise", NeurIPS; the generator of their code and of the papers that
+  compare with it, e.g. CausalNL): returns `(noisy, clean)` int64 arrays.
+
+  Per example a flip rate q ~ N(rate, std²) truncated to [0, 1]; per class
+  y a random projection W_y (features × classes, standard normal); the
+  example keeps its label with probability 1 − q and moves to wrong class
+  k with probability q · softmax_k(x · W_y) over the wrong classes, so
+  which class an image is given depends on the image itself.
+
+  Args:
+    batches: iterable of float arrays [b, ...] (the examples' images, as
+      the model sees them, in the order of `labels`); streamed, so the
+      pixels never need to be in memory at once.
+    labels: the clean labels [N].
+    rate: the mean flip rate τ, in [0, 1).
+    num_classes: C.
+    rng: `np.random.Generator`; draws q, W and the labels (one seed).
+    std: the spread of q (0.1 in the paper).
+  """
+  from scipy import stats
+  clean = np.asarray(labels, dtype=np.int64)
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"Noise rate must be in [0, 1), got {rate}.")
+  if rate == 0.0 or not len(clean):
+    return clean.copy(), clean
+  q = stats.truncnorm.rvs((0.0 - rate) / std, (1.0 - rate) / std, loc=rate,
+                          scale=std, size=len(clean), random_state=rng)
+  projection, probs, at = None, [], 0
+  for batch in batches:
+    x = np.asarray(batch, np.float64).reshape(len(batch), -1)
+    if projection is None:  # W_y for every y, drawn once per data set.
+      projection = rng.standard_normal((num_classes, x.shape[1], num_classes))
+      flat = projection.transpose(1, 0, 2).reshape(x.shape[1], -1)
+    y = clean[at:at + len(x)]
+    scores = (x @ flat).reshape(len(x), num_classes, num_classes)[
+        np.arange(len(x)), y]  # x · W_y.
+    scores[np.arange(len(x)), y] = -np.inf  # Only the wrong classes.
+    scores -= scores.max(axis=1, keepdims=True)
+    p = np.exp(scores)
+    p *= (q[at:at + len(x)] / p.sum(axis=1))[:, None]
+    p[np.arange(len(x)), y] = 1.0 - q[at:at + len(x)]
+    probs.append(p)
+    at += len(x)
+  if at != len(clean):
+    raise ValueError(f"Instance noise: {at} images for {len(clean)} labels.")
+  noisy, _ = corrupt(np.arange(len(clean)), np.concatenate(probs), rng)
+  return noisy, clean
+
+
+def empirical_transition(clean, noisy, num_classes):
+  """The realised `(C, C)` transition of a draw: row i is where class i's
+  labels went (a class absent keeps its identity row)."""
+  t = np.zeros((num_classes, num_classes))
+  np.add.at(t, (np.asarray(clean), np.asarray(noisy)), 1.0)
+  rows = t.sum(axis=1, keepdims=True)
+  return np.where(rows > 0, t / np.maximum(rows, 1.0), np.eye(num_classes))

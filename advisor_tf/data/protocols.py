@@ -21,6 +21,9 @@ class Protocol:
   noise_rate: float = 0.0
   flip_targets: str = "random"
   imbalance_factor: float = 1.0
+  # A seeded, class-stratified subset of the training split, drawn first
+  # (None: all of it).
+  train_examples: int | None = None
   meta_per_class: int = 10
   # Where a meta set taken out of train comes from (`META_DRAWS`): `random`
   # draws it before the synthetic noise (clean labels, the thesis'
@@ -129,6 +132,22 @@ def pick_per_class(labels, per_class, rng, num_classes, where):
   return chosen
 
 
+def stratified_subset(labels, size, rng, num_classes):
+  """Sorted positions of `size` examples, each class's share as in
+  `labels` (the largest remainders rounded up), drawn at random."""
+  labels = np.asarray(labels)
+  if size >= len(labels):
+    return np.arange(len(labels))
+  counts = np.bincount(labels, minlength=num_classes)
+  exact = counts * size / len(labels)
+  take = np.floor(exact).astype(np.int64)
+  extra = np.argsort(-(exact - take), kind="stable")[:size - int(take.sum())]
+  take[extra] += 1
+  chosen = [rng.choice(np.flatnonzero(labels == c), size=take[c],
+                       replace=False) for c in range(num_classes)]
+  return np.sort(np.concatenate(chosen))
+
+
 def long_tail_counts(available, imbalance_factor):
   """Per-class counts int(n_max · (1/IF)^(c/(C−1))), capped by what exists."""
   available = np.asarray(available)
@@ -153,7 +172,7 @@ def long_tail(indices, labels, imbalance_factor, rng, num_classes):
 
 
 def apply(protocol, labels, num_classes, seed, similar=None,
-          meta_labels=None, meta_from="train"):
+          meta_labels=None, meta_from="train", images=None):
   """Meta split → long tail → noise, all from one seed. Returns a `Split`.
 
   With `meta_labels` (a source's own trusted split, named `meta_from`), the
@@ -165,12 +184,20 @@ def apply(protocol, labels, num_classes, seed, similar=None,
   dirty as the training set), and `auto` like `random_noisy` but kept in the
   training set (a placeholder: `advisor_tf.meta_select` chooses the meta
   set a run trains with).
+
+  `images(indices)` (an iterable of image batches of the training split at
+  `indices`, in order) is what instance-dependent noise (`noise=instance`)
+  reads; the other noises depend on the label alone.
   """
   labels = np.asarray(labels, dtype=np.int64)
   if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
     raise ValueError(f"Training labels must lie in 0..{num_classes - 1}; found "
                      f"{labels.min()}..{labels.max()}.")
   rng = np.random.default_rng(seed)
+  pool = np.arange(len(labels))
+  if protocol.train_examples:
+    pool = stratified_subset(labels, protocol.train_examples, rng,
+                             num_classes)
   after_noise = meta_labels is None and protocol.meta_source != "random"
   if meta_labels is None:
     if protocol.meta_source not in META_DRAWS:
@@ -181,23 +208,34 @@ def apply(protocol, labels, num_classes, seed, similar=None,
       raise ValueError("--meta_per_class=0 (all of the dataset's own meta "
                        "split) needs a dataset that ships a meta split.")
   if after_noise:
-    rest = np.arange(len(labels))
+    rest = pool
   elif meta_labels is None:
-    meta, rest = meta_split(labels, protocol.meta_per_class, rng, num_classes)
+    meta, rest = meta_split(labels[pool], protocol.meta_per_class, rng,
+                            num_classes)
+    meta, rest = pool[meta], pool[rest]
     meta_labels_out = labels[meta]
   else:
     meta_labels = np.asarray(meta_labels, dtype=np.int64)
     meta = pick_per_class(meta_labels, protocol.meta_per_class, rng,
                           num_classes, meta_from)
     meta_labels_out = meta_labels[meta]
-    rest = np.arange(len(labels))
+    rest = pool
   if protocol.imbalance_factor > 1:
     rest = long_tail(rest, labels, protocol.imbalance_factor, rng, num_classes)
   rest = rng.permutation(rest)
-  matrix = noise_lib.transition_matrix(
-      protocol.noise, protocol.noise_rate, num_classes, rng,
-      rule=protocol.flip_targets, similar=similar)
-  noisy, clean = noise_lib.corrupt(labels[rest], matrix, rng)
+  if protocol.noise == "instance" and protocol.noise_rate > 0:
+    if images is None:
+      raise ValueError("--noise=instance depends on the images: pass "
+                       "`images` (the training images by index).")
+    noisy, clean = noise_lib.instance_labels(
+        images(rest), labels[rest], protocol.noise_rate, num_classes, rng)
+    matrix = noise_lib.empirical_transition(clean, noisy, num_classes)
+  else:
+    matrix = noise_lib.transition_matrix(
+        "none" if protocol.noise == "instance" else protocol.noise,
+        protocol.noise_rate, num_classes, rng, rule=protocol.flip_targets,
+        similar=similar)
+    noisy, clean = noise_lib.corrupt(labels[rest], matrix, rng)
   meta_clean = (meta_labels_out if meta_labels is None and not after_noise
                 else None)
   if after_noise:  # Drawn from the labels the model is given.

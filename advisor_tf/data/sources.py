@@ -333,6 +333,88 @@ def digits(data_dir: Optional[str] = None, **_) -> Source:
                       class_names=[str(d) for d in range(10)])
 
 
+# Zalando's Fashion-MNIST: the four original IDX files, as Debian's
+# `dataset-fashion-mnist` package installs them (also Keras' cache layout).
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress",
+                         "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte",
+                                 "train-labels-idx1-ubyte"),
+                       "test": ("t10k-images-idx3-ubyte",
+                                "t10k-labels-idx1-ubyte")}
+# Per-pixel statistics of the 60 000 training images (scaled to [0, 1]).
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+
+
+def read_idx(path):
+  """An IDX file (gzipped or not) as a numpy array: uint8 data, big-endian
+  dimensions, as LeCun's MNIST format defines it."""
+  import gzip
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    data = f.read()
+  if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+    raise ValueError(f"{path} is not an IDX file of unsigned bytes (magic "
+                     f"{data[:4].hex() or 'missing'}; expected 000008xx).")
+  rank = data[3]
+  header = 4 + 4 * rank
+  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big")
+                for i in range(rank))
+  size = int(np.prod(shape)) if shape else 0
+  if len(data) - header != size:
+    raise ValueError(f"{path}: the header says {'×'.join(map(str, shape))} "
+                     f"= {size} bytes of data, the file holds "
+                     f"{len(data) - header}; it is truncated or damaged.")
+  return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+
+
+def _idx_path(folder, stem):
+  for name in (stem + ".gz", stem):
+    if os.path.isfile(os.path.join(folder, name)):
+      return os.path.join(folder, name)
+  return None
+
+
+def fashion_mnist(data_dir=None, **_):
+  """Zalando's Fashion-MNIST: 60 000 training and 10 000 test photographs
+  of clothing, 28×28 grayscale, 10 classes (the official split).
+
+  Read from the four original IDX files (gzipped or not) in `data_dir`
+  (default: `FASHION_MNIST_DIR`, where `apt-get install
+  dataset-fashion-mnist` puts them; Keras' `~/.keras/datasets/
+  fashion-mnist` works too); nothing is downloaded. Pixels are scaled to
+  [0, 1] and normalised by the training set's mean and std; training images
+  are randomly shifted (2-pixel padding, random crop) and flipped.
+  """
+  folder = data_dir or FASHION_MNIST_DIR
+  missing = [stem for pair in FASHION_MNIST_FILES.values() for stem in pair
+             if _idx_path(folder, stem) is None]
+  if missing:
+    raise ValueError(
+        f"--dataset=fashion_mnist: {', '.join(m + '.gz' for m in missing)} "
+        f"not found in --data_dir={folder}; install them with `apt-get "
+        "install dataset-fashion-mnist` (into "
+        f"{FASHION_MNIST_DIR}) or point --data_dir at a folder holding the "
+        "four IDX files.")
+  splits = {}
+  for split, (images, labels) in FASHION_MNIST_FILES.items():
+    x = read_idx(_idx_path(folder, images))
+    y = read_idx(_idx_path(folder, labels)).astype(np.int64)
+    if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+      raise ValueError(f"--dataset=fashion_mnist: {folder} holds {split} "
+                       f"images of shape {x.shape} and labels of shape "
+                       f"{y.shape}; expected [N, H, W] and [N].")
+    if len(y) and y.max() >= len(FASHION_MNIST_CLASSES):
+      raise ValueError(f"--dataset=fashion_mnist: {split} labels reach "
+                       f"{y.max()}; Fashion-MNIST has 10 classes (0..9).")
+    splits[split] = (x[..., None], y)
+  return array_source("fashion_mnist", splits,
+                      class_names=FASHION_MNIST_CLASSES,
+                      mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD,
+                      train_transform=augment.pad_crop_flip(pad=2))
+
+
 def _tfds(name, data_dir):
   """CIFAR-10/100 through tensorflow-datasets, never downloading."""
   import tensorflow_datasets as tfds
@@ -802,7 +884,8 @@ def _checked_file_source(name, splits, class_names, image_size):
                      meta_split="meta" if "meta" in splits else "train")
 
 
-SOURCES = {"digits": digits, "cifar10": cifar10, "cifar100": cifar100,
+SOURCES = {"digits": digits, "fashion_mnist": fashion_mnist,
+           "cifar10": cifar10, "cifar100": cifar100,
            "clothing1m": clothing1m, "imagenet_lt": imagenet_lt,
            "places_lt": places_lt, "image_folder": image_folder,
            "image_csv": image_csv}

@@ -101,6 +101,7 @@ from advisor_tf import analysis  # noqa: E402
 from advisor_tf import config as config_lib  # noqa: E402
 from advisor_tf import crossval  # noqa: E402
 from advisor_tf import run as run_lib  # noqa: E402
+from advisor_tf import telemetry  # noqa: E402
 from advisor_tf import trainer  # noqa: E402
 from advisor_tf.experiments import BASE  # noqa: E402
 
@@ -120,6 +121,45 @@ CELLS = {
 SEEDS = (0, 1, 2)
 FOLDS = crossval.FOLDS
 DEFAULT_EPOCHS = config_lib.TrainConfig().epochs
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """A grid of runs: cells × methods × seeds over one base configuration.
+
+  Attributes:
+    name: the grid's name (log lines, temporary files).
+    base: the `TrainConfig` every run starts from.
+    cells: cell name → the `TrainConfig` fields it sets (over `base`).
+    methods: method name (a key of the results) → the `TrainConfig` fields
+      it sets (`method`, and e.g. `meta_source`).
+  """
+  name: str
+  base: config_lib.TrainConfig
+  cells: dict
+  methods: dict
+
+  def config(self, cell, method, seed, epochs, root, overrides=None):
+    """The `TrainConfig` of one run; `overrides` (`--set`) are further
+    fields of every run."""
+    if cell not in self.cells:
+      raise ValueError(f"--cells: {cell!r} is not one of "
+                       f"{', '.join(self.cells)}.")
+    if method not in self.methods:
+      raise ValueError(f"--methods: {method!r} is not one of "
+                       f"{', '.join(self.methods)}.")
+    return dataclasses.replace(
+        self.base, **{**self.cells[cell], **self.methods[method],
+                      **(overrides or {})}, seed=seed,
+        epochs=epochs, lr_decay_epochs=decay_epochs(epochs),
+        workdir=os.path.join(root, cell, f"{method}_s{seed}")).validate()
+
+  def is_noisy(self, cell):
+    return self.cells[cell].get("noise", self.base.noise) != "none"
+
+
+# The digits grid of this module.
+DIGITS = Grid("dirty_labels", BASE, CELLS, {m: {"method": m} for m in METHODS})
 
 # ---------------------------------------------------------------- protocol
 def parse_overrides(text):
@@ -157,15 +197,10 @@ def parse_overrides(text):
 
 
 def cell_config(cell, method, seed, epochs=DEFAULT_EPOCHS, root="runs",
-                overrides=None):
-  """The `TrainConfig` of one run of the grid; `overrides` (`--set`) are
+                overrides=None, grid=DIGITS):
+  """The `TrainConfig` of one run of `grid`; `overrides` (`--set`) are
   further `TrainConfig` fields."""
-  if cell not in CELLS:
-    raise ValueError(f"--cells: {cell!r} is not one of {', '.join(CELLS)}.")
-  return dataclasses.replace(
-      BASE, **{**CELLS[cell], **(overrides or {})}, method=method, seed=seed,
-      epochs=epochs, lr_decay_epochs=decay_epochs(epochs),
-      workdir=os.path.join(root, cell, f"{method}_s{seed}")).validate()
+  return grid.config(cell, method, seed, epochs, root, overrides)
 
 
 def decay_epochs(epochs):
@@ -173,8 +208,8 @@ def decay_epochs(epochs):
   return (max(1, int(epochs * 2 / 3)), max(1, int(epochs * 5 / 6)))
 
 
-def is_noisy(cell):
-  return CELLS[cell]["noise"] != "none"
+def is_noisy(cell, grid=DIGITS):
+  return grid.is_noisy(cell)
 
 
 def tail_classes(split, num_classes, imbalance_factor):
@@ -313,12 +348,13 @@ def measure_rankings(adv, method, shared, cv_scores=None):
 
 
 def run_one(cell, method, seed, epochs, root, shared, cv_scores=None,
-            overrides=None):
-  """Trains one run and measures it. `shared` holds the (cell, seed)'s
-  `ce_loss` and `cleanlab_cv` qualities (`{ranking: {group: value}}`) when
-  known; `cv_scores` cleanlab's out-of-sample scores; `overrides` further
-  `TrainConfig` fields. Returns `(values, rankings, advice)`."""
-  config = cell_config(cell, method, seed, epochs, root, overrides)
+            overrides=None, grid=DIGITS):
+  """Trains one run of `grid` and measures it. `shared` holds the (cell,
+  seed)'s `ce_loss` and `cleanlab_cv` qualities (`{ranking: {group:
+  value}}`) when known; `cv_scores` cleanlab's out-of-sample scores;
+  `overrides` further `TrainConfig` fields. Returns `(values, rankings,
+  advice)`."""
+  config = grid.config(cell, method, seed, epochs, root, overrides)
   metrics, adv, finished, seconds = _train_and_advise(config)
   num_classes = finished.source.num_classes
   tail = tail_classes(finished.split, num_classes, config.imbalance_factor)
@@ -326,8 +362,9 @@ def run_one(cell, method, seed, epochs, root, shared, cv_scores=None,
             "tail_accuracy": tail_accuracy(
                 metrics["test/per_class_accuracy"], tail),
             "train_seconds": round(seconds, 1)}
+  values.update(run_statistics(config.workdir, metrics))
   rankings = {"label_issue_ap": {}, "label_issue_precision_at_k": {}}
-  if is_noisy(cell):
+  if grid.is_noisy(cell):
     values["realised_noise_rate"] = float(adv.noisy.mean())
     measured = measure_rankings(adv, method, shared, cv_scores)
     for name, quality in measured.items():
@@ -336,12 +373,50 @@ def run_one(cell, method, seed, epochs, root, shared, cv_scores=None,
   return values, rankings, adv
 
 
-def _shared(results, cell, seed):
+LAST_FRACTION = 0.1  # The published convention: the last 10 % of epochs.
+
+
+def run_statistics(workdir, metrics):
+  """A finished run's per-seed values beyond the final test top-1:
+
+    accuracy_last10    mean test top-1 (%) over the last 10 % of epochs
+                       (at least one; the literature's convention), from
+                       the run's `history.csv`
+    meta_purity        the fraction of right labels in the meta set
+                       (synthetic noise only)
+    mask_mean_noisy, mask_mean_clean, weight_mean_noisy, weight_mean_clean,
+    suppression_mean   the advisor's MFRW mask (mean over examples and
+                       features) on the probe's mislabelled and clean
+                       examples, Meta-Weight-Net's weights likewise, and
+                       the mean MES suppression, at the last epoch of the
+                       run's trace (advisor methods)
+  """
+  out = {}
+  accuracy = trainer.epoch_accuracies(workdir)
+  if accuracy:
+    last = max(1, int(round(len(accuracy) * LAST_FRACTION)))
+    out["accuracy_last10"] = round(float(np.mean(accuracy[-last:])), 4)
+  if metrics.get("meta/purity") is not None:
+    out["meta_purity"] = metrics["meta/purity"]
+  trace = telemetry.read_trace(workdir)
+  if trace:
+    final = trace[-1]
+    for key in ("mask_mean_noisy", "mask_mean_clean", "weight_mean_noisy",
+                "weight_mean_clean"):
+      if final.get(key) is not None:
+        out[key] = round(float(final[key]), 5)
+    if final.get("class_suppression") is not None:
+      out["suppression_mean"] = round(float(np.mean(
+          final["class_suppression"])), 5)
+  return out
+
+
+def _shared(results, cell, seed, grid=DIGITS):
   """`ce_loss` and `cleanlab_cv` of a (cell, seed), as recorded with any of
   its runs (the `ce` run first)."""
   out = {}
   for name in ("ce_loss", "cleanlab_cv"):
-    for method in METHODS:
+    for method in grid.methods:
       quality = {group: per_seed(results, cell, method, seed, group, name)
                  for group in ("label_issue_ap",
                                "label_issue_precision_at_k")}
@@ -357,10 +432,10 @@ def cv_cache(cell, seed, epochs, root, folds):
                       "cv_probs.npy")
 
 
-def cv_scores_of(cell, seed, epochs, root, folds=FOLDS):
+def cv_scores_of(cell, seed, epochs, root, folds=FOLDS, grid=DIGITS):
   """cleanlab's scores on the (cell, seed)'s out-of-sample probabilities
   (K-fold CE, cached under `root`) and their quality: `(scores, quality)`."""
-  config = cell_config(cell, "ce", seed, epochs, root)
+  config = grid.config(cell, "ce", seed, epochs, root)
   source, split = run_lib.prepare_data(config)
   probs = crossval.cross_validated_probabilities(
       config, source, split, folds, cv_cache(cell, seed, epochs, root, folds))
@@ -369,20 +444,22 @@ def cv_scores_of(cell, seed, epochs, root, folds=FOLDS):
   return scores, _quality(scores, noisy)
 
 
-def rescore(out, root, epochs=DEFAULT_EPOCHS, folds=FOLDS, log=print):
+def rescore(out, root, epochs=DEFAULT_EPOCHS, folds=FOLDS, log=print,
+            grid=DIGITS):
   """Measures every ranking again, without training, for the runs of `out`
   whose workdirs are kept under `root` (so new rankings reach finished
   runs): reloads each run's checkpoint, advises, and rewrites its ranking
   values. Returns the results dict."""
   results = load_results(out)
   for cell, by_method in results.items():
-    if not is_noisy(cell):
+    if not grid.is_noisy(cell):
       continue
     for seed in sorted({s for e in by_method.values() for s in e["seeds"]}):
-      cv_scores, quality = cv_scores_of(cell, seed, epochs, root, folds)
+      cv_scores, quality = cv_scores_of(cell, seed, epochs, root, folds,
+                                        grid)
       shared = {"cleanlab_cv": quality}
       for method, entry in by_method.items():
-        config = cell_config(cell, method, seed, epochs, root)
+        config = grid.config(cell, method, seed, epochs, root)
         if seed not in entry["seeds"] or not run_lib.has_checkpoint(
             config.workdir):
           continue
@@ -409,28 +486,31 @@ def _advise(workdir):
 
 
 def run_grid(out, cells, methods, seeds, epochs, root, folds=FOLDS,
-             cleanlab_cv=True, log=print, overrides=None):
-  """Runs the missing (cell, method, seed) entries of the grid, rewriting
+             cleanlab_cv=True, log=print, overrides=None, grid=DIGITS):
+  """Runs the missing (cell, method, seed) entries of `grid`, rewriting
   `out` after each; `overrides` are further `TrainConfig` fields of every
-  run (an ablation: give it its own `out`). Returns the results dict."""
+  run (an ablation: give it its own `out`). `seeds` is a list, or a
+  `{cell: seeds}` dict where cells differ. Returns the results dict."""
   results = load_results(out)
-  runs = [(c, s, m) for c in cells for s in seeds for m in methods]
+  seeds_of = (seeds.get if isinstance(seeds, dict) else
+              (lambda _, s=tuple(seeds): s))
+  runs = [(c, s, m) for c in cells for s in seeds_of(c) for m in methods]
   todo = [(c, s, m) for c, s, m in runs if not done(results, c, m, s)]
   already = len(runs) - len(todo)
   todo += sorted({(c, s, "ce") for c, s, _ in todo  # ce_loss needs ce.
-                  if is_noisy(c) and "ce" not in methods
+                  if grid.is_noisy(c) and "ce" not in methods
                   and not done(results, c, "ce", s)})
-  log(f"dirty_labels: {len(todo)} run(s) to do, {already} already in "
+  log(f"{grid.name}: {len(todo)} run(s) to do, {already} already in "
       f"{out}.")
   count = 0
   for cell in cells:
-    for seed in seeds:
+    for seed in seeds_of(cell):
       wanted = [m for m in methods if not done(results, cell, m, seed)]
       if not wanted:
         continue
       shared, cv_scores = {}, None
-      if is_noisy(cell):
-        shared = _shared(results, cell, seed)
+      if grid.is_noisy(cell):
+        shared = _shared(results, cell, seed, grid)
         # The ce run measures ce_loss for all: it goes first.
         if not done(results, cell, "ce", seed):
           wanted = ["ce"] + [m for m in wanted if m != "ce"]
@@ -439,17 +519,18 @@ def run_grid(out, cells, methods, seeds, epochs, root, folds=FOLDS,
         if cleanlab_cv and ("cleanlab_cv" not in shared or os.path.exists(
             cv_cache(cell, seed, epochs, root, folds))):
           start = time.time()
-          cv_scores, quality = cv_scores_of(cell, seed, epochs, root, folds)
+          cv_scores, quality = cv_scores_of(cell, seed, epochs, root, folds,
+                                            grid)
           shared["cleanlab_cv"] = quality
           log(f"  {cell} seed {seed}: {folds}-fold CE for cleanlab_cv, AP "
               f"{quality['label_issue_ap']:.4f} ({time.time() - start:.0f} s)")
       for method in wanted:
         values, rankings, _ = run_one(cell, method, seed, epochs, root, shared,
-                                      cv_scores, overrides)
+                                      cv_scores, overrides, grid)
         record(results, cell, method, seed, values, rankings)
         write_results(out, results)
-        if method == "ce" and is_noisy(cell):
-          shared = {**_shared(results, cell, seed), **shared}
+        if method == "ce" and grid.is_noisy(cell):
+          shared = {**_shared(results, cell, seed, grid), **shared}
         count += 1
         ap = rankings.get("label_issue_ap", {})
         log(f"[{count}/{len(todo)}] {cell} {method} seed {seed}: top-1 "
@@ -463,11 +544,11 @@ def run_grid(out, cells, methods, seeds, epochs, root, folds=FOLDS,
 
 
 # ---------------------------------------------------------------- tables
-def tables(results):
+def tables(results, methods=METHODS):
   """Markdown tables: test top-1 and tail accuracy per cell and method
   (mean ± std over seeds); per noisy cell, the mean AP and precision@k of
   each ranking over the advisor methods and seeds."""
-  methods = [m for m in METHODS if any(m in r for r in results.values())]
+  methods = [m for m in methods if any(m in r for r in results.values())]
   lines = ["Test top-1 % / tail accuracy % (mean ± std over seeds):", "",
            "| cell | " + " | ".join(methods) + " |",
            "|---|" + "---|" * len(methods)]
