@@ -55,6 +55,10 @@ flags.DEFINE_enum("flip_targets", _D.flip_targets, _C["flip_targets"],
                   "(look-alike classes).")
 flags.DEFINE_float("imbalance_factor", _D.imbalance_factor,
                    "Long-tail imbalance factor n_max/n_min (1 = balanced).")
+flags.DEFINE_integer("train_examples", _D.train_examples,
+                     "Train on a seeded, class-stratified subset of this many "
+                     "training images, drawn before everything else (unset: "
+                     "all of them); a quick trial run on a big data set.")
 flags.DEFINE_integer("meta_per_class", _D.meta_per_class,
                      "Meta images per class, from where --meta_source says "
                      "(0: all of the dataset's own meta/val split).")
@@ -232,11 +236,29 @@ flags.DEFINE_bool("dry_run", False,
                   "Validate the configuration and print it resolved, without "
                   "reading data or building the model.")
 
+
+
+def flags_text(values=None):
+  """The train command's own flags with their values, one per line: the
+  run's `flags.txt`, a `--flagfile` that reproduces (or resumes) it. Only
+  the flags defined here — not absl's (`--helpfull`, `--flagfile`,
+  `--verbosity`, ...) nor those TensorFlow defines, which the command does
+  not accept back — and not `--dry_run`."""
+  values = values or flags.FLAGS
+  own = values.flags_by_module_dict().get(__name__, [])
+  lines = [flag.serialize() for flag in own if flag.name != "dry_run"]
+  return ("# The flags of this run. Retrain or resume with\n"
+          "#   advisor-train --flagfile=THIS_FILE [--workdir=NEW] "
+          "[--flag=value ...]\n"
+          + "".join(f"{line}\n" for line in lines if line))
+
+
 # `--help` of advisor-train: every flag above, by topic.
 GROUPS = {
     "data": ["dataset", "data_dir", "image_size", "augment", "augment_policy",
              "cutout", "gridmask", "autoaugment", "noise", "noise_rate",
-             "flip_targets", "imbalance_factor", "meta_per_class",
+             "flip_targets", "imbalance_factor", "train_examples",
+             "meta_per_class",
              "meta_source",
              "corrections"],
     "method": ["method", "embedding_size", "advisor_label_input", "rho",
