@@ -61,7 +61,9 @@ flags.DEFINE_integer("train_examples", _D.train_examples,
                      "all of them); a quick trial run on a big data set.")
 flags.DEFINE_integer("meta_per_class", _D.meta_per_class,
                      "Meta images per class, from where --meta_source says "
-                     "(0: all of the dataset's own meta/val split).")
+                     "(0: all of the dataset's own meta/val split). Unset: "
+                     "all of a meta/ folder where there is one, else 10 per "
+                     "class drawn out of train.")
 flags.DEFINE_enum("meta_source", _D.meta_source, _C["meta_source"],
                   "Where the meta set comes from. folder: the dataset's own "
                   "trusted split (your meta/ folder or meta.csv); random: "

@@ -32,7 +32,7 @@ def main(argv):
   # Bad configuration, workdir or data; a full disk, a read-only workdir,
   # Ctrl-C: one line, saying what is kept and how to go on.
   with cli.usage_errors(after=lambda: trainer.resume_hint(config)):
-    metrics = trainer.train(config, flags_text=flags.FLAGS.flags_into_string())
+    metrics = trainer.train(config, flags_text=cli_flags.flags_text())
   print(next_steps(config, metrics))
 
 
