@@ -2,9 +2,10 @@
 quiet TensorFlow logs, bad input as one line, `--help` grouped by topic,
 and the flags naming an existing run.
 
-TensorFlow's start-up log is off unless `--tf_log` is given or
-`TF_CPP_MIN_LOG_LEVEL` is set in the environment; `quiet_tensorflow()` must
-run before TensorFlow is imported, so each command calls it first.
+TensorFlow's own (C++) log is off unless `--tf_log` or `--verbosity` is
+given or `TF_CPP_MIN_LOG_LEVEL` is set in the environment;
+`quiet_tensorflow()` must run before TensorFlow is imported, so importing
+this module runs it, and each command imports this module first.
 """
 
 from __future__ import annotations
@@ -31,22 +32,62 @@ def _stderr_to_devnull():
     os.close(devnull)
 
 
+def _verbosity(argv):
+  """The `--verbosity`/`-v` level the command line gives (absl's: 0 INFO,
+  -1 WARNING, -2 ERROR, ...), or None."""
+  for index, arg in enumerate(argv):
+    match = re.fullmatch(r"(?:--verbosity|--v|-v)(?:=(.*))?", arg)
+    if not match:
+      continue
+    value = match.group(1)
+    if value is None and index + 1 < len(argv):
+      value = argv[index + 1]
+    try:
+      return int(value)
+    except (TypeError, ValueError):
+      return None  # absl refuses it when it parses the flags.
+  return None
+
+
+def native_log_level(argv, environ):
+  """`TF_CPP_MIN_LOG_LEVEL` for a command run with `argv`: 0 with
+  `--tf_log`; else the environment's own value when the user set one; else
+  from `--verbosity` (0 or more: everything, -1: warnings, -2: errors);
+  else 3.
+
+  3, not 2, by default: TensorFlow 2.21 logs lines at ERROR level that are
+  no error (`oneDNN supports DT_UINT8 only on platforms with AVX-512`,
+  `NodeDef mentions attribute use_unbounded_threadpool which is not in the
+  op definition`), on every run on a CPU. An error TensorFlow meets in an
+  op still reaches the command as an exception (its one-line error), and
+  a fatal one is still logged.
+  """
+  if any(a in ("--tf_log", "--tf_log=true", "--tf_log=1") for a in argv):
+    return "0"
+  if "TF_CPP_MIN_LOG_LEVEL" in environ:
+    return environ["TF_CPP_MIN_LOG_LEVEL"]
+  verbosity = _verbosity(argv)
+  if verbosity is not None:
+    return str(min(3, max(0, -verbosity)))
+  return "3"
+
+
 def quiet_tensorflow():
-  """Silences TensorFlow's C++ start-up log unless asked for (`--tf_log`,
-  or `TF_CPP_MIN_LOG_LEVEL` set to 0 or 1). Call before importing
-  TensorFlow.
+  """Keeps TensorFlow's C++ log off the terminal unless asked for
+  (`--tf_log`, `--verbosity`, or `TF_CPP_MIN_LOG_LEVEL` in the
+  environment): sets `TF_CPP_MIN_LOG_LEVEL` by `native_log_level`. Call
+  before importing TensorFlow; every command imports this module first.
+  `TF_ENABLE_ONEDNN_OPTS` is left alone (it changes the numerics).
 
   TensorFlow 2.21 writes its start-up lines (oneDNN, CUDA probing, CPU
   features) before its logging is initialised, ignoring
-  `TF_CPP_MIN_LOG_LEVEL` (tensorflow/tensorflow#100442), so the import and
-  the device discovery run with the C++ stderr pointed at /dev/null.
+  `TF_CPP_MIN_LOG_LEVEL` (tensorflow/tensorflow#100442), so unless the log
+  is asked for, the import and the device discovery run with the C++
+  stderr pointed at /dev/null.
   """
-  if any(a in ("--tf_log", "--tf_log=true", "--tf_log=1")
-         for a in sys.argv[1:]):
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  if os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("0", "1") or (
-      "tensorflow" in sys.modules):
+  level = native_log_level(sys.argv[1:], os.environ)
+  os.environ["TF_CPP_MIN_LOG_LEVEL"] = level
+  if level in ("0", "1") or "tensorflow" in sys.modules:
     return
   with _stderr_to_devnull():
     import tensorflow as tf  # noqa: F401 — imported here to silence it.
@@ -66,9 +107,13 @@ flags.DEFINE_bool("tf_log", False, "Show TensorFlow's own start-up and INFO "
 
 def quiet_logs():
   """WARNING level unless --verbosity or --tf_log was given (hides TF's INFO
-  chatter)."""
+  chatter), and TensorFlow's Python logger at ERROR (its warnings, such as
+  tf.function retracing, are for developers, and it prints each twice)."""
   if not (flags.FLAGS["verbosity"].present or flags.FLAGS.tf_log):
     logging.set_verbosity(logging.WARNING)
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+      tf.get_logger().setLevel("ERROR")
 
 
 def _prog():
