@@ -11,10 +11,13 @@ this module runs it, and each command imports this module first.
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import os
 import re
 import sys
 import textwrap
+
+import advisor_tf
 
 
 @contextlib.contextmanager
@@ -237,9 +240,18 @@ def grouped_help(doc, groups):
         default = ",".join(str(d) for d in default) or "none"
       lines.append(f"  --{name}: {help_text} (default: {default})")
     lines.append("")
-  lines.append("Also: --flagfile=FILE (flags from a file, as absl reads it), "
-               "--tf_log (TensorFlow's own log), --helpfull (every flag).")
+  lines.append("Also: --flagfile=FILE (flags from a file, as absl reads it; "
+               "or a bundled flagfile by name: "
+               f"{', '.join(bundled_names())}), --tf_log or --verbosity=0 "
+               "(TensorFlow's own log), --helpfull (every flag).")
   return "\n".join(lines)
+
+
+def bundled_names():
+  """The names of the flagfiles shipped in `advisor_tf/flags/`."""
+  folder = importlib.resources.files("advisor_tf") / "flags"
+  return sorted(p.name[:-4] for p in folder.iterdir()
+                if p.name.endswith(".cfg"))
 
 
 def _flagfile_lines(argv, seen=None):
@@ -282,6 +294,37 @@ def _where(error, argv):
   return found[-1][0] if found else ""
 
 
+def _bundled(path):
+  """The bundled flagfile that `path` names where no such file exists: a
+  name (`quickstart`, `quickstart.cfg`) or the clone's `flags/NAME.cfg`,
+  from any folder and for an installed package; else `path`."""
+  if os.path.exists(path):
+    return path
+  folder, name = os.path.split(os.path.normpath(path))
+  if folder not in ("", "flags"):
+    return path
+  try:
+    return advisor_tf.flagfile(name)
+  except ValueError as error:
+    if folder or name.endswith(".cfg") or "." not in name:
+      fail(f"--flagfile={path}: no such file. {error}")
+    return path
+
+
+def bundled_flagfiles(argv):
+  """`argv` with every `--flagfile` that names a bundled flagfile rather
+  than an existing file (`--flagfile=quickstart`) given its path."""
+  out = list(argv[:1])
+  for previous, arg in zip(argv, argv[1:]):
+    match = re.fullmatch(r"(--?flagfile=)(.+)", arg)
+    if match:
+      arg = match.group(1) + _bundled(match.group(2))
+    elif previous in ("--flagfile", "-flagfile"):
+      arg = _bundled(arg)
+    out.append(arg)
+  return out
+
+
 def _parse_or_fail(argv):
   """Parses `argv` as `app.run` will; a parsing error (unknown flag, bad
   value, missing flagfile) ends the command in one line naming the
@@ -296,8 +339,10 @@ def _parse_or_fail(argv):
 
 
 def run(main, doc, groups):
-  """`absl.app.run(main)` with a grouped `--help`/`-h` and flag-parsing
+  """`absl.app.run(main)` with bundled flagfiles by name
+  (`--flagfile=quickstart`), a grouped `--help`/`-h` and flag-parsing
   errors in one line."""
+  sys.argv = bundled_flagfiles(sys.argv)  # Before absl reads them.
   if any(a in ("--help", "-h", "--helpshort", "-?") for a in sys.argv[1:]):
     print(grouped_help(doc, groups))
     sys.exit(0)

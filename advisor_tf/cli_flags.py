@@ -1,8 +1,8 @@
 """Every command-line flag of `advisor_tf.train`, defined and read here only.
 
-Flags may come from a flagfile (`--flagfile=flags/quickstart.cfg`) and be
-overridden on the command line after it. `to_config()` turns them into the
-frozen `TrainConfig` the library uses.
+Flags may come from a flagfile (`--flagfile=quickstart`, a bundled one by
+name, or a path) and be overridden on the command line after it.
+`to_config()` turns them into the frozen `TrainConfig` the library uses.
 """
 
 from __future__ import annotations

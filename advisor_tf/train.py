@@ -1,7 +1,11 @@
 r"""Train an image classifier with a meta-learned advisor.
 
-  advisor-train --flagfile=flags/quickstart.cfg [--workdir=DIR] [--flag=...]
+  advisor-train --flagfile=quickstart [--workdir=DIR] [--flag=...]
   python -m advisor_tf.train --dataset=image_folder --data_dir=MY_PHOTOS
+
+`--flagfile=NAME` takes a flagfile shipped with the package (quickstart,
+cifar_flip, cifar_lt, ...: `advisor_tf/flags/`, also `flags/NAME.cfg` in a
+clone) from any folder; a run's own `WORKDIR/flags.txt` retrains it.
 
 Flags are defined in `advisor_tf.cli_flags`; the work is `trainer.train`.
 A workdir holds one run: re-running the same command resumes it.

@@ -17,6 +17,7 @@ import pytest
 from absl import flags
 from PIL import Image
 
+import advisor_tf
 from advisor_tf import backbones
 from advisor_tf import cli
 from advisor_tf import cli_flags
@@ -192,3 +193,36 @@ def test_commands_print_no_tensorflow_log_unless_asked(served):
   proc = _command("predict", "--help", env=_env(TF_CPP_MIN_LOG_LEVEL="0"))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert NATIVE_LOG.search(proc.stderr), proc.stderr
+
+
+# Point 8(a): a bundled flagfile by name, from any folder.
+
+
+def test_bundled_flagfiles_by_name(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # No flags/ here, as for an installed user.
+  quickstart = advisor_tf.flagfile("quickstart")
+  for given in ("quickstart", "quickstart.cfg", "flags/quickstart.cfg",
+                "./flags/quickstart.cfg"):
+    assert cli.bundled_flagfiles(["prog", f"--flagfile={given}", "-v=1"]) == [
+        "prog", f"--flagfile={quickstart}", "-v=1"]
+  assert cli.bundled_flagfiles(["prog", "--flagfile", "quickstart"]) == [
+      "prog", "--flagfile", quickstart]
+  (tmp_path / "quickstart").write_text("--epochs=3\n")  # A file wins.
+  own = ["prog", "--flagfile=quickstart", "--flagfile=other/run/flags.txt"]
+  assert cli.bundled_flagfiles(own) == own
+  with pytest.raises(SystemExit) as exit_:
+    cli.bundled_flagfiles(["prog", "--flagfile=flags/nosuch.cfg"])
+  assert exit_.value.code == 2
+  assert "quickstart" in cli.grouped_help("", {})
+
+
+def test_installed_users_flagfile_runs_from_any_folder(tmp_path):
+  env = _env(PYTHONPATH=ROOT)  # As installed: importable from anywhere.
+  proc = _command("train", "--flagfile=quickstart", "--epochs=3",
+                  "--lr_decay_epochs=2", "--dry_run", env=env, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  config = json.loads(proc.stdout)
+  assert config["dataset"] == "digits" and config["epochs"] == 3
+  # And the --help that names it (the command's docstring).
+  from advisor_tf import train
+  assert "advisor-train --flagfile=quickstart " in train.__doc__
