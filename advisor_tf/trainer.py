@@ -155,6 +155,26 @@ def epoch_accuracies(workdir):
   return [rows[k] for k in sorted(rows)]
 
 
+class RunProgress(keras.callbacks.ProgbarLogger):
+  """Keras's progress bar (`Epoch k/n`, then the steps), counting the run's
+  epochs. A run is fitted in pieces — a resumed epoch's remaining steps,
+  then whole epochs, then a final partial one — each a `fit` whose own
+  `epochs` is where that piece ends; the bar says `Epoch 2/3` for the rest
+  of the second of three epochs, not `Epoch 2/2`.
+
+  Args:
+    epochs: the run's epochs, a final partial one included.
+  """
+
+  def __init__(self, epochs):
+    super().__init__()
+    self.run_epochs = epochs
+
+  def set_params(self, params):
+    super().set_params(params)
+    self.epochs = self.run_epochs
+
+
 def _train(config, source, split, strategy, out):
   """Trains in `strategy`, resuming from `config.workdir`'s checkpoints and
   writing into `out` (the workdir, or a non-chief worker's scratch)."""
@@ -191,6 +211,8 @@ def _train(config, source, split, strategy, out):
     callbacks.append(telemetry.AdvisorTelemetry(
         source, split, out, config.telemetry_examples,
         config.seed, config.eval_batch_size))
+  last = builder.total_steps(config, steps)
+  callbacks.append(RunProgress(-(-last // steps)))  # Last, as fit puts its own.
   validation = pipeline.evaluation(source, "test", config.eval_batch_size)
   meta_select.summarize(config, split, log_dir)
 
@@ -202,7 +224,7 @@ def _train(config, source, split, strategy, out):
               verbose=config_lib.progress_verbosity(config.verbose),
               shuffle=False)  # The stream is shuffled, statelessly, itself.
 
-  resumed_from, last = start, builder.total_steps(config, steps)
+  resumed_from = start
   try:
     while start < last:
       epoch, done = divmod(start, steps)

@@ -21,7 +21,9 @@ import advisor_tf
 from advisor_tf import backbones
 from advisor_tf import cli
 from advisor_tf import cli_flags
+from advisor_tf import config as config_lib
 from advisor_tf import export
+from advisor_tf import trainer
 from advisor_tf.data import sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -226,3 +228,27 @@ def test_installed_users_flagfile_runs_from_any_folder(tmp_path):
   # And the --help that names it (the command's docstring).
   from advisor_tf import train
   assert "advisor-train --flagfile=quickstart " in train.__doc__
+
+
+# Point 8(c): a resumed run's progress counts the run's epochs.
+
+
+@pytest.mark.slow
+def test_a_resumed_run_shows_which_epoch_of_the_run_it_is_in(tmp_path,
+                                                             capsys):
+  workdir = tmp_path / "run"
+  config = dataclasses.replace(
+      config_lib.TrainConfig(), workdir=str(workdir), epochs=3,
+      steps_per_epoch=4, lr_decay_epochs=(2,), verbose=2, export=False,
+      embedding_size=8, batch_size=16, meta_batch_size=10,
+      checkpoint_every=2, telemetry_examples=0)
+  # Stopped during the second epoch (step 6 of 12), as Ctrl-C or a kill
+  # leaves it; then the same command again.
+  trainer.train(dataclasses.replace(config, train_steps=6))
+  (workdir / "config.json").write_text(config.to_json())
+  capsys.readouterr()
+  keras.backend.clear_session()
+  metrics = trainer.train(config)
+  assert metrics["resumed_from_step"] == 6 and metrics["train/steps"] == 12
+  shown = re.findall(r"^Epoch (\d+/\d+)$", capsys.readouterr().out, re.M)
+  assert shown == ["2/3", "3/3"]
