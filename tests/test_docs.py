@@ -4,12 +4,14 @@ page (every figure shown), and the README stays short with CI's commands."""
 
 import glob
 import html
+import html.parser as html_parser
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import urllib.parse
 
 import pytest
 from absl import flags
@@ -20,6 +22,7 @@ from advisor_tf import config as config_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
 RESULTS = os.path.join(ROOT, "results")
+CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 
 
 def _read(path):
@@ -74,13 +77,12 @@ def site(tmp_path_factory):
 def test_site_builds_strict_with_every_page(site):
   for page in doc_pages():
     name = page[:-len(".md")]
-    built = site / ("index.html" if name == "index" else
-                    os.path.join(name, "index.html"))
+    built = site / f"{name}.html"  # Files, not folders: see below.
     assert built.is_file(), page
 
 
 def test_flag_reference_is_generated_from_the_flag_definitions(site):
-  text = html.unescape(_read(site / "training-and-flags" / "index.html"))
+  text = html.unescape(_read(site / "training-and-flags.html"))
   assert "advisor_tf:flags" not in text  # the marker was replaced
   text = text.split('id="every-flag-of-advisor-train"', 1)[1]
   names = [name for group in cli_flags.GROUPS.values() for name in group]
@@ -118,6 +120,102 @@ def test_every_result_file_is_referenced_and_every_figure_shown(site):
   without = {page: text.replace(f"](results/{figures[0]})", ")")
              for page, text in pages.items()}
   assert not_shown(figures, without) == [figures[0]]
+
+
+class _Links(html_parser.HTMLParser):
+  """The `href` and `src` values of a page."""
+
+  def __init__(self):
+    super().__init__()
+    self.links = []
+
+  def handle_starttag(self, tag, attrs):
+    self.links += [value for name, value in attrs
+                   if name in ("href", "src") and value]
+
+
+def broken_links(site):
+  """`(page, link)` of every link of the built site to a file of the site
+  that is not a file there (missing, or a folder, which a browser shows as
+  a listing from file://). 404.html is left out: a server shows it at any
+  path, so its links start at the site's root."""
+  broken = []
+  for page in sorted(glob.glob(os.path.join(site, "**", "*.html"),
+                               recursive=True)):
+    if os.path.relpath(page, site) == "404.html":
+      continue
+    parser = _Links()
+    parser.feed(_read(page))
+    for link in parser.links:
+      url = urllib.parse.urlsplit(link)
+      if url.scheme or url.netloc or not url.path:
+        continue  # Another site, a data: URI, or an anchor of this page.
+      target = os.path.join(os.path.dirname(page),
+                            urllib.parse.unquote(url.path))
+      if url.path.startswith("/") or not os.path.isfile(target):
+        broken.append((os.path.relpath(page, site), link))
+  return broken
+
+
+def test_the_built_site_browses_from_files(site):
+  """Every page's links (navigation, pages, assets, figures) name files,
+  so the site works opened as file:// as well as served."""
+  assert (site / "search" / "search_index.js").is_file()  # Offline search.
+  pages = glob.glob(os.path.join(site, "**", "*.html"), recursive=True)
+  assert len(pages) >= len(doc_pages())
+  assert broken_links(site) == []
+  # The check sees a link to a folder, as use_directory_urls makes them.
+  page = site / "faults.html"
+  original = _read(page)
+  try:
+    with open(page, "w", encoding="utf-8") as f:
+      f.write(original.replace('href="results.html"', 'href="results/"'))
+    assert ("faults.html", "results/") in broken_links(site)
+  finally:
+    with open(page, "w", encoding="utf-8") as f:
+      f.write(original)
+
+
+def _why_no_browser():
+  try:
+    import selenium  # noqa: F401
+  except ImportError:
+    return "selenium is not installed (pip install -r requirements-dev.txt)"
+  if not any(shutil.which(n) for n in CHROMIUM):
+    return "no chromium on PATH (apt-get install chromium chromium-driver)"
+  if not shutil.which("chromedriver"):
+    return "no chromedriver on PATH (apt-get install chromium-driver)"
+  return None
+
+
+def test_the_built_site_opens_and_navigates_in_a_browser(site, tmp_path):
+  reason = _why_no_browser()
+  if reason:
+    pytest.skip(reason)
+  from selenium import webdriver
+  from selenium.webdriver.chrome.service import Service
+  from selenium.webdriver.common.by import By
+  options = webdriver.ChromeOptions()
+  options.binary_location = next(shutil.which(n) for n in CHROMIUM
+                                 if shutil.which(n))
+  for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
+              "--disable-dev-shm-usage", "--no-first-run",
+              f"--user-data-dir={tmp_path / 'profile'}"):
+    options.add_argument(arg)
+  driver = webdriver.Chrome(options=options,
+                            service=Service(shutil.which("chromedriver")))
+  try:
+    driver.get((site / "index.html").as_uri())
+    assert "advisor_tf" in driver.title
+    link = driver.find_element(By.XPATH,
+                               "//nav//a[normalize-space()='Getting started']")
+    driver.execute_script("arguments[0].click();", link)
+    assert driver.current_url.endswith("/getting-started.html")
+    assert driver.title.startswith("Getting started")
+    heading = driver.find_element(By.CSS_SELECTOR, "article h1").text
+    assert heading and "Index of" not in driver.page_source
+  finally:
+    driver.quit()
 
 
 def test_readme_is_short_and_holds_the_commands_ci_runs():
