@@ -5,6 +5,14 @@ The flagfiles that reproduce the thesis' tables ship with the package:
 
   >>> import advisor_tf
   >>> advisor_tf.flagfile("quickstart")      # path of flags/quickstart.cfg
+
+The commands name them directly: `advisor-train --flagfile=quickstart`.
+
+The commands (`advisor-train`, ..., and their `python -m advisor_tf.<cmd>`
+forms) keep TensorFlow's C++ log off the terminal: they set
+`TF_CPP_MIN_LOG_LEVEL=3` before TensorFlow is imported unless the
+environment sets it or `--tf_log`/`--verbosity` asks for the log
+(`advisor_tf.cli`). Importing the library changes no setting.
 """
 
 import importlib.resources
