@@ -32,6 +32,7 @@ VERBOSITIES = ("auto", 0, 1, 2)
 BUNDLED_DATASETS = ("digits",)
 # Defaults that adapt to the data and the run (`TrainConfig.resolved`).
 DEFAULT_META_BATCH_SIZE = 50
+DEFAULT_META_PER_CLASS = 10
 ADAPTIVE_FIELDS = ("meta_batch_size", "lr_decay_epochs")
 DEFAULT_DECAY_FRACTIONS = (2 / 3, 5 / 6)
 # Where the meta set comes from (`advisor_tf.meta_select`); unset: `folder`
@@ -83,7 +84,9 @@ class TrainConfig:
   flip_targets: str = "random"
   imbalance_factor: float = 1.0
   train_examples: int | None = None  # None: the whole training split.
-  meta_per_class: int = 10
+  # Unset: all of a dataset's own trusted split (a meta/ folder), else
+  # DEFAULT_META_PER_CLASS per class drawn out of train.
+  meta_per_class: int | None = None
   meta_source: str | None = None  # None: meta_select.resolve() decides.
   corrections: str | None = None  # advisor-review's corrections.csv.
   # Method.
@@ -198,7 +201,7 @@ class TrainConfig:
                        "--meta_per_class examples per class out of train; "
                        "--meta_per_class=0 (all of a dataset's own meta "
                        "split) needs --meta_source=folder.")
-    if self.meta_per_class < 0:
+    if self.meta_per_class is not None and self.meta_per_class < 0:
       raise ValueError(f"--meta_per_class={self.meta_per_class} must be >= 1 "
                        "(or 0: all of a dataset's own meta split).")
     if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
@@ -287,6 +290,8 @@ class TrainConfig:
     # An adaptive default saved unresolved ("auto") resolves as this run's
     # does: the same data (checked apart) and --epochs give the same value.
     auto = {k for k in ADAPTIVE_FIELDS if saved.get(k) in (None, [], ())}
+    # An unset --meta_per_class: the run reads its recorded split back.
+    auto |= {k for k in ("meta_per_class",) if now[k] is None}
     return [f"--{k}: {saved.get(k)!r} in the workdir, {now[k]!r} now"
             for k in sorted(now) if k not in RUN_ONLY_FIELDS
             and k not in auto and saved.get(k) != now[k]]

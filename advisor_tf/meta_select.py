@@ -105,6 +105,7 @@ import tensorflow as tf
 
 from advisor_tf import advice
 from advisor_tf import builder
+from advisor_tf import config as config_lib
 from advisor_tf.data import pipeline
 
 DEFAULT_DRAW = "auto"
@@ -144,6 +145,15 @@ def resolve(config, source):
   if config.meta_source is None:
     return "folder" if has_own else DEFAULT_DRAW
   return config.meta_source
+
+
+def per_class(config, meta_source):
+  """`--meta_per_class` as a run with `meta_source` uses it: as given, or
+  unset, all of the dataset's own trusted split (0) for `folder` and
+  `DEFAULT_META_PER_CLASS` per class drawn out of train otherwise."""
+  if config.meta_per_class is not None:
+    return config.meta_per_class
+  return 0 if meta_source == "folder" else config_lib.DEFAULT_META_PER_CLASS
 
 
 def warmup_epochs(steps_per_epoch):
@@ -618,21 +628,21 @@ def select(config, source, split):
   lobed = (lobed_classes(neighbours, voters, labels, agreement,
                         source.num_classes) if LOBE_CHECK else [])
   positions = (spread_per_class(agreement, losses, labels,
-                                config.meta_per_class, source.num_classes,
+                                per_class(config, "auto"), source.num_classes,
                                 neighbours, voters, keep=lobed)
                if SPREAD > 1 else
                select_per_class(agreement, losses, labels,
-                                config.meta_per_class, source.num_classes))
+                                per_class(config, "auto"), source.num_classes))
   moved = []
   if regions is not None:
     positions, moved = rehome(positions, regions, agreement, losses, labels,
-                              config.meta_per_class, source.num_classes)
+                              per_class(config, "auto"), source.num_classes)
   everyone = np.arange(len(labels))
   labelled = class_agreement(predicted, labels, everyone, source.num_classes)
   chosen = class_agreement(predicted, labels, positions, source.num_classes)
   disputed = class_median(agreement, labels, positions, source.num_classes)
   return {
-      "source": "auto", "per_class": config.meta_per_class,
+      "source": "auto", "per_class": per_class(config, "auto"),
       "warmup_epochs": epochs, "loss_momentum": LOSS_MOMENTUM,
       "rule": "per class, the highest agreement of the labels of the "
               "nearest neighbours in the feature space of a balanced-softmax "
@@ -659,7 +669,7 @@ def select(config, source, split):
       "class_agreement": labelled, "selected_agreement": chosen,
       "selected_neighbour_agreement": disputed,
       "suspect_classes": suspects(labelled, chosen, disputed),
-      "kept_in": kept_in(labels, config.meta_per_class, source.num_classes),
+      "kept_in": kept_in(labels, per_class(config, "auto"), source.num_classes),
       "train_examples": int(len(labels)),
       "config": json.loads(config.to_json())}
 

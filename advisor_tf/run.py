@@ -87,9 +87,19 @@ def apply_protocol(config, source):
       flip_targets=config.flip_targets,
       imbalance_factor=config.imbalance_factor,
       train_examples=config.train_examples,
-      meta_per_class=config.meta_per_class,
+      meta_per_class=meta_select.per_class(config, meta_source),
       meta_source="random" if meta_source == "folder" else meta_source)
   meta_from = source.meta_split if meta_source == "folder" else "train"
+  if meta_source == "auto":  # Held out of a class it would be all of.
+    counts = np.bincount(source.labels["train"],
+                         minlength=source.num_classes)
+    for c in np.flatnonzero(counts < 2):
+      raise ValueError(
+          f"Class {source.class_names[c]!r} has {counts[c]} training "
+          "image(s); a meta set chosen from the training labels "
+          "(--meta_source=auto) needs at least 2 per class, one to hold out "
+          "and one to train on. Add images to that class, give a trusted "
+          "meta/ folder, or remove the class.")
   split = protocols.apply(
       protocol, source.labels["train"], source.num_classes, config.seed,
       similar=noise_lib.SIMILAR_CLASSES.get(source.name),

@@ -130,7 +130,8 @@ def test_keras_cv_cutout_agrees_in_distribution_with_the_thesis_cutout():
 
 
 @pytest.mark.parametrize("policy", augment.POLICIES)
-@pytest.mark.parametrize("cutout,gridmask", [(0, False), (16, True)])
+@pytest.mark.parametrize("cutout,gridmask", [
+    pytest.param(0, False, marks=pytest.mark.slow), (16, True)])
 def test_every_preset_keeps_shape_range_and_is_deterministic(policy, cutout,
                                                              gridmask):
   if policy == "none" and not (cutout or gridmask):

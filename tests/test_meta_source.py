@@ -288,7 +288,8 @@ def test_suspect_classes():
                                   [0, 1, 3], 3) == pytest.approx([0.45, 0.9, None])
 
 
-@pytest.mark.parametrize("regions", [False, True])
+@pytest.mark.parametrize("regions", [
+    pytest.param(False, marks=pytest.mark.slow), True])
 def test_auto_selection_uses_no_trusted_label(tmp_path, monkeypatch,
                                               regions):
   monkeypatch.setattr(meta_select, "REGIONS", regions)

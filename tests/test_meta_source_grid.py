@@ -95,7 +95,7 @@ def test_set_overrides_the_mfrw_mes_variants_not_ce(tmp_path):
       else:
         assert (ablated.meta_per_class, ablated.advisor_label_input) == (
             20, True)
-        assert dataclasses.replace(ablated, meta_per_class=10,
+        assert dataclasses.replace(ablated, meta_per_class=None,
                                    advisor_label_input=False) == plain
 
 

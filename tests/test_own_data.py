@@ -3,6 +3,9 @@ a served classifier out; and the first contact with the commands."""
 
 import json
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -204,3 +207,71 @@ def test_help_lists_flags_by_group_with_defaults(command, groups):
   assert flag_lines and all("(default: " in l for l in flag_lines)
   if command == "advisor_tf.train":
     assert "  --noise: " in proc.stdout and "<none|flip|" in proc.stdout
+
+
+def _readme_own_images_command():
+  """The README's `advisor-train` line for your own images, as argv."""
+  readme = open(os.path.join(ROOT, "README.md")).read()
+  line = next(l for block in re.findall(r"```bash\n(.*?)\n```", readme, re.S)
+              for l in block.splitlines()
+              if l.startswith("advisor-train --dataset=image_folder"))
+  return shlex.split(line.split("#")[0])
+
+
+def test_own_folder_needs_no_meta_flag_with_or_without_meta(tmp_path):
+  """Unset --meta_per_class: all of a meta/ folder (here 3 per class,
+  fewer than 10), or 10 per class chosen out of train without one."""
+  from advisor_tf import config as config_lib
+  data = digits_folder(tmp_path / "photos")
+  config = config_lib.TrainConfig(dataset="image_folder", data_dir=data,
+                                  image_size=8, workdir=str(tmp_path / "r"))
+  source, split = run_lib.prepare_data(config.validate())
+  assert split.meta_source == "folder" and len(split.meta_indices) == 9
+  assert len(split.train_indices) == 36
+  no_meta = tmp_path / "no_meta"
+  digits_folder(no_meta, per_split=(25, 0, 4))
+  shutil.rmtree(no_meta / "meta")
+  config = config_lib.TrainConfig(dataset="image_folder",
+                                  data_dir=str(no_meta), image_size=8,
+                                  workdir=str(tmp_path / "r2")).validate()
+  source, split = run_lib.prepare_data(config)
+  assert split.meta_source == "auto"
+  np.testing.assert_array_equal(np.bincount(split.meta_labels), [10] * 3)
+  # --meta_per_class=0 without a meta/ folder says to drop the flag.
+  with pytest.raises(ValueError, match="drop --meta_per_class"):
+    run_lib.prepare_data(config_lib.TrainConfig(
+        dataset="image_folder", data_dir=str(no_meta), image_size=8,
+        meta_per_class=0, workdir=str(tmp_path / "r3")).validate())
+  # A class of one image cannot give a meta set and train: one line.
+  lonely = no_meta / "train" / "digit_1"
+  for name in [n for n in sorted(os.listdir(lonely))
+               if n.endswith(".png")][1:] + [n for n in os.listdir(lonely)
+                                             if n.endswith(".webp")]:
+    os.remove(lonely / name)
+  with pytest.raises(ValueError, match="'digit_1' has 1 training image.*"
+                     "at least 2 per class"):
+    run_lib.prepare_data(config)
+  # The README's command carries no meta flag.
+  assert not [a for a in _readme_own_images_command() if "meta" in a]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_meta", [True, False])
+def test_the_readmes_own_images_command_runs_as_written(tmp_path, with_meta):
+  data = digits_folder(tmp_path / "photos", per_split=(25, 3, 4))
+  if not with_meta:
+    shutil.rmtree(os.path.join(data, "meta"))
+  argv = _readme_own_images_command()
+  assert argv[0] == "advisor-train"
+  argv = [a for a in argv[1:] if not a.startswith(("--data_dir", "--workdir",
+                                                   "--image_size"))]
+  proc = _cli("advisor_tf.train", *argv, f"--data_dir={data}",
+              "--image_size=8", f"--workdir={tmp_path / 'run'}",
+              "--epochs=1", "--batch_size=16", "--noexport",
+              "--telemetry_examples=0")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+  assert metrics["meta/source"] == ("folder" if with_meta else "auto")
+  assert metrics["meta/examples"] == (9 if with_meta else 30)
+  assert ("--meta_source=folder" if with_meta
+          else "--meta_source=auto") in proc.stderr

@@ -174,6 +174,7 @@ def test_remat_under_mirrored_strategy_equals_one_device(mode, monkeypatch):
                                      remat="blocks")
 
 
+@pytest.mark.slow  # An XLA compile: the GPU check's subject.
 def test_remat_under_xla_equals_the_plain_step():
   x, y, xm, ym = batches()
   data = ((tf.constant(x), tf.constant(y)), (tf.constant(xm), tf.constant(ym)))

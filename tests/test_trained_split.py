@@ -78,6 +78,7 @@ def _weights(workdir):
           if "save_counter" not in name and "OBJECT_GRAPH" not in name}
 
 
+@pytest.mark.slow  # Three trainings.
 def test_resume_evaluate_and_analyze_read_the_recorded_split(
     tmp_path, monkeypatch):
   data = _folder(tmp_path / "data")
@@ -138,6 +139,7 @@ def test_changed_files_after_training_are_named_and_lose_nothing(
     run_lib.load(config.workdir)
 
 
+@pytest.mark.slow  # Two trainings.
 def test_a_workdir_from_before_splits_were_recorded_still_loads(tmp_path):
   data = _folder(tmp_path / "data")
   config = _config(tmp_path, data, epochs=1)

@@ -82,6 +82,37 @@ def test_runs_are_a_users_defaults_on_the_folder(tmp_path):
     dirty_labels.parse_overrides("no_such_field=1")
 
 
+def test_grid_skips_what_its_json_holds(tmp_path, monkeypatch):
+  """The resumable loop (fast); the same with real runs is slow."""
+  trained = []
+
+  def fake_run_one(cell, method, seed, root, image_size=32, folder_size=None,
+                   epochs=None, overrides=None, tag=""):
+    trained.append((cell + tag, method, seed))
+    return {"accuracy": 50.0 + seed, "train_seconds": 1.0,
+            "mask_mean": [0.5]}
+
+  monkeypatch.setattr(user_path, "run_one", fake_run_one)
+  out = str(tmp_path / "user_path.json")
+  logs = []
+  results = user_path.run_grid(out, ["flip0.4"], ["ce", "mfrw_mes"], [0],
+                               str(tmp_path), log=logs.append)
+  assert trained == [("flip0.4", "ce", 0), ("flip0.4", "mfrw_mes", 0)]
+  with open(out) as f:
+    assert json.load(f) == results
+  trained.clear()
+  again = user_path.run_grid(out, ["flip0.4"], ["ce", "mfrw_mes"], [0, 1],
+                             str(tmp_path), tag="_64", log=logs.append)
+  assert trained == [("flip0.4_64", "ce", 0), ("flip0.4_64", "mfrw_mes", 0),
+                     ("flip0.4_64", "ce", 1), ("flip0.4_64", "mfrw_mes", 1)]
+  assert again["flip0.4_64"]["ce"]["accuracy"] == [50.0, 51.0]
+  trained.clear()
+  user_path.run_grid(out, ["flip0.4"], ["ce"], [1, 0], str(tmp_path),
+                     tag="_64", log=logs.append)
+  assert trained == [] and "0 run(s) to do" in logs[-1]
+
+
+@pytest.mark.slow
 def test_grid_json_is_resumable(tmp_path):
   out = str(tmp_path / "user_path.json")
   root = str(tmp_path / "runs")

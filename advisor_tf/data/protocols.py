@@ -24,7 +24,7 @@ class Protocol:
   # A seeded, class-stratified subset of the training split, drawn first
   # (None: all of it).
   train_examples: int | None = None
-  meta_per_class: int = 10
+  meta_per_class: int = 10  # 0: all of a trusted split (meta_labels).
   # Where a meta set taken out of train comes from (`META_DRAWS`): `random`
   # draws it before the synthetic noise (clean labels, the thesis'
   # protocol), `random_noisy` after it (the labels the model gets),
@@ -205,8 +205,10 @@ def apply(protocol, labels, num_classes, seed, similar=None,
                        "set out of train; choose one of: "
                        f"{', '.join(META_DRAWS)}.")
     if protocol.meta_per_class < 1:
-      raise ValueError("--meta_per_class=0 (all of the dataset's own meta "
-                       "split) needs a dataset that ships a meta split.")
+      raise ValueError("--meta_per_class=0 means all of the dataset's own "
+                       "trusted split (a meta/ folder), and this data has "
+                       "none: drop --meta_per_class (the run then draws 10 "
+                       "per class, as --meta_source says) or set it >= 1.")
   if after_noise:
     rest = pool
   elif meta_labels is None:

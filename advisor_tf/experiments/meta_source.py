@@ -343,7 +343,7 @@ def write_oracle_record(grid, config):
   resolved, _ = config.resolved(len(split.meta_indices))  # As trainer does.
   (given, clean), _ = selection_truth(grid, config, config.workdir)
   given = np.asarray(given, np.int64)
-  k, classes = config.meta_per_class, source.num_classes
+  k, classes = meta_select.per_class(config, "auto"), source.num_classes
   positions = oracle_pick(given, clean, k, classes, config.seed)
   record = {
       "source": "oracle", "per_class": k, "warmup_epochs": 0,
