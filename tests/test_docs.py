@@ -160,7 +160,10 @@ def broken_links(site):
 def test_the_built_site_browses_from_files(site):
   """Every page's links (navigation, pages, assets, figures) name files,
   so the site works opened as file:// as well as served."""
-  assert (site / "search" / "search_index.js").is_file()  # Offline search.
+  assert (site / "search" / "search_index.js").is_file()  # Offline search,
+  index = _read(site / "index.html")  # its worker shim from the site itself.
+  assert '<script src="assets/iframe-worker/shim.js"' in index
+  assert not re.search(r'<script[^>]+src="(https?:)?//', index)
   pages = glob.glob(os.path.join(site, "**", "*.html"), recursive=True)
   assert len(pages) >= len(doc_pages())
   assert broken_links(site) == []
@@ -194,7 +197,9 @@ def test_the_built_site_opens_and_navigates_in_a_browser(site, tmp_path):
     pytest.skip(reason)
   from selenium import webdriver
   from selenium.webdriver.chrome.service import Service
+  from selenium.webdriver.common.action_chains import ActionChains
   from selenium.webdriver.common.by import By
+  from selenium.webdriver.support.ui import WebDriverWait
   options = webdriver.ChromeOptions()
   options.binary_location = next(shutil.which(n) for n in CHROMIUM
                                  if shutil.which(n))
@@ -214,6 +219,12 @@ def test_the_built_site_opens_and_navigates_in_a_browser(site, tmp_path):
     assert driver.title.startswith("Getting started")
     heading = driver.find_element(By.CSS_SELECTOR, "article h1").text
     assert heading and "Index of" not in driver.page_source
+    # Search runs from file:// too (no server for its web worker).
+    ActionChains(driver).send_keys("/").send_keys("flagfile").perform()
+    found = WebDriverWait(driver, 15).until(lambda d: d.find_elements(
+        By.CSS_SELECTOR, ".md-search-result__item a"))
+    assert found[0].get_attribute("href").startswith("file://")
+    assert ".html" in found[0].get_attribute("href")
   finally:
     driver.quit()
 
@@ -240,6 +251,7 @@ def test_readme_is_short_and_holds_the_commands_ci_runs():
     assert os.path.exists(os.path.join(ROOT, target)), target
 
 
+@pytest.mark.slow  # A second site build.
 def test_strict_build_fails_on_a_broken_link_or_anchor(tmp_path):
   """What CI relies on: a link to a missing page or to a missing heading in
   a page fails `mkdocs build --strict` (here on a copy of the sources)."""
