@@ -32,7 +32,13 @@ def test_protocol_invariants(data, kind, rate, imbalance, seed):
   proto = protocols.Protocol(noise=kind, noise_rate=rate,
                              imbalance_factor=imbalance,
                              meta_per_class=per_class)
-  split = protocols.apply(proto, labels, num_classes, seed)
+  # The "images" instance-dependent noise reads: a vector per example.
+  pixels = np.random.default_rng(seed).normal(size=(len(labels), 6))
+
+  def images(indices):
+    return iter([pixels[indices]])
+
+  split = protocols.apply(proto, labels, num_classes, seed, images=images)
   # Labels in range; the clean labels are the source's labels.
   assert split.train_labels.min() >= 0
   assert split.train_labels.max() < num_classes
@@ -63,7 +69,7 @@ def test_protocol_invariants(data, kind, rate, imbalance, seed):
   else:
     np.testing.assert_array_equal(split.train_labels, split.train_clean_labels)
   # Same seed, same split.
-  again = protocols.apply(proto, labels, num_classes, seed)
+  again = protocols.apply(proto, labels, num_classes, seed, images=images)
   np.testing.assert_array_equal(again.train_indices, split.train_indices)
   np.testing.assert_array_equal(again.train_labels, split.train_labels)
 

@@ -119,6 +119,7 @@ def test_resume_evaluate_and_analyze_read_the_recorded_split(
   _assert_same_split(run_lib.load(config.workdir).split, split)
 
 
+@pytest.mark.slow  # A training, then the changed folder.
 def test_changed_files_after_training_are_named_and_lose_nothing(
     tmp_path, caplog):
   data = _folder(tmp_path / "data")
