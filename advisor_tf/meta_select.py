@@ -706,15 +706,18 @@ def prepare(config, source, split, out):
   workdir when it is this run's (a resumed run), else a new one (written to
   `out` before training starts), held out of training; logged. Other
   sources: `split` as it is, logged."""
+  # Where the run chose the source itself (unset --meta_source), it says
+  # so at the default verbosity.
+  say = logging.warning if config.meta_source is None else logging.info
   if split.meta_source != "auto":
-    logging.info("%s", describe(config, split))
+    say("%s", describe(config, split))
     return split
   record = read_record(config.workdir)
   if record is None or not _record_matches(record, config, split):
     record = select(config, source, split)
     write_record(out, record)
   chosen = held_out(split, record["positions"], record.get("kept_in", []))
-  logging.info("%s", describe(config, chosen))
+  say("%s", describe(config, chosen))
   if record.get("moved_classes"):
     logging.warning(
         "--meta_source=auto: class(es) %s: their best-agreeing images lay "
