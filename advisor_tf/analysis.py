@@ -16,6 +16,7 @@ import html
 import json
 import os
 
+from absl import logging
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -289,7 +290,8 @@ def analyze_run(run, out_dir, class_names=None, num_examples=50,
   if ranking in advice_lib.TRAINED_RANKINGS:  # K CE trainings, cached.
     probs = crossval.cross_validated_probabilities(
         config, source, split, folds,
-        cache=os.path.join(out_dir, f"cv_probabilities_{folds}fold.npy"))
+        cache=os.path.join(out_dir, f"cv_probabilities_{folds}fold.npy"),
+        log=logging.warning)  # Shown: the minutes they take are no hang.
     rankings.update(advice_lib.cv_rankings(rankings, advice_lib.cleanlab_scores(
         adv.given, probs[adv.positions])))
   # The truth is known only where the noise was synthetic (the protocol kept

@@ -12,8 +12,10 @@ configuration as plain cross-entropy, each on (K − 1)/K of the training set.
 
 import dataclasses
 import os
+import time
 import warnings
 
+from absl import logging
 import keras
 import numpy as np
 
@@ -26,7 +28,7 @@ FOLDS = 5
 
 
 def cross_validated_probabilities(config, source, split, folds=FOLDS,
-                                  cache=None):
+                                  cache=None, log=logging.info):
   """Out-of-sample predicted probabilities of every training example of
   `split`, from `folds` cross-entropy models each trained on the other folds.
 
@@ -35,7 +37,9 @@ def cross_validated_probabilities(config, source, split, folds=FOLDS,
   stratified (by given label, seeded by `config.seed`)
   `(folds − 1) / folds` of the training split, and predicts the held-out
   part without augmentation. With `cache` (a `.npy` path), the result is
-  read from there when present and written there otherwise.
+  read from there when present and written there otherwise. `log` gets a
+  line saying up front what the folds cost and one per fold with the time
+  left.
   """
   from sklearn.model_selection import StratifiedKFold
   if cache and os.path.exists(cache):
@@ -49,7 +53,18 @@ def cross_validated_probabilities(config, source, split, folds=FOLDS,
     parts = list(StratifiedKFold(folds, shuffle=True,
                                  random_state=config.seed).split(
                                      np.zeros(len(labels)), labels))
+  log(f"Out-of-sample probabilities: {folds} cross-entropy trainings of "
+      f"--epochs={config.epochs}, each on {folds - 1}/{folds} of the "
+      f"{len(labels)} training images (about {folds - 1} times a "
+      "cross-entropy run of this configuration); an estimate of the time "
+      "follows the first fold. The rankings loss and advisor need none "
+      "(--ranking=loss).")
+  start = time.time()
   for k, (fit, held) in enumerate(parts):
+    if k:
+      spent = time.time() - start
+      log(f"Fold {k}/{folds} done in {spent / k:.0f} s; about "
+          f"{spent / k * (folds - k):.0f} s left.")
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed * 1000 + k)
     fold = dataclasses.replace(
@@ -68,6 +83,8 @@ def cross_validated_probabilities(config, source, split, folds=FOLDS,
         model, source, split, positions=held,
         batch_size=config.eval_batch_size))
   keras.backend.clear_session()
+  log(f"Fold {folds}/{folds} done; {time.time() - start:.0f} s for the "
+      f"{folds} folds.")
   if cache:
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     np.save(cache, probs)

@@ -190,13 +190,22 @@ def test_analysis_ranks_by_the_chosen_ranking_and_shows_the_suspects(
 
 @pytest.mark.slow
 def test_cleanlab_cv_ranking_trains_the_folds_once_and_ranks_by_them(
-    digits_run, tmp_path):
+    digits_run, tmp_path, monkeypatch):
   finished = run_lib.load(digits_run)
   finished = dataclasses.replace(finished, config=dataclasses.replace(
       finished.config, epochs=1, lr_decay_epochs=(1,)))  # Quick folds.
+  said = []
+  monkeypatch.setattr(analysis.logging, "warning",
+                      lambda msg, *a: said.append(msg % a if a else msg))
   summary = analysis.analyze_run(finished, str(tmp_path), max_points=200,
                                  num_examples=5, ranking="cleanlab_cv",
                                  num_suspects=4, folds=2)
+  # Up front what it costs, then a line per fold with the time left.
+  assert said[0].startswith("Out-of-sample probabilities: 2 cross-entropy "
+                            "trainings of --epochs=1")
+  assert "--ranking=loss" in said[0]
+  assert said[1].startswith("Fold 1/2 done in") and "s left" in said[1]
+  assert said[2].startswith("Fold 2/2 done")
   assert summary["label_issue_ranking"] == "cleanlab_cv"
   assert 0.0 < summary["cleanlab_cv_ap"] <= 1.0
   cache = tmp_path / "cv_probabilities_2fold.npy"
