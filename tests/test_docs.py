@@ -240,7 +240,7 @@ def test_readme_is_short_and_holds_the_commands_ci_runs():
       "advisor_tf.train", "--flagfile=flags/quickstart.cfg"]
   assert os.path.isfile(os.path.join(ROOT, "flags", "quickstart.cfg"))
   # .ci/run runs exactly the README's test command.
-  assert tests.endswith("python -m pytest -q tests")
+  assert tests.endswith("python -m pytest -q -n 2 --dist loadfile tests")
   ci = [line for line in _read(os.path.join(ROOT, ".ci", "run")).splitlines()
         if "pytest" in line and not line.startswith("#")]
   assert [line.replace("pip install -q ", "pip install ")
