@@ -185,6 +185,7 @@ def served(tmp_path_factory):
   return dict(model=path, images=str(data / "test"))
 
 
+@pytest.mark.slow  # Two command processes (TensorFlow starts twice).
 def test_commands_print_no_tensorflow_log_unless_asked(served):
   proc = _command("predict", f"--model={served['model']}", served["images"])
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -218,6 +219,7 @@ def test_bundled_flagfiles_by_name(tmp_path, monkeypatch):
   assert "quickstart" in cli.grouped_help("", {})
 
 
+@pytest.mark.slow  # A command process.
 def test_installed_users_flagfile_runs_from_any_folder(tmp_path):
   env = _env(PYTHONPATH=ROOT)  # As installed: importable from anywhere.
   proc = _command("train", "--flagfile=quickstart", "--epochs=3",

@@ -119,6 +119,7 @@ def test_thesis_flagfiles_pin_the_thesis_advisor_lr_while_users_get_the_default(
       assert lrs == ["--advisor_lr=1e-4"], name
 
 
+@pytest.mark.slow  # A command process.
 def test_digits_experiment_refuses_a_bad_advisor_lr_before_training(tmp_path):
   """`digits_noise --advisor_lr` is checked like a run's flag, before any run
   trains, and nothing is written."""

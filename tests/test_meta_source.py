@@ -339,6 +339,7 @@ def test_unset_meta_source_resolves_and_old_runs_keep_theirs():
   assert config_lib.TrainConfig.from_dict(saved).meta_source == "random"
 
 
+@pytest.mark.slow  # A warm-up and a training (the selection alone is fast).
 def test_auto_run_records_its_meta_set_and_the_report_says_so(tmp_path):
   from advisor_tf import analysis
   metrics = trainer.train(_small(tmp_path / "run", epochs=2,

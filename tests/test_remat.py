@@ -97,10 +97,15 @@ def _step_numbers(model, steps=2, graph=True):
 @pytest.mark.parametrize("mode,fields", [
     ("ce", {}),
     ("mfrw_mes", {}),
-    ("mfrw_mes", {"advice": "lagged"}),
-    ("mfrw_mes", {"virtual_scope": "last_stage"}),
+    # The speed knobs under remat: the whole suite (test_model,
+    # test_hypergradient and test_step_golden check the knobs themselves,
+    # and remat with meta_update_every=2, in the fast tier).
+    pytest.param("mfrw_mes", {"advice": "lagged"}, marks=pytest.mark.slow),
+    pytest.param("mfrw_mes", {"virtual_scope": "last_stage"},
+                 marks=pytest.mark.slow),
     ("mwnet", {}),
-    ("mfrw_mes", {"meta_update_every": 2}),
+    pytest.param("mfrw_mes", {"meta_update_every": 2},
+                 marks=pytest.mark.slow),
 ])
 def test_remat_step_equals_the_plain_step_in_float64(mode, fields):
   keras.config.set_floatx("float64")
