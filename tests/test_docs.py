@@ -198,6 +198,7 @@ def test_the_built_site_opens_and_navigates_in_a_browser(site, tmp_path):
   from selenium import webdriver
   from selenium.webdriver.chrome.service import Service
   from selenium.webdriver.common.action_chains import ActionChains
+  from selenium.common.exceptions import StaleElementReferenceException
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support.ui import WebDriverWait
   options = webdriver.ChromeOptions()
@@ -215,16 +216,20 @@ def test_the_built_site_opens_and_navigates_in_a_browser(site, tmp_path):
     link = driver.find_element(By.XPATH,
                                "//nav//a[normalize-space()='Getting started']")
     driver.execute_script("arguments[0].click();", link)
-    assert driver.current_url.endswith("/getting-started.html")
+    WebDriverWait(driver, 15).until(
+        lambda d: d.current_url.endswith("/getting-started.html"))
     assert driver.title.startswith("Getting started")
     heading = driver.find_element(By.CSS_SELECTOR, "article h1").text
     assert heading and "Index of" not in driver.page_source
     # Search runs from file:// too (no server for its web worker).
     ActionChains(driver).send_keys("/").send_keys("flagfile").perform()
-    found = WebDriverWait(driver, 15).until(lambda d: d.find_elements(
-        By.CSS_SELECTOR, ".md-search-result__item a"))
-    assert found[0].get_attribute("href").startswith("file://")
-    assert ".html" in found[0].get_attribute("href")
+    # The results re-render as the query is typed: read the links in one
+    # go, again if a re-render replaced them meanwhile.
+    hrefs = WebDriverWait(
+        driver, 15, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(lambda d: [a.get_attribute("href") for a in d.find_elements(
+        By.CSS_SELECTOR, ".md-search-result__item a")])
+    assert hrefs[0].startswith("file://") and ".html" in hrefs[0]
   finally:
     driver.quit()
 
