@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 
 from absl import logging
 import keras
@@ -175,6 +176,71 @@ class RunProgress(keras.callbacks.ProgbarLogger):
     self.epochs = self.run_epochs
 
 
+def duration(seconds):
+  """`seconds` in words a user reads at a glance: 40 s, 12 min, 2 h 05 min."""
+  seconds = max(0, int(round(seconds)))
+  if seconds < 90:
+    return f"{seconds} s"
+  minutes = int(round(seconds / 60))
+  return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class RunClock(keras.callbacks.Callback):
+  """Says what a run will cost, at the default verbosity: before step 1 its
+  steps (per epoch and in all), after the first timed steps the time a step,
+  an epoch and the rest of the run take, and after each epoch the time
+  left. Steps before `skip` (tracing, the first batches) are not timed.
+
+  Args:
+    steps_per_epoch: the run's steps per epoch.
+    first_step: the step the run starts (or resumes) at.
+    last_step: the run's last step.
+    log: where the lines go (`logging.warning`: shown by default).
+    clock: seconds (`time.monotonic`; tests pass their own).
+  """
+
+  def __init__(self, steps_per_epoch, first_step, last_step,
+               log=logging.warning, clock=time.monotonic, skip=3, timed=20):
+    super().__init__()
+    self.steps_per_epoch, self.first, self.last = (steps_per_epoch,
+                                                   first_step, last_step)
+    self.log, self.clock, self.skip, self.timed = log, clock, skip, timed
+    self.seen, self.started, self.said = 0, None, False
+
+  def _left(self):
+    """Seconds the remaining steps take at the rate measured so far."""
+    rate = (self.clock() - self.started) / max(self.seen - self.skip, 1)
+    return rate, (self.last - self.first - self.seen) * rate
+
+  def on_train_begin(self, logs=None):
+    if not self.said:
+      self.said = True
+      epochs = -(-self.last // self.steps_per_epoch)
+      self.log("Training: %d steps per epoch, %d epochs (%d steps)%s; the "
+               "time it takes follows the first %d timed steps.",
+               self.steps_per_epoch, epochs, self.last,
+               f", resuming at step {self.first}" if self.first else "",
+               self.timed)
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.seen += 1
+    if self.seen == self.skip:
+      self.started = self.clock()
+    elif self.started is not None and self.seen == self.skip + self.timed:
+      rate, left = self._left()
+      self.log("%.0f ms a step: an epoch takes about %s, the rest of the run "
+               "about %s.", 1000 * rate,
+               duration(rate * self.steps_per_epoch), duration(left))
+
+  def on_epoch_end(self, epoch, logs=None):
+    step = self.first + self.seen
+    if self.started is None or self.seen <= self.skip or step >= self.last:
+      return
+    self.log("Epoch %d of %d done: about %s left.",
+             -(-step // self.steps_per_epoch),
+             -(-self.last // self.steps_per_epoch), duration(self._left()[1]))
+
+
 def _train(config, source, split, strategy, out):
   """Trains in `strategy`, resuming from `config.workdir`'s checkpoints and
   writing into `out` (the workdir, or a non-chief worker's scratch)."""
@@ -212,6 +278,7 @@ def _train(config, source, split, strategy, out):
         source, split, out, config.telemetry_examples,
         config.seed, config.eval_batch_size))
   last = builder.total_steps(config, steps)
+  callbacks.append(RunClock(steps, start, last))
   callbacks.append(RunProgress(-(-last // steps)))  # Last, as fit puts its own.
   validation = pipeline.evaluation(source, "test", config.eval_batch_size)
   meta_select.summarize(config, split, log_dir)

@@ -246,3 +246,29 @@ def test_the_installed_fashion_mnist_is_the_official_split():
                                 [6000] * 10)
   np.testing.assert_array_equal(np.bincount(source.labels["test"]),
                                 [1000] * 10)
+
+
+def test_run_clock_says_the_steps_then_the_time_a_run_takes():
+  said, now = [], [0.0]
+  clock = trainer.RunClock(steps_per_epoch=100, first_step=50, last_step=350,
+                           log=lambda msg, *a: said.append(msg % a),
+                           clock=lambda: now[0], skip=2, timed=10)
+  clock.on_train_begin()
+  clock.on_train_begin()  # A resumed run's next piece: said once.
+  assert said == ["Training: 100 steps per epoch, 4 epochs (350 steps), "
+                  "resuming at step 50; the time it takes follows the first "
+                  "10 timed steps."]
+  for _ in range(12):  # 2 skipped (tracing), then 10 timed at 0.5 s.
+    clock.on_train_batch_end(0)
+    now[0] += 0.5
+  # After the 12th step: 10 timed steps in 5 s, 288 steps left.
+  assert said[1] == ("500 ms a step: an epoch takes about 50 s, the rest of "
+                     "the run about 2 min.")
+  for _ in range(38):
+    clock.on_train_batch_end(0)
+    now[0] += 0.5
+  clock.on_epoch_end(0)  # Step 100: the end of epoch 1 of 4.
+  assert said[2] == "Epoch 1 of 4 done: about 2 min left."
+  assert trainer.duration(40) == "40 s"
+  assert trainer.duration(12 * 60) == "12 min"
+  assert trainer.duration(125 * 60) == "2 h 05 min"
