@@ -272,3 +272,25 @@ def test_run_clock_says_the_steps_then_the_time_a_run_takes():
   assert trainer.duration(40) == "40 s"
   assert trainer.duration(12 * 60) == "12 min"
   assert trainer.duration(125 * 60) == "2 h 05 min"
+
+
+def test_grid_commands_refuse_bad_flags_naming_them():
+  import types
+  from absl import app
+
+  def flags_of(cells="sym0.4", methods="ce", seeds="1,0", set_=""):
+    value = lambda v: types.SimpleNamespace(value=v)  # noqa: E731
+    return types.SimpleNamespace(
+        cells=value(cells.split(",")), methods=value(methods.split(",")),
+        seeds=value(seeds.split(",")), set=value(set_))
+
+  names = fashion.grid().cells
+  assert dirty_labels.grid_flags(flags_of(), names, fashion.METHODS) == (
+      ["sym0.4"], ["ce"], [0, 1], {})
+  for bad, message in ((dict(cells="sym0.9"), "--cells: 'sym0.9' is not one"),
+                       (dict(methods="mfrw"), "--methods: 'mfrw' is not one"),
+                       (dict(seeds="-1"), "--seeds=-1 must be integers >= 0"),
+                       (dict(seeds="a"), "--seeds=a must be integers >= 0"),
+                       (dict(set_="lr=abc"), "--set: lr=abc must be a number")):
+    with pytest.raises(app.UsageError, match=message):
+      dirty_labels.grid_flags(flags_of(**bad), names, fashion.METHODS)

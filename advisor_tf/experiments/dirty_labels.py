@@ -637,23 +637,20 @@ def _define_flags():
           "the runs in --out whose workdirs are kept in --workdir."))
 
 
-def main(argv, f):
-  del argv
-  cli.quiet_logs()
-  pylogging.getLogger("tensorflow").addFilter(_NoRetracingWarnings())
-  for cell in f.cells.value:
-    if cell not in CELLS:
-      raise app.UsageError(f"--cells: {cell!r} is not one of "
-                           f"{', '.join(CELLS)}.")
-  for method in f.methods.value:
-    if method not in METHODS:
-      raise app.UsageError(f"--methods: {method!r} is not one of "
-                           f"{', '.join(METHODS)}.")
+def grid_flags(f, cells, methods):
+  """A grid command's `--cells`, `--methods`, `--seeds` and `--set`,
+  checked against the `cells` and `methods` it knows: `(cells, methods,
+  sorted seeds, overrides)`, or `app.UsageError` naming the flag."""
+  for name, allowed, values in (("cells", cells, f.cells.value),
+                                ("methods", methods, f.methods.value)):
+    for value in values:
+      if value not in allowed:
+        raise app.UsageError(f"--{name}: {value!r} is not one of "
+                             f"{', '.join(allowed)}.")
   try:
     seeds = sorted({int(s) for s in f.seeds.value})
   except ValueError:
-    raise app.UsageError(f"--seeds={','.join(f.seeds.value)} must be "
-                         "integers >= 0.") from None
+    seeds = []
   if not seeds or min(seeds) < 0:
     raise app.UsageError(f"--seeds={','.join(f.seeds.value)} must be "
                          "integers >= 0.")
@@ -661,6 +658,14 @@ def main(argv, f):
     overrides = parse_overrides(f.set.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  return f.cells.value, f.methods.value, seeds, overrides
+
+
+def main(argv, f):
+  del argv
+  cli.quiet_logs()
+  pylogging.getLogger("tensorflow").addFilter(_NoRetracingWarnings())
+  cells, methods, seeds, overrides = grid_flags(f, CELLS, METHODS)
   if f.rescore.value:
     if overrides:
       raise app.UsageError("--rescore trains nothing, so --set has no "
@@ -672,8 +677,7 @@ def main(argv, f):
                       f.folds.value)
   else:
     with tempfile.TemporaryDirectory() as tmp:
-      results = run_grid(f.out.value, f.cells.value, f.methods.value,
-                         seeds, f.epochs.value, f.workdir.value or tmp,
+      results = run_grid(f.out.value, cells, methods, seeds, f.epochs.value, f.workdir.value or tmp,
                          f.folds.value, f.cleanlab_cv.value,
                          overrides=overrides)
   print(tables(results))

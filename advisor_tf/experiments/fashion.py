@@ -165,25 +165,15 @@ def main(argv, f):
   pylogging.getLogger("tensorflow").addFilter(
       dirty_labels._NoRetracingWarnings())  # pylint: disable=protected-access
   the_grid = grid(f.small_cells_examples.value, f.data_dir.value)
-  for name, allowed, values in (("cells", the_grid.cells, f.cells.value),
-                                ("methods", METHODS, f.methods.value)):
-    for value in values:
-      if value not in allowed:
-        raise app.UsageError(f"--{name}: {value!r} is not one of "
-                             f"{', '.join(allowed)}.")
-  try:
-    seeds = sorted({int(s) for s in f.seeds.value})
-    overrides = dirty_labels.parse_overrides(f.set.value)
-  except ValueError as e:
-    raise app.UsageError(f"--seeds must be integers >= 0, --set field="
-                         f"value,...: {e}") from None
-  try:
-    the_grid.config(f.cells.value[0], f.methods.value[0], 0, f.epochs.value,
+  cells_, methods, seeds, overrides = dirty_labels.grid_flags(
+      f, the_grid.cells, METHODS)
+  try:  # --set values a run would refuse, before anything trains.
+    the_grid.config(cells_[0], methods[0], 0, f.epochs.value,
                     f.workdir.value, overrides)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   results = dirty_labels.run_grid(
-      f.out.value, f.cells.value, f.methods.value, seeds, f.epochs.value,
+      f.out.value, cells_, methods, seeds, f.epochs.value,
       os.path.abspath(f.workdir.value), f.folds.value, f.cleanlab_cv.value,
       overrides=overrides, grid=the_grid)
   print(dirty_labels.tables(results, list(METHODS)))
