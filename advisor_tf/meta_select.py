@@ -620,6 +620,7 @@ def warmup(config, source, split, epochs):
 def select(config, source, split):
   """`auto`'s selection for a run (see the module docstring): a record
   `{positions, indices, labels, purity, suspect_classes, ...}`."""
+  k = per_class(config, "auto")
   epochs = warmup_epochs(_steps_per_epoch(config, split))
   losses, predicted, neighbours, voters, regions = warmup(
       config, source, split, epochs)
@@ -628,21 +629,21 @@ def select(config, source, split):
   lobed = (lobed_classes(neighbours, voters, labels, agreement,
                         source.num_classes) if LOBE_CHECK else [])
   positions = (spread_per_class(agreement, losses, labels,
-                                per_class(config, "auto"), source.num_classes,
+                                k, source.num_classes,
                                 neighbours, voters, keep=lobed)
                if SPREAD > 1 else
                select_per_class(agreement, losses, labels,
-                                per_class(config, "auto"), source.num_classes))
+                                k, source.num_classes))
   moved = []
   if regions is not None:
     positions, moved = rehome(positions, regions, agreement, losses, labels,
-                              per_class(config, "auto"), source.num_classes)
+                              k, source.num_classes)
   everyone = np.arange(len(labels))
   labelled = class_agreement(predicted, labels, everyone, source.num_classes)
   chosen = class_agreement(predicted, labels, positions, source.num_classes)
   disputed = class_median(agreement, labels, positions, source.num_classes)
   return {
-      "source": "auto", "per_class": per_class(config, "auto"),
+      "source": "auto", "per_class": k,
       "warmup_epochs": epochs, "loss_momentum": LOSS_MOMENTUM,
       "rule": "per class, the highest agreement of the labels of the "
               "nearest neighbours in the feature space of a balanced-softmax "
@@ -669,7 +670,7 @@ def select(config, source, split):
       "class_agreement": labelled, "selected_agreement": chosen,
       "selected_neighbour_agreement": disputed,
       "suspect_classes": suspects(labelled, chosen, disputed),
-      "kept_in": kept_in(labels, per_class(config, "auto"), source.num_classes),
+      "kept_in": kept_in(labels, k, source.num_classes),
       "train_examples": int(len(labels)),
       "config": json.loads(config.to_json())}
 
