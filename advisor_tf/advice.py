@@ -42,9 +42,11 @@ class Advice:
       loss input).
     mask: `W_f`, `(N, D)` (modes with MFRW) or None.
     suppression: `s_k`, `(N, C)` (modes with MES) or None.
-    weight: Meta-Weight-Net's example weight `(N,)` (`mwnet`) or None.
+    weight: the example weight `(N,)`: Meta-Weight-Net's (`mwnet`), or the
+      advisor's ω (`advisor_example_weight`); else None.
     advised_loss: the loss the classifier is trained with under this advice
-      (masked features, MES with β = 1, or the weighted loss).
+      (masked features, MES with β = 1, times ω if any; or the weighted
+      loss).
   """
   positions: np.ndarray
   given: np.ndarray
@@ -91,6 +93,10 @@ def _advise_batch(model, x, y):
   else:
     out["advised_loss"] = keras.losses.sparse_categorical_crossentropy(
         y, ops.cast(advised_logits, "float32"), from_logits=True)
+  if "weight" in advice:  # `advisor_example_weight`: ω scales the loss.
+    out["weight"] = advice["weight"]
+    out["advised_loss"] = ops.cast(advice["weight"], "float32") * ops.cast(
+        out["advised_loss"], "float32")
   return out
 
 

@@ -82,7 +82,8 @@ def build_model(config, image_shape, num_classes, class_counts=None,
   body, head = classifier
   model = model_lib.AdvisorModel(
       body, head, mode=config.method, embedding_size=config.embedding_size,
-      advisor_label_input=config.advisor_label_input, rho=config.rho,
+      advisor_label_input=config.advisor_label_input,
+      advisor_example_weight=config.advisor_example_weight, rho=config.rho,
       seed=config.seed, virtual_scope=config.virtual_scope,
       last_stage_prefixes=(last_stage_prefixes or
                            backbones.last_stage_prefixes(config.backbone)),

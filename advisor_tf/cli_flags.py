@@ -92,6 +92,11 @@ flags.DEFINE_bool("advisor_label_input", _D.advisor_label_input,
                   "(MFRW/MES; beyond the thesis, whose flagfiles turn it "
                   "off): a loss means something else in a tail class than "
                   "in a head class.")
+flags.DEFINE_bool("advisor_example_weight", _D.advisor_example_weight,
+                  "The advisor also reads out one weight per example that "
+                  "multiplies its loss (MFRW/MES; beyond the thesis, whose "
+                  "flagfiles turn it off): a per-example discount, for noise "
+                  "that depends on the image.")
 flags.DEFINE_float("rho", _D.rho, "MES Bernoulli probability ρ.")
 flags.DEFINE_float("advisor_lr", _D.advisor_lr, "Advisor Adam learning rate "
                    "(the thesis flagfiles set its 1e-4).")
@@ -263,7 +268,8 @@ GROUPS = {
              "meta_per_class",
              "meta_source",
              "corrections"],
-    "method": ["method", "embedding_size", "advisor_label_input", "rho",
+    "method": ["method", "embedding_size", "advisor_label_input",
+               "advisor_example_weight", "rho",
                "advisor_lr", "eql_threshold", "focal_gamma", "advice",
                "virtual_scope", "meta_update_every"],
     "optimisation": ["backbone", "pretrained_weights", "init_checkpoint",

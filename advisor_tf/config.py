@@ -96,6 +96,10 @@ class TrainConfig:
   # flagfiles turn it off). Off: no consistent gain on the digits grids
   # (docs/results.md, "The advisor that also reads the label").
   advisor_label_input: bool = False
+  # The advisor also reads out a per-example loss weight ω(f, L) (beyond the
+  # thesis; the thesis flagfiles turn it off): the discount that
+  # instance-dependent noise calls for (docs/results.md, Fashion-MNIST).
+  advisor_example_weight: bool = False
   rho: float = 0.9
   advisor_lr: float = DEFAULT_ADVISOR_LR  # The thesis flagfiles set 1e-4.
   eql_threshold: float = 0.01
@@ -165,6 +169,11 @@ class TrainConfig:
       raise ValueError("--virtual_scope, --meta_update_every and --advice "
                        "apply to the advisor methods "
                        f"({', '.join(ADVISOR_MODES)}), not "
+                       f"--method={self.method}.")
+    if self.advisor_example_weight and self.method not in ("mfrw", "mes",
+                                                           "mfrw_mes"):
+      raise ValueError("--advisor_example_weight adds a head to the advisor "
+                       "network of mfrw, mes and mfrw_mes, not "
                        f"--method={self.method}.")
     if self.advice == "lagged" and self.meta_update_every != 1:
       raise ValueError("--advice=lagged reuses the virtual step's gradient "
@@ -315,6 +324,8 @@ def _upgrade(saved):
   saved = dict(saved)
   # Runs saved before `advisor_label_input` had the thesis' advisor.
   saved.setdefault("advisor_label_input", False)
+  # Runs saved before `advisor_example_weight`: the advisor had no ω head.
+  saved.setdefault("advisor_example_weight", False)
   # Runs saved before `meta_source` took the dataset's own meta split where
   # it shipped one (`folder`) and otherwise drew it out of train before the
   # noise (`random`); a user's folder may or may not have had one (unset).

@@ -23,6 +23,14 @@ class AdvisorNetwork(keras.layers.Layer):
   label lets the advice depend on it, as CMW-Net's class-aware weighting
   does for Meta-Weight-Net (Shu et al., TPAMI 2023).
 
+  With `example_weight=True` (beyond the thesis) a third sigmoid head reads
+  out one weight `ω` per example, which multiplies that example's training
+  loss, as Meta-Weight-Net's weight does, but read from the feature and the
+  loss (and the label) rather than from the loss alone. The mask and the
+  suppression change how an example is learned; `ω` decides how much it is:
+  the per-example discount that instance-dependent noise calls for
+  (docs/results.md, Fashion-MNIST).
+
   Args:
     feature_dim: D, size of `f` and of `W_f`.
     num_classes: C, size of `s_k`; required when `class_weights=True`.
@@ -30,6 +38,7 @@ class AdvisorNetwork(keras.layers.Layer):
     feature_mask: build the MFRW head `W_f`.
     class_weights: build the MES head `s_k`.
     label_input: also read the given label (needs `num_classes`).
+    example_weight: build the per-example weight head `ω`.
 
   Call arguments:
     features: `(batch, D)`; treated as an observation (gradient stopped).
@@ -38,7 +47,8 @@ class AdvisorNetwork(keras.layers.Layer):
       ignored otherwise.
 
   Returns:
-    A dict with `"mask"` `(batch, D)` and/or `"suppression"` `(batch, C)`.
+    A dict with `"mask"` `(batch, D)` and/or `"suppression"` `(batch, C)`,
+    and `"weight"` `(batch,)` with `example_weight=True`.
 
   Example:
     >>> advisor = AdvisorNetwork(feature_dim=64, num_classes=10)
@@ -51,10 +61,11 @@ class AdvisorNetwork(keras.layers.Layer):
 
   def __init__(self, feature_dim, num_classes=None, embedding_size=100,
                feature_mask=True, class_weights=True, label_input=False,
-               **kwargs):
+               example_weight=False, **kwargs):
     super().__init__(**kwargs)
-    if not (feature_mask or class_weights):
-      raise ValueError("AdvisorNetwork needs feature_mask or class_weights.")
+    if not (feature_mask or class_weights or example_weight):
+      raise ValueError("AdvisorNetwork needs feature_mask, class_weights or "
+                       "example_weight.")
     for flag, on in (("class_weights=True (MES)", class_weights),
                      ("label_input=True", label_input)):
       if on and not num_classes:
@@ -66,6 +77,7 @@ class AdvisorNetwork(keras.layers.Layer):
     self.feature_mask = bool(feature_mask)
     self.class_weights = bool(class_weights)
     self.label_input = bool(label_input)
+    self.example_weight = bool(example_weight)
     e = self.embedding_size
     self.feature_embedding = keras.layers.Dense(e, activation="relu",
                                                 name="feature_embedding",
@@ -88,6 +100,10 @@ class AdvisorNetwork(keras.layers.Layer):
                            name="suppression_head",
                            dtype=self.dtype_policy)
         if self.class_weights else None)
+    self.weight_head = (keras.layers.Dense(1, activation="sigmoid",
+                                           name="weight_head",
+                                           dtype=self.dtype_policy)
+                        if self.example_weight else None)
 
   def build(self, features_shape=None, losses_shape=None):
     self.feature_embedding.build((None, self.feature_dim))
@@ -97,7 +113,7 @@ class AdvisorNetwork(keras.layers.Layer):
       self.label_embedding.build((None, self.num_classes))
       inputs = 3
     self.hidden.build((None, inputs * self.embedding_size))
-    for head in (self.mask_head, self.suppression_head):
+    for head in (self.mask_head, self.suppression_head, self.weight_head):
       if head is not None:
         head.build((None, 2 * self.embedding_size))
 
@@ -118,6 +134,8 @@ class AdvisorNetwork(keras.layers.Layer):
       out["mask"] = self.mask_head(h)
     if self.suppression_head is not None:
       out["suppression"] = self.suppression_head(h)
+    if self.weight_head is not None:
+      out["weight"] = ops.reshape(self.weight_head(h), (-1,))
     return out
 
   def get_config(self):
@@ -126,7 +144,8 @@ class AdvisorNetwork(keras.layers.Layer):
                   embedding_size=self.embedding_size,
                   feature_mask=self.feature_mask,
                   class_weights=self.class_weights,
-                  label_input=self.label_input)
+                  label_input=self.label_input,
+                  example_weight=self.example_weight)
     return config
 
 

@@ -344,6 +344,9 @@ class AdvisorModel(keras.Model):
     advisor_label_input: the default `AdvisorNetwork` also reads each
       example's given label (`mfrw`, `mes`, `mfrw_mes`; beyond the thesis,
       see `AdvisorNetwork`). False: the thesis' advisor Ψ(f, L).
+    advisor_example_weight: the default `AdvisorNetwork` also reads out a
+      per-example weight ω(f, L) in (0, 1) that multiplies the example's
+      loss (`mfrw`, `mes`, `mfrw_mes`; beyond the thesis).
     rho: P(β = 1) in MES; `rho=1` makes a step deterministic.
     seed: seed of the β draws.
     virtual_scope: which classifier weights the virtual step moves: `all`
@@ -374,7 +377,8 @@ class AdvisorModel(keras.Model):
   """
 
   def __init__(self, backbone, head, mode="mfrw_mes", advisor=None,
-               embedding_size=100, advisor_label_input=False, rho=0.9,
+               embedding_size=100, advisor_label_input=False,
+               advisor_example_weight=False, rho=0.9,
                seed=None, virtual_scope="all",
                last_stage_prefixes=None, meta_update_every=1,
                class_counts=None, eql_threshold=0.01, focal_gamma=2.0,
@@ -422,6 +426,11 @@ class AdvisorModel(keras.Model):
     self.mode = mode
     self.embedding_size = int(embedding_size)
     self.advisor_label_input = bool(advisor_label_input)
+    self.advisor_example_weight = bool(advisor_example_weight)
+    if self.advisor_example_weight and mode not in ("mfrw", "mes",
+                                                    "mfrw_mes"):
+      raise ValueError("advisor_example_weight needs an advisor network "
+                       f"(mode mfrw, mes or mfrw_mes), got mode {mode!r}.")
     self.rho = float(rho)
     self.seed = seed
     self.feature_dim = int(backbone.output_shape[-1])
@@ -441,7 +450,8 @@ class AdvisorModel(keras.Model):
       advisor = adv_layers.AdvisorNetwork(
           self.feature_dim, self.num_classes, self.embedding_size,
           feature_mask=self.uses_mask, class_weights=self.uses_mes,
-          label_input=self.advisor_label_input, name="advisor",
+          label_input=self.advisor_label_input,
+          example_weight=self.advisor_example_weight, name="advisor",
           dtype=advisor_dtype)
     self.advisor = advisor
     self.reweight = adv_layers.FeatureReweighting(name="feature_reweighting")
@@ -451,7 +461,7 @@ class AdvisorModel(keras.Model):
     names = ["loss", "accuracy"]
     if self.mode in ADVISOR_MODES:
       names += ["meta_loss", "advisor_grad_norm"]
-    if self.mode == "mwnet":
+    if self.mode == "mwnet" or self.advisor_example_weight:
       names.append("example_weight_mean")
     if self.uses_mask:
       names.append("mask_mean")
@@ -766,6 +776,9 @@ class AdvisorModel(keras.Model):
           labels, logits, advice["suppression"], beta)
     else:
       losses = adv_losses.cross_entropy(labels, logits)
+    if "weight" in advice:
+      stats["example_weight_mean"] = ops.mean(advice["weight"])
+      losses = ops.cast(advice["weight"], losses.dtype) * losses
     return TrainLoss(losses, stats, head_updates)
 
   def advise(self, features, losses, labels):
@@ -924,6 +937,7 @@ class AdvisorModel(keras.Model):
         "advisor": keras.saving.serialize_keras_object(self.advisor),
         "mode": self.mode, "embedding_size": self.embedding_size,
         "advisor_label_input": self.advisor_label_input,
+        "advisor_example_weight": self.advisor_example_weight,
         "rho": self.rho, "seed": self.seed, "name": self.name,
         "virtual_scope": self.virtual_scope,
         "last_stage_prefixes": self.last_stage_prefixes,

@@ -6,7 +6,7 @@ writes, under `WORKDIR/tensorboard/advisor`:
 
   histograms  advisor/mask_mean           per-example mean of W_f (MFRW)
               advisor/class_suppression   per-class mean s_k (MES)
-              advisor/example_weight      Meta-Weight-Net's weights
+              advisor/example_weight      Meta-Weight-Net's weights, or the advisor's ω
               …/noisy, …/clean            the same split by the true label,
                                           when the protocol knows it
   scalars     advisor/label_issue_ap      average precision of the advisor's
@@ -115,6 +115,9 @@ def epoch_record(adv, num_classes):
     if adv.mask is not None:
       record["mask_mean_noisy"] = float(adv.mask[adv.noisy].mean())
       record["mask_mean_clean"] = float(adv.mask[~adv.noisy].mean())
+    if adv.weight is not None:
+      record["weight_mean_noisy"] = float(adv.weight[adv.noisy].mean())
+      record["weight_mean_clean"] = float(adv.weight[~adv.noisy].mean())
   return record
 
 

@@ -189,7 +189,11 @@ def test_fashion_grid_cells_and_methods_set_their_fields():
   assert grid.config("flip0.4", "ce", 0, 12, "/r").method == "ce"
   assert fashion.grid(0).config("sym0.4", "ce", 0, 3, "/r").train_examples \
       is None
-  assert all(grid.is_noisy(c) for c in grid.cells)
+  assert all(grid.is_noisy(c) for c in fashion.DEFAULT_CELLS)
+  clean = grid.config("clean", "ce", 0, 12, "/r")
+  assert not grid.is_noisy("clean") and clean.noise == "none"
+  assert clean.train_examples is None
+  assert set(fashion.DEFAULT_CELLS) == set(grid.cells) - {"clean"}
   with pytest.raises(ValueError, match="--methods: 'mfrw'"):
     grid.config("sym0.4", "mfrw", 0, 12, "/r")
   # The GPU flagfile names only the experiment's flags.

@@ -52,6 +52,29 @@ def test_hypergradient_of_either_advisor_matches_finite_differences(
     assert abs(analytic - numeric) / abs(numeric) < 1e-4, only
 
 
+@pytest.mark.parametrize("mode", ["mfrw_mes", "mes"])
+def test_hypergradient_through_the_example_weight_matches_finite_differences(
+    mode):
+  """`advisor_example_weight`: ω(f, L) multiplies each example's loss in
+  the virtual step, so its head gets its share of ∇θ L_meta, exactly."""
+  keras.config.set_floatx("float64")
+  model = tiny_model(mode, lr=0.5, advisor_example_weight=True)
+  x, y, xm, ym = batches(dtype="float64")
+  grads, _ = model.meta_gradient(x, y, xm, ym)
+  variables = model.advisor.trainable_variables
+  names = [v.path for v in variables]
+  assert any("weight_head" in n for n in names)
+  assert len(grads) == len(variables)
+  rng = np.random.default_rng(2)
+  for only in (None, "weight_head"):
+    direction = [rng.standard_normal(v.shape)
+                 if only is None or only in n else np.zeros(v.shape)
+                 for v, n in zip(variables, names)]
+    analytic, numeric = directional_check(model, x, y, xm, ym, direction)
+    assert abs(numeric) > 1e-8, only
+    assert abs(analytic - numeric) / abs(numeric) < 1e-4, only
+
+
 @pytest.mark.parametrize("scope", ["all", "last_stage", "head"])
 @pytest.mark.parametrize("mode", ["mwnet", "mfrw_mes"])
 def test_remat_hypergradient_equals_the_plain_one(mode, scope):

@@ -63,13 +63,42 @@ def test_label_input_makes_the_advice_depend_on_the_given_label():
     advisor(f, loss)
 
 
+def test_example_weight_head_reads_one_weight_per_example():
+  """`example_weight=True`: a third sigmoid head, one ω in (0, 1) per
+  example, that depends on the example (its feature and its loss); the other
+  heads are as without it, and the layer round-trips through its config."""
+  advisor = layers.AdvisorNetwork(feature_dim=7, num_classes=3,
+                                  embedding_size=5, example_weight=True)
+  rng = np.random.default_rng(0)
+  f = rng.normal(size=(4, 7)).astype("float32")
+  loss = np.array([0.1, 0.5, 2.0, 4.0], "float32")
+  out = advisor(f, loss)
+  assert set(out) == {"mask", "suppression", "weight"}
+  weight = out["weight"].numpy()
+  assert weight.shape == (4,) and ((weight > 0) & (weight < 1)).all()
+  assert len(set(np.round(weight, 7))) == 4  # Per example, not one value.
+  # The same feature with another loss: another weight.
+  other = advisor(f, loss[::-1].copy())["weight"].numpy()
+  assert not np.allclose(other, weight)
+  assert advisor.weight_head.kernel.shape == (10, 1)
+  plain = layers.AdvisorNetwork(feature_dim=7, num_classes=3,
+                                embedding_size=5)
+  assert plain.weight_head is None and "weight" not in plain(f, loss)
+  clone = _round_trip(advisor)
+  assert clone.example_weight
+  clone(f, loss)
+  clone.set_weights(advisor.get_weights())
+  np.testing.assert_allclose(clone(f, loss)["weight"], weight, rtol=1e-6)
+
+
 def test_advisor_argument_errors():
   with pytest.raises(ValueError, match="num_classes"):
     layers.AdvisorNetwork(feature_dim=4, class_weights=True)
   with pytest.raises(ValueError, match="label_input=True needs num_classes"):
     layers.AdvisorNetwork(feature_dim=4, class_weights=False,
                           label_input=True)
-  with pytest.raises(ValueError, match="feature_mask or class_weights"):
+  with pytest.raises(ValueError, match="feature_mask, class_weights or "
+                     "example_weight"):
     layers.AdvisorNetwork(feature_dim=4, num_classes=2, feature_mask=False,
                           class_weights=False)
 

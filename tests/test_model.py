@@ -258,6 +258,37 @@ def test_a_run_saved_before_label_input_had_the_thesis_advisor():
   assert config_lib.TrainConfig().differences(saved) == []
 
 
+def test_example_weight_is_an_advisor_network_option_off_by_default():
+  """`--advisor_example_weight`: off by default and in a run saved before
+  it; refused, naming the flag, by the methods without an advisor network;
+  on, the model trains on ω · loss and logs ω's mean."""
+  saved = json.loads(config_lib.TrainConfig().to_json())
+  del saved["advisor_example_weight"]
+  assert not config_lib.TrainConfig.from_dict(saved).advisor_example_weight
+  for method in ("ce", "mwnet"):
+    with pytest.raises(ValueError, match="--advisor_example_weight"):
+      config_lib.TrainConfig(method=method,
+                             advisor_example_weight=True).validate()
+  model = tiny_model("mfrw_mes", advisor_example_weight=True)
+  assert model.advisor.example_weight
+  assert tiny_model("mfrw_mes").advisor.weight_head is None
+  x, y, xm, ym = batches()
+  logs = model.train_step(((tf.constant(x), tf.constant(y)),
+                           (tf.constant(xm), tf.constant(ym))))
+  assert 0.0 < float(logs["example_weight_mean"]) < 1.0
+  # The loss the step trains on is the unweighted one times ω.
+  forward = model.train_forward(tf.constant(x), tf.constant(y))
+  weighted = model._train_loss(forward, tf.constant(y), None)  # pylint: disable=protected-access
+  advice = model.advise(forward.features, forward.ce, tf.constant(y))
+  model.advisor.weight_head, head = None, model.advisor.weight_head
+  try:
+    plain = model._train_loss(forward, tf.constant(y), None)  # pylint: disable=protected-access
+  finally:
+    model.advisor.weight_head = head
+  np.testing.assert_allclose(weighted.losses, advice["weight"] * plain.losses,
+                             rtol=1e-5)
+
+
 def test_an_advisor_of_the_thesis_signature_still_fits():
   """A user's advisor layer with `call(features, losses)` (no labels) is
   called as before; one with `label_input` gets the labels."""

@@ -43,6 +43,9 @@ def _cases():
   cases["mfrw-headbn"] = dict(mode="mfrw", head_batchnorm=True)
   # The advisor that also reads the given label (beyond the thesis).
   cases["mfrw_mes-label"] = dict(mode="mfrw_mes", advisor_label_input=True)
+  # The advisor that also weighs each example (beyond the thesis).
+  cases["mfrw_mes-weight"] = dict(mode="mfrw_mes",
+                                  advisor_example_weight=True)
   return cases
 
 
