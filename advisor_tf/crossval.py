@@ -36,7 +36,9 @@ def cross_validated_probabilities(config, source, split, folds=FOLDS,
   `builder.build_model`, fed by the trainer's own `train_stream`) on a
   stratified (by given label, seeded by `config.seed`)
   `(folds − 1) / folds` of the training split, and predicts the held-out
-  part without augmentation. With `cache` (a `.npy` path), the result is
+  part without augmentation. The folds share one model, traced once: each
+  fold starts it from the weights and optimizer state of a model freshly
+  built with the fold's seed (`reset_to`). With `cache` (a `.npy` path), the result is
   read from there when present and written there otherwise. `log` gets a
   line saying up front what the folds cost and one per fold with the time
   left.
@@ -60,28 +62,33 @@ def cross_validated_probabilities(config, source, split, folds=FOLDS,
       "follows the first fold. The rankings loss and advisor need none "
       "(--ranking=loss).")
   start = time.time()
+  # One model for every fold: traced once, reset per fold.
+  model, model_steps = None, None
   for k, (fit, held) in enumerate(parts):
     if k:
       spent = time.time() - start
       log(f"Fold {k}/{folds} done in {spent / k:.0f} s; about "
           f"{spent / k * (folds - k):.0f} s left.")
-    keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed * 1000 + k)
     fold = dataclasses.replace(
         split, train_indices=np.asarray(split.train_indices)[fit],
         train_labels=labels[fit],
         train_clean_labels=np.asarray(split.train_clean_labels)[fit])
     steps = run_lib.steps_per_epoch(config, fold)
-    model = builder.build_model(
+    fresh = builder.build_model(
         config, source.image_shape, source.num_classes,
         class_counts=fold.class_counts(source.num_classes),
         steps_per_epoch=steps)
+    # A fold of other length has another schedule: it gets its own model.
+    model = fresh if steps != model_steps else reset_to(model, fresh)
+    model_steps = steps
     model.fit(trainer.train_stream(config, source, fold, seed=config.seed + k),
               epochs=config.epochs, steps_per_epoch=steps, verbose=0,
               shuffle=False)
     probs[held] = advice.probabilities(advice.advise(
         model, source, split, positions=held,
         batch_size=config.eval_batch_size))
+  del model
   keras.backend.clear_session()
   log(f"Fold {folds}/{folds} done; {time.time() - start:.0f} s for the "
       f"{folds} folds.")
@@ -89,3 +96,17 @@ def cross_validated_probabilities(config, source, split, folds=FOLDS,
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     np.save(cache, probs)
   return probs
+
+
+def reset_to(model, fresh):
+  """`model` with the weights and optimizer state of `fresh` (the same
+  configuration, built with another seed), so that a fold trains from
+  `fresh`'s start on the functions `model` has already traced; `fresh`
+  itself where `model` is None or its variables differ in shape."""
+  if model is None or [w.shape for w in model.weights] != [
+      w.shape for w in fresh.weights]:
+    return fresh
+  model.set_weights(fresh.get_weights())
+  for mine, theirs in zip(model.optimizer.variables, fresh.optimizer.variables):
+    mine.assign(theirs)
+  return model
