@@ -1,6 +1,7 @@
 """Fashion-MNIST (IDX files the tests write), instance-dependent noise, the
 training subset and the Fashion-MNIST grid on the one grid runner."""
 
+import dataclasses
 import gzip
 import json
 import os
@@ -194,6 +195,14 @@ def test_fashion_grid_cells_and_methods_set_their_fields():
   assert not grid.is_noisy("clean") and clean.noise == "none"
   assert clean.train_examples is None
   assert set(fashion.DEFAULT_CELLS) == set(grid.cells) - {"clean"}
+  weighted = grid.config("instance0.4", "mfrw_mes_weight", 0, 12, "/r")
+  assert weighted.advisor_example_weight and weighted.method == "mfrw_mes"
+  assert dataclasses.replace(weighted, advisor_example_weight=False,
+                             workdir=None) == dataclasses.replace(
+                                 grid.config("instance0.4", "mfrw_mes", 0, 12,
+                                             "/r"), workdir=None)
+  assert set(fashion.DEFAULT_METHODS) == set(fashion.METHODS) - {
+      "mfrw_mes_weight"}
   with pytest.raises(ValueError, match="--methods: 'mfrw'"):
     grid.config("sym0.4", "mfrw", 0, 12, "/r")
   # The GPU flagfile names only the experiment's flags.

@@ -37,6 +37,9 @@ The methods (`METHODS`), keys of the results:
   mfrw_mes_auto    MFRW-MES with `--meta_source=auto`: no trusted label
   mfrw_mes_random  MFRW-MES with 10 per class drawn at random from the
                    dirty labels (`--meta_source=random_noisy`)
+  mfrw_mes_weight  `mfrw_mes` with `--advisor_example_weight` (beyond the
+                   thesis: the advisor also reads out a per-example loss
+                   weight; not in the default `--methods`)
 
 Per (cell, method) the JSON holds, per seed in the order of `seeds`, the
 dirty-labels grid's values (`dirty_labels.run_one`: `accuracy` at the last
@@ -79,7 +82,14 @@ METHODS = {"ce": {"method": "ce"},
            "mfrw_mes": {"method": "mfrw_mes", "meta_source": "random"},
            "mfrw_mes_auto": {"method": "mfrw_mes", "meta_source": "auto"},
            "mfrw_mes_random": {"method": "mfrw_mes",
-                               "meta_source": "random_noisy"}}
+                               "meta_source": "random_noisy"},
+           # Beyond the thesis: the advisor also weighs each example
+           # (`--advisor_example_weight`); runs only when named.
+           "mfrw_mes_weight": {"method": "mfrw_mes", "meta_source": "random",
+                               "advisor_example_weight": True}}
+# The methods: what the grid runs unless --methods names others.
+DEFAULT_METHODS = ("ce", "mwnet", "mfrw_mes", "mfrw_mes_auto",
+                   "mfrw_mes_random")
 FULL_CELLS = ("instance0.4", "instance0.5")
 # The cells; `clean` (no noise) runs only when named.
 DEFAULT_CELLS = ("instance0.4", "instance0.5", "sym0.4", "flip0.4",
@@ -146,7 +156,7 @@ def _define_flags():
           "(default: the Debian package's)."),
       cells=flags.DEFINE_list("cells", list(DEFAULT_CELLS),
                               f"Cells, from {', '.join(cells())}."),
-      methods=flags.DEFINE_list("methods", list(METHODS),
+      methods=flags.DEFINE_list("methods", list(DEFAULT_METHODS),
                                 f"Methods, from {', '.join(METHODS)}."),
       seeds=flags.DEFINE_list("seeds", [str(s) for s in SEEDS],
                               "Seeds (integers >= 0)."),
@@ -174,9 +184,11 @@ def main(argv, f):
   the_grid = grid(f.small_cells_examples.value, f.data_dir.value)
   cells_, methods, seeds, overrides = dirty_labels.grid_flags(
       f, the_grid.cells, METHODS)
-  try:  # --set values a run would refuse, before anything trains.
-    the_grid.config(cells_[0], methods[0], 0, f.epochs.value,
-                    f.workdir.value, overrides)
+  try:  # --set values a run would refuse, before anything trains (the
+    # ce run of a noisy cell included: every other method's ranks need it).
+    for method in set(methods) | {"ce"}:
+      the_grid.config(cells_[0], method, 0, f.epochs.value, f.workdir.value,
+                      overrides)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   results = dirty_labels.run_grid(
