@@ -255,6 +255,44 @@ def test_grid_skips_what_is_done_and_shares_ce_and_cleanlab_cv(
   assert overrides_seen == [{"advisor_label_input": True}]
 
 
+def test_rescore_measures_only_the_cells_and_seeds_asked(tmp_path,
+                                                        monkeypatch):
+  """`--rescore --cells=... --seeds=...` runs cleanlab's K folds and
+  re-advises only those runs; the others keep their values."""
+  results = {}
+  for cell in ("sym0.4", "sym0.6"):
+    for seed in (0, 1):
+      for method in ("ce", "mfrw_mes"):
+        grid.record(results, cell, method, seed, {"accuracy": 50.0},
+                    {"label_issue_ap": {"loss": 0.5},
+                     "label_issue_precision_at_k": {"loss": 0.5}})
+  out = str(tmp_path / "grid.json")
+  grid.write_results(out, results)
+  folds, advised = [], []
+
+  def fake_cv(cell, seed, epochs, root, folds_, grid_):
+    folds.append((cell, seed))
+    return None, {"label_issue_ap": 0.9, "label_issue_precision_at_k": 0.8}
+
+  def fake_measure(adv, method, shared, cv_scores=None):
+    return {"loss": {"label_issue_ap": 0.7, "label_issue_precision_at_k": .7},
+            **shared}
+
+  monkeypatch.setattr(grid, "cv_scores_of", fake_cv)
+  monkeypatch.setattr(grid, "_advise",
+                      lambda workdir: (advised.append(workdir), None))
+  monkeypatch.setattr(grid, "measure_rankings", fake_measure)
+  monkeypatch.setattr(grid.run_lib, "has_checkpoint", lambda workdir: True)
+  grid.rescore(out, str(tmp_path), 2, 3, log=lambda _: None,
+               cells=["sym0.6"], seeds=[1])
+  assert folds == [("sym0.6", 1)]
+  assert len(advised) == 2 and all("sym0.6" in w for w in advised)
+  saved = json.load(open(out))
+  assert saved["sym0.6"]["mfrw_mes"]["label_issue_ap"]["loss"] == [0.5, 0.7]
+  assert saved["sym0.6"]["ce"]["label_issue_ap"]["cleanlab_cv"] == [None, 0.9]
+  assert saved["sym0.4"]["mfrw_mes"]["label_issue_ap"] == {"loss": [0.5, 0.5]}
+
+
 def test_grid_means_are_over_the_advisor_methods():
   results = {
       "sym0.4": {

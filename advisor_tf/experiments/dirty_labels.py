@@ -445,16 +445,18 @@ def cv_scores_of(cell, seed, epochs, root, folds=FOLDS, grid=DIGITS):
 
 
 def rescore(out, root, epochs=DEFAULT_EPOCHS, folds=FOLDS, log=print,
-            grid=DIGITS):
+            grid=DIGITS, cells=None, seeds=None):
   """Measures every ranking again, without training, for the runs of `out`
   whose workdirs are kept under `root` (so new rankings reach finished
   runs): reloads each run's checkpoint, advises, and rewrites its ranking
-  values. Returns the results dict."""
+  values; only in `cells` and for `seeds` where given. Returns the results
+  dict."""
   results = load_results(out)
   for cell, by_method in results.items():
-    if not grid.is_noisy(cell):
+    if not grid.is_noisy(cell) or (cells is not None and cell not in cells):
       continue
-    for seed in sorted({s for e in by_method.values() for s in e["seeds"]}):
+    for seed in sorted({s for e in by_method.values() for s in e["seeds"]
+                        if seeds is None or s in seeds}):
       cv_scores, quality = cv_scores_of(cell, seed, epochs, root, folds,
                                         grid)
       shared = {"cleanlab_cv": quality}
@@ -661,20 +663,25 @@ def grid_flags(f, cells, methods):
   return f.cells.value, f.methods.value, seeds, overrides
 
 
+def rescore_flags(f, overrides):
+  """`app.UsageError` where `--rescore` meets flags it cannot honour."""
+  if overrides:
+    raise app.UsageError("--rescore trains nothing, so --set has no "
+                         "effect there; drop --set.")
+  if not f.workdir.value:
+    raise app.UsageError("--rescore needs --workdir, the folder the grid's "
+                         "runs were kept in.")
+
+
 def main(argv, f):
   del argv
   cli.quiet_logs()
   pylogging.getLogger("tensorflow").addFilter(_NoRetracingWarnings())
   cells, methods, seeds, overrides = grid_flags(f, CELLS, METHODS)
   if f.rescore.value:
-    if overrides:
-      raise app.UsageError("--rescore trains nothing, so --set has no "
-                           "effect there; drop --set.")
-    if not f.workdir.value:
-      raise app.UsageError("--rescore needs --workdir, the folder the grid's "
-                           "runs were kept in.")
+    rescore_flags(f, overrides)
     results = rescore(f.out.value, f.workdir.value, f.epochs.value,
-                      f.folds.value)
+                      f.folds.value, cells=cells, seeds=seeds)
   else:
     with tempfile.TemporaryDirectory() as tmp:
       results = run_grid(f.out.value, cells, methods, seeds, f.epochs.value, f.workdir.value or tmp,

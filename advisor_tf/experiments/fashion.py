@@ -7,6 +7,9 @@ beside the published instance-dependent-noise results.
       [--small_cells_examples=20000] [--nocleanlab_cv]
   # The published protocol (ResNet-18, 150 epochs, every cell at 60 000):
   python -m advisor_tf.experiments.fashion --flagfile=flags/experiments/fashion_gpu.cfg
+  # cleanlab's K-fold ranking for runs trained with --nocleanlab_cv:
+  python -m advisor_tf.experiments.fashion --rescore --cells=instance0.4 \
+      --seeds=0
 
 Zalando's Fashion-MNIST (`--dataset=fashion_mnist`: 60 000 training and
 10 000 test photographs, 28×28 grayscale, 10 classes; read from the IDX files
@@ -173,7 +176,11 @@ def _define_flags():
           "cleanlab_cv", True, "Measure cleanlab's ranking and analyze's "
           "default (K extra cross-entropy trainings per cell and seed)."),
       set=flags.DEFINE_string("set", "", "TrainConfig fields field=value,... "
-                              "of every run (e.g. backbone=resnet18)."))
+                              "of every run (e.g. backbone=resnet18)."),
+      rescore=flags.DEFINE_bool(
+          "rescore", False, "Train nothing: measure every ranking again, "
+          "cleanlab_cv's K folds included, for the runs of --cells and "
+          "--seeds in --out whose workdirs are kept in --workdir."))
 
 
 def main(argv, f):
@@ -184,6 +191,13 @@ def main(argv, f):
   the_grid = grid(f.small_cells_examples.value, f.data_dir.value)
   cells_, methods, seeds, overrides = dirty_labels.grid_flags(
       f, the_grid.cells, METHODS)
+  if f.rescore.value:
+    dirty_labels.rescore_flags(f, overrides)
+    results = dirty_labels.rescore(
+        f.out.value, os.path.abspath(f.workdir.value), f.epochs.value,
+        f.folds.value, grid=the_grid, cells=cells_, seeds=seeds)
+    print(dirty_labels.tables(results, list(METHODS)))
+    return
   try:  # --set values a run would refuse, before anything trains (the
     # ce run of a noisy cell included: every other method's ranks need it).
     for method in set(methods) | {"ce"}:
