@@ -286,7 +286,9 @@ def analyze_run(run, out_dir, class_names=None, num_examples=50,
   scores = advice_lib.label_issue_scores(adv)
   rankings = advice_lib.single_run_rankings(adv, scores)
   ranking, fallback = advice_lib.resolve_ranking(
-      ranking, advice_lib.available_rankings(rankings))
+      ranking, advice_lib.available_rankings(rankings), len(adv.given))
+  if fallback:
+    logging.warning(fallback)
   if ranking in advice_lib.TRAINED_RANKINGS:  # K CE trainings, cached.
     probs = crossval.cross_validated_probabilities(
         config, source, split, folds,

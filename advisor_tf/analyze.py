@@ -61,7 +61,7 @@ _MAX_POINTS = flags.DEFINE_integer("max_points", 2000,
 _RANKING = flags.DEFINE_enum(
     "ranking", None, advice.RANKINGS,
     "How to rank the label issues (default "
-    f"{advice.DEFAULT_RANKING}): " + "; ".join(
+    f"{advice.default_ranking_text()}): " + "; ".join(
         f"{name}: {advice.RANKING_HELP[name]}" for name in advice.RANKINGS)
     + ".")
 _FOLDS = flags.DEFINE_integer("folds", crossval.FOLDS, "K of the K-fold "

@@ -49,7 +49,7 @@ _ISSUES = flags.DEFINE_string("issues", None,
 _RANKING = flags.DEFINE_enum(
     "ranking", None, advice_lib.RANKINGS,
     "Ranking of the analysis run when label_issues.csv is absent (default "
-    f"{advice_lib.DEFAULT_RANKING}, as advisor-analyze).")
+    f"{advice_lib.default_ranking_text()}, as advisor-analyze).")
 _MAX_CARDS = flags.DEFINE_integer("max_cards", 2000,
                                   "Cards on the page: the most suspected "
                                   "images (0: every training image).",

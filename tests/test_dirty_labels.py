@@ -143,6 +143,20 @@ def test_single_run_rankings_and_the_default():
     assert (name, note) == (advice.DEFAULT_RANKING, None)
   with pytest.raises(ValueError, match="--ranking=advisor"):
     advice.resolve_ranking("advisor", advice.available_rankings(plain))
+  # Above LARGE_SET_EXAMPLES the default trains nothing more, and says so.
+  big = advice.LARGE_SET_EXAMPLES + 1
+  assert advice.resolve_ranking(None, available, big - 1) == (
+      advice.DEFAULT_RANKING, None)
+  name, note = advice.resolve_ranking(None, available, big)
+  assert name == advice.LARGE_SET_RANKING
+  assert name not in advice.TRAINED_RANKINGS
+  assert f"{big} training images" in note
+  assert f"--ranking={advice.DEFAULT_RANKING}" in note
+  name, note = advice.resolve_ranking(None, advice.available_rankings(plain),
+                                      big)
+  assert name == "cleanlab_model" and "trains nothing more" in note
+  assert advice.resolve_ranking("cv_loss", available, big) == ("cv_loss",
+                                                               None)
 
 
 def test_rankings_on_out_of_sample_scores_combine_by_rank():
