@@ -61,6 +61,10 @@ def test_cells_are_the_fashion_grids_and_the_users():
   assert (config.meta_source, config.train_examples, config.flip_targets,
           config.seed, config.dataset) == ("auto", 3000, "similar", 2,
                                            "fashion_mnist")
+  digits = meta_warning.config_of("digits_lt20_flip0.4", 1)
+  assert (digits.dataset, digits.meta_source, digits.imbalance_factor,
+          digits.noise) == ("digits", "auto", 20.0, "flip")
+  assert "digits_lt20" not in cells  # No noise, nothing to warn about.
 
 
 def test_bad_cells_and_seeds_are_refused():

@@ -33,7 +33,9 @@ stratified 20 000), and two a user with a folder of photographs has:
 `pair0.35_3k` (3 000 images, 35 % of each class's labels moved to its most
 similar class, `--flip_targets=similar`: the first-hour issue's folder, where
 the warning named three classes whose meta images were all right) and
-`instance0.35_6k` (6 000 images, instance-dependent noise 0.35). The JSON is
+`instance0.35_6k` (6 000 images, instance-dependent noise 0.35); and, as a
+check on other data, the digits grid's noisy cells (`digits_sym0.4`, ...:
+`dirty_labels.CELLS` on the bundled digits). The JSON is
 rewritten after every selection; a restart skips what it holds.
 """
 
@@ -51,6 +53,7 @@ import numpy as np  # noqa: E402
 
 from advisor_tf import meta_select  # noqa: E402
 from advisor_tf import run as run_lib  # noqa: E402
+from advisor_tf.experiments import dirty_labels  # noqa: E402
 from advisor_tf.experiments import fashion  # noqa: E402
 
 RIGHT_BAR = 0.8
@@ -61,14 +64,26 @@ USER_CELLS = {"pair0.35_3k": dict(noise="flip", noise_rate=0.35,
                                       train_examples=6000)}
 
 
+# A check on other data: the dirty-labels grid's noisy cells on the bundled
+# digits (1 198 training images), `digits_` + the grid's cell name.
+DIGITS_PREFIX = "digits_"
+
+
 def cells():
-  """Cell name → the `TrainConfig` fields it sets."""
+  """Cell name → the `TrainConfig` fields it sets (over `fashion.BASE`, or
+  over the digits grid's `BASE` for the `digits_` cells)."""
   grid_cells = {k: v for k, v in fashion.cells().items() if k != "clean"}
-  return {**USER_CELLS, **grid_cells}
+  digits = {DIGITS_PREFIX + k: v for k, v in dirty_labels.CELLS.items()
+            if v.get("noise", "none") != "none"}
+  return {**USER_CELLS, **grid_cells, **digits}
 
 
 def config_of(cell, seed, data_dir=None):
   """The `mfrw_mes_auto` configuration of a (cell, seed)."""
+  if cell.startswith(DIGITS_PREFIX):
+    return dataclasses.replace(
+        dirty_labels.BASE, **cells()[cell], meta_source="auto",
+        seed=seed).validate()
   return dataclasses.replace(
       fashion.BASE, **cells()[cell], meta_source="auto", seed=seed,
       data_dir=data_dir).validate()
