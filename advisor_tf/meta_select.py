@@ -95,6 +95,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 
 from absl import logging
 import keras
@@ -622,6 +623,14 @@ def select(config, source, split):
   `{positions, indices, labels, purity, suspect_classes, ...}`."""
   k = per_class(config, "auto")
   epochs = warmup_epochs(_steps_per_epoch(config, split))
+  start = time.time()
+  # A stage outside fit(): said up front and when done, so that it is no
+  # silent wait (the run's steps are timed once training starts).
+  logging.warning("--meta_source=auto: choosing %d meta image(s) per class "
+                  "from %d training images: a warm-up of %d epoch(s) of %d "
+                  "steps, then a neighbour vote.", k,
+                  len(split.train_labels), epochs,
+                  _steps_per_epoch(config, split))
   losses, predicted, neighbours, voters, regions = warmup(
       config, source, split, epochs)
   labels = np.asarray(split.train_labels)
@@ -638,6 +647,8 @@ def select(config, source, split):
   if regions is not None:
     positions, moved = rehome(positions, regions, agreement, losses, labels,
                               k, source.num_classes)
+  logging.warning("--meta_source=auto: meta set chosen in %.0f s.",
+                  time.time() - start)
   everyone = np.arange(len(labels))
   labelled = class_agreement(predicted, labels, everyone, source.num_classes)
   chosen = class_agreement(predicted, labels, positions, source.num_classes)
