@@ -65,8 +65,8 @@ def test_label_input_makes_the_advice_depend_on_the_given_label():
 
 def test_example_weight_head_reads_one_weight_per_example():
   """`example_weight=True`: a third sigmoid head, one ω in (0, 1) per
-  example, that depends on the example (its feature and its loss); the other
-  heads are as without it, and the layer round-trips through its config."""
+  example, read from its loss alone; the other heads are as without it, and
+  the layer round-trips through its config."""
   advisor = layers.AdvisorNetwork(feature_dim=7, num_classes=3,
                                   embedding_size=5, example_weight=True)
   rng = np.random.default_rng(0)
@@ -77,10 +77,13 @@ def test_example_weight_head_reads_one_weight_per_example():
   weight = out["weight"].numpy()
   assert weight.shape == (4,) and ((weight > 0) & (weight < 1)).all()
   assert len(set(np.round(weight, 7))) == 4  # Per example, not one value.
-  # The same feature with another loss: another weight.
+  # A function of the loss alone (Meta-Weight-Net's): another loss, another
+  # weight; another feature, the same.
   other = advisor(f, loss[::-1].copy())["weight"].numpy()
-  assert not np.allclose(other, weight)
-  assert advisor.weight_head.kernel.shape == (10, 1)
+  np.testing.assert_allclose(other, weight[::-1], rtol=1e-6)
+  np.testing.assert_allclose(advisor(f[::-1].copy(), loss)["weight"], weight,
+                             rtol=1e-6)
+  assert advisor.weight_head.kernel.shape == (5, 1)
   plain = layers.AdvisorNetwork(feature_dim=7, num_classes=3,
                                 embedding_size=5)
   assert plain.weight_head is None and "weight" not in plain(f, loss)
