@@ -269,6 +269,23 @@ def test_grid_skips_what_is_done_and_shares_ce_and_cleanlab_cv(
   assert overrides_seen == [{"advisor_label_input": True}]
 
 
+def test_a_second_grid_command_on_the_same_json_is_refused(tmp_path):
+  """Two commands rewriting one JSON would each write back their own copy
+  over the other's runs: the second is refused at once, naming the file;
+  the file is free again when the first ends."""
+  out = str(tmp_path / "grid.json")
+  with grid.exclusive(out):
+    with pytest.raises(grid.Busy, match="another grid command is writing "
+                       ".*grid.json.*another --out"):
+      grid.run_grid(out, ["sym0.4"], ["ce"], [0], 2, str(tmp_path),
+                    log=lambda _: None)
+    with pytest.raises(grid.Busy):
+      grid.rescore(out, str(tmp_path), log=lambda _: None)
+  with grid.exclusive(out):  # Released.
+    pass
+  assert not os.path.exists(out)  # The refused commands wrote nothing.
+
+
 def test_rescore_measures_only_the_cells_and_seeds_asked(tmp_path,
                                                         monkeypatch):
   """`--rescore --cells=... --seeds=...` runs cleanlab's K folds and

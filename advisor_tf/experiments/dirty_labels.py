@@ -80,7 +80,9 @@ from its `ce` entry; the `ce` run of a noisy (cell, seed) is therefore done
 out-of-sample probabilities are reused (`cv_probs.npy`).
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging as pylogging
 import os
@@ -238,6 +240,31 @@ def load_results(path):
     return {}
   with open(path) as f:
     return json.load(f)
+
+
+class Busy(RuntimeError):
+  """Another grid command holds the JSON (`exclusive`)."""
+
+
+@contextlib.contextmanager
+def exclusive(path):
+  """Holds `path`'s lock file (`path + ".lock"`) while a grid command reads
+  and rewrites `path`: a second command on the same JSON would write back
+  its own older copy over the first one's runs, so it is refused at once,
+  naming the file."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  with open(path + ".lock", "w") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise Busy(
+          f"another grid command is writing {path}; wait for it, or give "
+          "this one another --out.") from None
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def write_results(path, results):
@@ -451,6 +478,11 @@ def rescore(out, root, epochs=DEFAULT_EPOCHS, folds=FOLDS, log=print,
   runs): reloads each run's checkpoint, advises, and rewrites its ranking
   values; only in `cells` and for `seeds` where given. Returns the results
   dict."""
+  with exclusive(out):
+    return _rescore(out, root, epochs, folds, log, grid, cells, seeds)
+
+
+def _rescore(out, root, epochs, folds, log, grid, cells, seeds):
   results = load_results(out)
   for cell, by_method in results.items():
     if not grid.is_noisy(cell) or (cells is not None and cell not in cells):
@@ -490,9 +522,17 @@ def _advise(workdir):
 def run_grid(out, cells, methods, seeds, epochs, root, folds=FOLDS,
              cleanlab_cv=True, log=print, overrides=None, grid=DIGITS):
   """Runs the missing (cell, method, seed) entries of `grid`, rewriting
-  `out` after each; `overrides` are further `TrainConfig` fields of every
-  run (an ablation: give it its own `out`). `seeds` is a list, or a
-  `{cell: seeds}` dict where cells differ. Returns the results dict."""
+  `out` after each (one command per `out` at a time: `exclusive`);
+  `overrides` are further `TrainConfig` fields of every run (an ablation:
+  give it its own `out`). `seeds` is a list, or a `{cell: seeds}` dict
+  where cells differ. Returns the results dict."""
+  with exclusive(out):
+    return _run_grid(out, cells, methods, seeds, epochs, root, folds,
+                     cleanlab_cv, log, overrides, grid)
+
+
+def _run_grid(out, cells, methods, seeds, epochs, root, folds, cleanlab_cv,
+              log, overrides, grid):
   results = load_results(out)
   seeds_of = (seeds.get if isinstance(seeds, dict) else
               (lambda _, s=tuple(seeds): s))
@@ -678,15 +718,27 @@ def main(argv, f):
   cli.quiet_logs()
   pylogging.getLogger("tensorflow").addFilter(_NoRetracingWarnings())
   cells, methods, seeds, overrides = grid_flags(f, CELLS, METHODS)
+  try:
+    results = _main_runs(f, cells, methods, seeds, overrides)
+  except Busy as e:
+    raise app.UsageError(str(e)) from None
+  _print_summary(results)
+
+
+def _main_runs(f, cells, methods, seeds, overrides):
   if f.rescore.value:
     rescore_flags(f, overrides)
     results = rescore(f.out.value, f.workdir.value, f.epochs.value,
                       f.folds.value, cells=cells, seeds=seeds)
   else:
     with tempfile.TemporaryDirectory() as tmp:
-      results = run_grid(f.out.value, cells, methods, seeds, f.epochs.value, f.workdir.value or tmp,
-                         f.folds.value, f.cleanlab_cv.value,
-                         overrides=overrides)
+      results = run_grid(f.out.value, cells, methods, seeds, f.epochs.value,
+                         f.workdir.value or tmp, f.folds.value,
+                         f.cleanlab_cv.value, overrides=overrides)
+  return results
+
+
+def _print_summary(results):
   print(tables(results))
   print("\nDefault ranking against cleanlab, per cell (mean AP):")
   print("\n".join(goal_check(results)) or "(no noisy cell measured)")

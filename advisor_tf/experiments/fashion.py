@@ -193,9 +193,12 @@ def main(argv, f):
       f, the_grid.cells, METHODS)
   if f.rescore.value:
     dirty_labels.rescore_flags(f, overrides)
-    results = dirty_labels.rescore(
-        f.out.value, os.path.abspath(f.workdir.value), f.epochs.value,
-        f.folds.value, grid=the_grid, cells=cells_, seeds=seeds)
+    try:
+      results = dirty_labels.rescore(
+          f.out.value, os.path.abspath(f.workdir.value), f.epochs.value,
+          f.folds.value, grid=the_grid, cells=cells_, seeds=seeds)
+    except dirty_labels.Busy as e:
+      raise app.UsageError(str(e)) from None
     print(dirty_labels.tables(results, list(METHODS)))
     return
   try:  # --set values a run would refuse, before anything trains (the
@@ -205,10 +208,13 @@ def main(argv, f):
                       overrides)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  results = dirty_labels.run_grid(
-      f.out.value, cells_, methods, seeds, f.epochs.value,
-      os.path.abspath(f.workdir.value), f.folds.value, f.cleanlab_cv.value,
-      overrides=overrides, grid=the_grid)
+  try:
+    results = dirty_labels.run_grid(
+        f.out.value, cells_, methods, seeds, f.epochs.value,
+        os.path.abspath(f.workdir.value), f.folds.value, f.cleanlab_cv.value,
+        overrides=overrides, grid=the_grid)
+  except dirty_labels.Busy as e:
+    raise app.UsageError(str(e)) from None
   print(dirty_labels.tables(results, list(METHODS)))
   print("\nBeside the published figures (mean of the last 10 % of epochs):")
   print(published_table(results))
