@@ -258,6 +258,29 @@ def test_undecodable_images_are_skipped_before_training_and_cached(
   assert f"{root}/train/cat/cut.jpg" in list(again.paths["train"])
 
 
+def test_a_large_image_check_says_what_it_does(tmp_path, warnings,
+                                              monkeypatch):
+  """From `_CHECK_PROGRESS_FROM` files on, the image check is a stage with
+  its own lines: up front, at every quarter, done; a cached second look
+  says nothing."""
+  for i in range(8):
+    _image(str(tmp_path / f"{i}.png"), seed=i)
+  paths = sorted(str(p) for p in tmp_path.glob("*.png"))
+  monkeypatch.setattr(sources, "_CHECK_PROGRESS_FROM", 8)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  results = sources.inspect_files(paths, str(tmp_path))
+  assert all(why is None for _, why in results.values())
+  assert warnings[0].startswith("Checking 8 image file(s) of ")
+  assert "0 already known" in warnings[0]
+  assert [w.split(" (")[0] for w in warnings[1:4]] == [
+      "Checked 2 of 8 image files", "Checked 4 of 8 image files",
+      "Checked 6 of 8 image files"]
+  assert warnings[4].startswith("Checked 8 image files in ")
+  del warnings[:]
+  sources.inspect_files(paths, str(tmp_path))  # Cached: no stage.
+  assert warnings == []
+
+
 def test_a_class_left_without_decodable_images_is_named(tmp_path, warnings):
   root = _untidy_folder(tmp_path)
   _truncated_jpeg(f"{root}/train/bird/0.jpg")

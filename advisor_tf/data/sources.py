@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from typing import Callable, Optional
 
 import numpy as np
@@ -792,6 +793,10 @@ def _inspect(path):
   return digest, None
 
 
+# From this many files to check, the check says what it does.
+_CHECK_PROGRESS_FROM = 2000
+
+
 def inspect_files(paths, data_dir):
   """`{path: (sha1, None or why it cannot be decoded)}` for image files,
   each decoded as training decodes it (`decode`), in parallel; cached under
@@ -817,11 +822,25 @@ def inspect_files(paths, data_dir):
     else:
       todo.append((path, stamp))
   if todo:
+    # A stage outside fit(): on a large folder, said up front, at every
+    # quarter and at the end (a line each, terminal or not).
+    loud = len(todo) >= _CHECK_PROGRESS_FROM
+    start = time.time()
+    if loud:
+      logging.warning("Checking %d image file(s) of %s (each decoded once; "
+                      "cached for the next run, %d already known).",
+                      len(todo), data_dir, len(paths) - len(todo))
     with futures.ThreadPoolExecutor(_CHECK_WORKERS) as pool:
-      for (path, stamp), result in zip(
-          todo, pool.map(lambda item: _inspect(item[0]), todo)):
+      for done, ((path, stamp), result) in enumerate(zip(
+          todo, pool.map(lambda item: _inspect(item[0]), todo)), 1):
         results[path] = result
         cache[path] = [stamp, *result]
+        if loud and done < len(todo) and done % -(-len(todo) // 4) == 0:
+          logging.warning("Checked %d of %d image files (%.0f s).", done,
+                          len(todo), time.time() - start)
+    if loud:
+      logging.warning("Checked %d image files in %.0f s.", len(todo),
+                      time.time() - start)
     try:  # A cache that cannot be written only costs time next run.
       os.makedirs(os.path.dirname(cache_file), exist_ok=True)
       tmp = f"{cache_file}.{os.getpid()}.tmp"
