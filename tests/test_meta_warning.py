@@ -46,11 +46,17 @@ def test_measure_and_precision_recall(monkeypatch):
   assert entry["warned"] == [0, 2] and entry["unreliable"] == [0]
   assert entry["meta_right"][0] == pytest.approx(3 / 6)
   assert entry["disputed"] == [0.9, 0.9, 0.9]
-  summary = meta_warning.rescore({"c": {"0": entry},
-                                  "d": {"0": dict(entry, warned=[])}})
-  assert summary == {"warnings": 2, "right": 1, "unreliable": 2,
-                     "precision": 0.5, "recall": 0.5}
-  assert meta_warning.rescore({})["precision"] is None
+  # The summary applies today's rule to the recorded signals.
+  monkeypatch.setattr(meta_select, "suspects", lambda a, s, d: [0, 2])
+  other = dict(entry, warned=[], disputed=None)
+  del other["disputed"]  # An entry without signals keeps its `warned`.
+  summary = meta_warning.rescore({"c": {"0": entry}, "d": {"0": other},
+                                  "digits_e": {"1": dict(entry)}})
+  assert summary["fashion"] == {"warnings": 2, "right": 1, "unreliable": 2,
+                                "precision": 0.5, "recall": 0.5}
+  assert summary["digits"]["precision"] == 0.5
+  assert summary["all"]["warnings"] == 4
+  assert meta_warning.rescore({})["all"]["precision"] is None
 
 
 def test_cells_are_the_fashion_grids_and_the_users():

@@ -128,19 +128,37 @@ def measure(record, split, num_classes):
 
 
 def rescore(results):
-  """The entries' `warned` under this version's rule is what `measure`
-  wrote; the summary over every (cell, seed, class): precision, recall
-  (None without a warning / an unreliable class) and the counts."""
-  warned = right = truly = 0
-  for by_seed in results.values():
+  """Applies this version's rule (`meta_select.suspects`) to every entry's
+  recorded signals (its `warned`, rewritten in place), and summarises over
+  every (cell, seed, class), for the Fashion-MNIST cells, the digits cells
+  and all: `{group: {warnings, right, unreliable, precision, recall}}`
+  (precision / recall None without a warning / an unreliable class)."""
+  counts = {g: [0, 0, 0] for g in ("fashion", "digits", "all")}
+  for cell, by_seed in results.items():
+    group = "digits" if cell.startswith(DIGITS_PREFIX) else "fashion"
     for entry in by_seed.values():
+      if "disputed" in entry:
+        entry["warned"] = meta_select.suspects(
+            entry["class_agreement"], entry["selected_agreement"],
+            entry["disputed"])
       w, u = set(entry["warned"]), set(entry["unreliable"])
-      warned += len(w)
-      right += len(w & u)
-      truly += len(u)
-  return {"warnings": warned, "right": right, "unreliable": truly,
-          "precision": right / warned if warned else None,
-          "recall": right / truly if truly else None}
+      for g in (group, "all"):
+        counts[g][0] += len(w)
+        counts[g][1] += len(w & u)
+        counts[g][2] += len(u)
+  return {g: {"warnings": w, "right": r, "unreliable": u,
+              "precision": r / w if w else None,
+              "recall": r / u if u else None}
+          for g, (w, r, u) in counts.items()}
+
+
+def _write(out, results):
+  summary = rescore(results)
+  tmp = out + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump({"summary": summary, "cells": results}, f, indent=1)
+  os.replace(tmp, out)
+  return summary
 
 
 def run(out, cells_, seeds, data_dir=None, log=print):
@@ -158,13 +176,11 @@ def run(out, cells_, seeds, data_dir=None, log=print):
       record = meta_select.select(config, source, split)
       entry = measure(record, split, source.num_classes)
       results.setdefault(cell, {})[str(seed)] = entry
-      summary = rescore(results)
-      tmp = out + ".tmp"
-      with open(tmp, "w") as f:
-        json.dump({"summary": summary, "cells": results}, f, indent=1)
-      os.replace(tmp, out)
+      _write(out, results)
       log(f"{cell} seed {seed}: warned {entry['warned']}, unreliable "
           f"{entry['unreliable']}, purity {entry['purity']:.3f} → {out}")
+  if results:  # Today's rule over every selection kept, new or not.
+    _write(out, results)
   return results
 
 
@@ -196,12 +212,13 @@ def main(argv, f):
                          "integers >= 0.")
   cli.quiet_logs()
   results = run(f["out"].value, f["cells"].value, seeds, f["data_dir"].value)
-  summary = rescore(results)
-  print(json.dumps(summary))
-  if summary["precision"] is not None:
-    print(f"precision {summary['precision']:.2f} (goal "
-          f">= {PRECISION_GOAL}), recall "
-          + (f"{summary['recall']:.2f}" if summary["recall"] is not None
+  for group, values in rescore(results).items():
+    print(f"{group}: {values['right']} of {values['warnings']} warnings "
+          f"right, {values['right']} of {values['unreliable']} unreliable "
+          "classes named; precision "
+          + (f"{values['precision']:.2f}" if values["precision"] is not None
+             else "-") + f" (goal >= {PRECISION_GOAL}), recall "
+          + (f"{values['recall']:.2f}" if values["recall"] is not None
              else "-"))
 
 
