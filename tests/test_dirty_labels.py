@@ -4,6 +4,7 @@ included), its resumable JSON, and the report naming the ranking."""
 import dataclasses
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -159,6 +160,29 @@ def test_single_run_rankings_and_the_default():
                                                                None)
 
 
+def test_cv_rankings_of_a_run_follow_the_dataset_indices():
+  """cleanlab's out-of-sample scores belong to the `ce` run's split; a run
+  whose training split differs (an automatic meta set held out elsewhere)
+  is measured on the examples both train on, each with its own score."""
+  adv = _advice(with_advisor=True)
+  n = len(adv.given)
+  train_indices = np.arange(n) + 1000  # This run's dataset indices.
+  perfect = adv.noisy.astype(float)
+  # The ce split: the same images in another order, less the first five,
+  # plus five this run does not train on.
+  cv = {int(i): float(v) for i, v in zip(train_indices[5:][::-1],
+                                         perfect[5:][::-1])}
+  cv.update({i: 0.5 for i in range(5)})
+  measured = grid.measure_rankings(adv, "mfrw_mes", {}, cv, train_indices)
+  assert measured["cleanlab_cv"]["label_issue_ap"] == 1.0
+  # Read by position instead, the same scores rank at chance.
+  shuffled = {int(i): v for i, v in zip(train_indices,
+                                        np.roll(perfect, n // 2))}
+  wrong = grid.measure_rankings(adv, "mfrw_mes", {}, shuffled, train_indices)
+  assert wrong["cleanlab_cv"]["label_issue_ap"] < 0.5
+  assert set(measured) >= {"loss", "cv_loss", "cv_advisor"}
+
+
 def test_rankings_on_out_of_sample_scores_combine_by_rank():
   adv = _advice(with_advisor=True)
   single = advice.single_run_rankings(adv)
@@ -305,13 +329,14 @@ def test_rescore_measures_only_the_cells_and_seeds_asked(tmp_path,
     folds.append((cell, seed))
     return None, {"label_issue_ap": 0.9, "label_issue_precision_at_k": 0.8}
 
-  def fake_measure(adv, method, shared, cv_scores=None):
+  def fake_measure(adv, method, shared, cv_scores=None, train_indices=None):
     return {"loss": {"label_issue_ap": 0.7, "label_issue_precision_at_k": .7},
             **shared}
 
   monkeypatch.setattr(grid, "cv_scores_of", fake_cv)
-  monkeypatch.setattr(grid, "_advise",
-                      lambda workdir: (advised.append(workdir), None))
+  monkeypatch.setattr(grid, "_advise", lambda workdir: (
+      advised.append(workdir),
+      types.SimpleNamespace(split=types.SimpleNamespace(train_indices=[]))))
   monkeypatch.setattr(grid, "measure_rankings", fake_measure)
   monkeypatch.setattr(grid.run_lib, "has_checkpoint", lambda workdir: True)
   grid.rescore(out, str(tmp_path), 2, 3, log=lambda _: None,

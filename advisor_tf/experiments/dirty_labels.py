@@ -357,17 +357,26 @@ def _quality(scores, noisy):
           "label_issue_precision_at_k": advice.precision_at_k(scores, noisy)}
 
 
-def measure_rankings(adv, method, shared, cv_scores=None):
+def measure_rankings(adv, method, shared, cv_scores=None, train_indices=None):
   """`{ranking: {group: value}}` of a noisy run's advice `adv`: every
   single-run ranking, `ce_loss` for the `ce` run, the (cell, seed)'s
   `shared` qualities and, given `cv_scores` (cleanlab's out-of-sample
-  scores in the split's order), the rankings built on them."""
+  scores, `{dataset index: score}` of the `ce` run's training split) and
+  the run's `train_indices`, the rankings built on them. Those are measured
+  on the examples both splits train on: a run whose meta set came out of
+  training elsewhere (`--meta_source=auto`) trains on a few the `ce` run
+  held out, and lacks a few it trained on."""
   single = advice.single_run_rankings(adv)
-  if cv_scores is not None:
-    single.update(advice.cv_rankings(single,
-                                     np.asarray(cv_scores)[adv.positions]))
   measured = {name: _quality(scores, adv.noisy)
               for name, scores in single.items()}
+  if cv_scores is not None:
+    indices = np.asarray(train_indices)[adv.positions]
+    both = np.array([int(i) in cv_scores for i in indices], bool)
+    common = {name: scores[both] for name, scores in single.items()}
+    cv = advice.cv_rankings(common, np.array(
+        [cv_scores[int(i)] for i in indices[both]], np.float64))
+    measured.update({name: _quality(scores, adv.noisy[both])
+                     for name, scores in cv.items()})
   if method == "ce":
     measured["ce_loss"] = measured["loss"]
   measured.update({k: v for k, v in shared.items() if k not in measured})
@@ -393,7 +402,8 @@ def run_one(cell, method, seed, epochs, root, shared, cv_scores=None,
   rankings = {"label_issue_ap": {}, "label_issue_precision_at_k": {}}
   if grid.is_noisy(cell):
     values["realised_noise_rate"] = float(adv.noisy.mean())
-    measured = measure_rankings(adv, method, shared, cv_scores)
+    measured = measure_rankings(adv, method, shared, cv_scores,
+                                finished.split.train_indices)
     for name, quality in measured.items():
       for group, value in quality.items():
         rankings[group][name] = value
@@ -461,14 +471,16 @@ def cv_cache(cell, seed, epochs, root, folds):
 
 def cv_scores_of(cell, seed, epochs, root, folds=FOLDS, grid=DIGITS):
   """cleanlab's scores on the (cell, seed)'s out-of-sample probabilities
-  (K-fold CE, cached under `root`) and their quality: `(scores, quality)`."""
+  (K-fold CE, cached under `root`) and their quality: `(scores, quality)`,
+  the scores as `{dataset index: score}` of the `ce` run's training split."""
   config = grid.config(cell, "ce", seed, epochs, root)
   source, split = run_lib.prepare_data(config)
   probs = crossval.cross_validated_probabilities(
       config, source, split, folds, cv_cache(cell, seed, epochs, root, folds))
   scores = advice.cleanlab_scores(split.train_labels, probs)
   noisy = split.train_labels != split.train_clean_labels
-  return scores, _quality(scores, noisy)
+  return ({int(i): float(v) for i, v in zip(split.train_indices, scores)},
+          _quality(scores, noisy))
 
 
 def rescore(out, root, epochs=DEFAULT_EPOCHS, folds=FOLDS, log=print,
@@ -497,8 +509,9 @@ def _rescore(out, root, epochs, folds, log, grid, cells, seeds):
         if seed not in entry["seeds"] or not run_lib.has_checkpoint(
             config.workdir):
           continue
-        measured = measure_rankings(_advise(config.workdir)[0], method,
-                                    shared, cv_scores)
+        adv, finished = _advise(config.workdir)
+        measured = measure_rankings(adv, method, shared, cv_scores,
+                                    finished.split.train_indices)
         at = entry["seeds"].index(seed)
         for name, values in measured.items():
           for group, value in values.items():
