@@ -163,24 +163,27 @@ def test_single_run_rankings_and_the_default():
 def test_cv_rankings_of_a_run_follow_the_dataset_indices():
   """cleanlab's out-of-sample scores belong to the `ce` run's split; a run
   whose training split differs (an automatic meta set held out elsewhere)
-  is measured on the examples both train on, each with its own score."""
+  is measured on the examples both train on, each with its own score, and
+  not at all where its labels differ."""
   adv = _advice(with_advisor=True)
   n = len(adv.given)
   train_indices = np.arange(n) + 1000  # This run's dataset indices.
   perfect = adv.noisy.astype(float)
   # The ce split: the same images in another order, less the first five,
   # plus five this run does not train on.
-  cv = {int(i): float(v) for i, v in zip(train_indices[5:][::-1],
-                                         perfect[5:][::-1])}
-  cv.update({i: 0.5 for i in range(5)})
+  order = np.arange(5, n)[::-1]
+  cv = {int(train_indices[p]): (int(adv.given[p]), float(perfect[p]))
+        for p in order}
+  cv.update({i: (0, 0.5) for i in range(5)})
   measured = grid.measure_rankings(adv, "mfrw_mes", {}, cv, train_indices)
   assert measured["cleanlab_cv"]["label_issue_ap"] == 1.0
-  # Read by position instead, the same scores rank at chance.
-  shuffled = {int(i): v for i, v in zip(train_indices,
-                                        np.roll(perfect, n // 2))}
-  wrong = grid.measure_rankings(adv, "mfrw_mes", {}, shuffled, train_indices)
-  assert wrong["cleanlab_cv"]["label_issue_ap"] < 0.5
   assert set(measured) >= {"loss", "cv_loss", "cv_advisor"}
+  # Folds trained on other labels (another noise draw): no cv ranking.
+  other = dict(cv)
+  first = int(train_indices[7])
+  other[first] = ((other[first][0] + 1) % 3, other[first][1])
+  assert "cleanlab_cv" not in grid.measure_rankings(adv, "mfrw_mes", {},
+                                                    other, train_indices)
 
 
 def test_rankings_on_out_of_sample_scores_combine_by_rank():

@@ -361,22 +361,27 @@ def measure_rankings(adv, method, shared, cv_scores=None, train_indices=None):
   """`{ranking: {group: value}}` of a noisy run's advice `adv`: every
   single-run ranking, `ce_loss` for the `ce` run, the (cell, seed)'s
   `shared` qualities and, given `cv_scores` (cleanlab's out-of-sample
-  scores, `{dataset index: score}` of the `ce` run's training split) and
-  the run's `train_indices`, the rankings built on them. Those are measured
-  on the examples both splits train on: a run whose meta set came out of
-  training elsewhere (`--meta_source=auto`) trains on a few the `ce` run
-  held out, and lacks a few it trained on."""
+  scores, `{dataset index: (given label, score)}` of the `ce` run's
+  training split) and the run's `train_indices`, the rankings built on
+  them. Those are measured on the examples both splits train on (a run
+  whose meta set came out of training elsewhere trains on a few the `ce`
+  run held out), and only where both carry the same labels: a run whose
+  noise was drawn otherwise (`--meta_source=auto` draws the protocol in
+  another order) gets no `cleanlab_cv` of its own."""
   single = advice.single_run_rankings(adv)
   measured = {name: _quality(scores, adv.noisy)
               for name, scores in single.items()}
   if cv_scores is not None:
     indices = np.asarray(train_indices)[adv.positions]
     both = np.array([int(i) in cv_scores for i in indices], bool)
-    common = {name: scores[both] for name, scores in single.items()}
-    cv = advice.cv_rankings(common, np.array(
-        [cv_scores[int(i)] for i in indices[both]], np.float64))
-    measured.update({name: _quality(scores, adv.noisy[both])
-                     for name, scores in cv.items()})
+    same = all(cv_scores[int(i)][0] == int(y)
+               for i, y in zip(indices[both], adv.given[both]))
+    if same:  # Folds trained on other labels rank nothing of this run.
+      common = {name: scores[both] for name, scores in single.items()}
+      cv = advice.cv_rankings(common, np.array(
+          [cv_scores[int(i)][1] for i in indices[both]], np.float64))
+      measured.update({name: _quality(scores, adv.noisy[both])
+                       for name, scores in cv.items()})
   if method == "ce":
     measured["ce_loss"] = measured["loss"]
   measured.update({k: v for k, v in shared.items() if k not in measured})
@@ -472,14 +477,16 @@ def cv_cache(cell, seed, epochs, root, folds):
 def cv_scores_of(cell, seed, epochs, root, folds=FOLDS, grid=DIGITS):
   """cleanlab's scores on the (cell, seed)'s out-of-sample probabilities
   (K-fold CE, cached under `root`) and their quality: `(scores, quality)`,
-  the scores as `{dataset index: score}` of the `ce` run's training split."""
+  the scores as `{dataset index: (given label, score)}` of the `ce` run's
+  training split."""
   config = grid.config(cell, "ce", seed, epochs, root)
   source, split = run_lib.prepare_data(config)
   probs = crossval.cross_validated_probabilities(
       config, source, split, folds, cv_cache(cell, seed, epochs, root, folds))
   scores = advice.cleanlab_scores(split.train_labels, probs)
   noisy = split.train_labels != split.train_clean_labels
-  return ({int(i): float(v) for i, v in zip(split.train_indices, scores)},
+  return ({int(i): (int(y), float(v)) for i, y, v in zip(
+      split.train_indices, split.train_labels, scores)},
           _quality(scores, noisy))
 
 
@@ -518,6 +525,9 @@ def _rescore(out, root, epochs, folds, log, grid, cells, seeds):
             table = entry.setdefault(group, {})
             table.setdefault(name, [None] * len(entry["seeds"]))[at] = value
         for group in ("label_issue_ap", "label_issue_precision_at_k"):
+          for name, values in entry.get(group, {}).items():
+            if name in advice.TRAINED_RANKINGS and name not in measured:
+              values[at] = None  # No longer measured: not kept.
           entry[group] = _ordered(entry[group], analysis.GRID_RANKINGS)
       write_results(out, results)
       log(f"rescored {cell} seed {seed}")
