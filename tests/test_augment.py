@@ -275,6 +275,7 @@ def test_augmentation_benchmark_times_every_recipe():
   assert result["time_vs_pad_crop_flip"]["pad_crop_flip"] == 1.0
 
 
+@pytest.mark.slow  # Moved by measured duration (fast tier over budget).
 def test_keras_cv_presets_build_under_op_determinism_without_a_global_seed():
   """keras-cv layers take TensorFlow's global generator unless seeded, which
   op determinism (on by default in training) refuses without a global seed;

@@ -4,6 +4,7 @@ reset per fold, with the numbers of a model built afresh for every fold."""
 import dataclasses
 
 import numpy as np
+import pytest
 
 from advisor_tf import crossval
 from advisor_tf import model as model_lib
@@ -34,6 +35,7 @@ def _traced_folds(monkeypatch, folds):
   return probs, len(traced), said
 
 
+@pytest.mark.slow  # Moved by measured duration (fast tier over budget).
 def test_folds_share_one_traced_model(monkeypatch):
   _, two, said = _traced_folds(monkeypatch, 2)
   _, four, _ = _traced_folds(monkeypatch, 4)

@@ -189,6 +189,7 @@ def test_resize_and_crop_sources_export_their_path(run, tmp_path):
     np.testing.assert_allclose(one["probabilities"][0], expected, atol=1e-5)
 
 
+@pytest.mark.slow  # Moved by measured duration (fast tier over budget).
 def test_array_sources_take_pixels_of_any_size(tmp_path):
   rng = np.random.default_rng(0)
   # CIFAR-like: uint8 arrays, normalised.

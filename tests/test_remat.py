@@ -122,6 +122,7 @@ def test_remat_step_equals_the_plain_step_in_float64(mode, fields):
                                err_msg=key)
 
 
+@pytest.mark.slow  # Moved by measured duration (fast tier over budget).
 def test_batchnorm_statistics_are_written_once_per_step():
   """The recomputations' statistics are discarded: after steps through
   `fit`'s train function, the moving statistics equal the plain step's —
@@ -167,6 +168,7 @@ def test_remat_recomputes_in_the_second_order_pass(monkeypatch):
     assert sum(c is segment for c in calls) == 3
 
 
+@pytest.mark.slow  # Moved by measured duration (fast tier over budget).
 @pytest.mark.parametrize("mode", ["ce", "mfrw_mes"])
 def test_remat_under_mirrored_strategy_equals_one_device(mode, monkeypatch):
   # Without BatchNorm (whose batch statistics are per replica), cut at every

@@ -62,6 +62,7 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_touches_nothing(
     assert snapshot(config.workdir) == before
 
 
+@pytest.mark.slow  # Moved by measured duration (fast tier over budget).
 def test_resuming_with_other_data_is_refused_naming_what_differs(tmp_path):
   data = _folder(tmp_path / "data")
   config = _config(tmp_path, data)
