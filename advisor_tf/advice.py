@@ -45,8 +45,9 @@ class Advice:
     weight: the example weight `(N,)`: Meta-Weight-Net's (`mwnet`), or the
       advisor's ω (`advisor_example_weight`); else None.
     advised_loss: the loss the classifier is trained with under this advice
-      (masked features, MES with β = 1, times ω if any; or the weighted
-      loss).
+      (masked features, MES with β = 1, times ω if any — unnormalised here,
+      so that an example's score does not depend on its batch; training
+      divides by the batch mean; or the weighted loss).
   """
   positions: np.ndarray
   given: np.ndarray

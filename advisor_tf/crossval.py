@@ -38,8 +38,8 @@ def cross_validated_probabilities(config, source, split, folds=FOLDS,
   `(folds − 1) / folds` of the training split, and predicts the held-out
   part without augmentation. The folds share one model, traced once: each
   fold starts it from the weights and optimizer state of a model freshly
-  built with the fold's seed (`reset_to`). With `cache` (a `.npy` path), the result is
-  read from there when present and written there otherwise. `log` gets a
+  built with the fold's seed (`reset_to`). With `cache` (a `.npy` path),
+  the result is read from there when present and written there otherwise. `log` gets a
   line saying up front what the folds cost and one per fold with the time
   left.
   """
