@@ -26,6 +26,7 @@ import time
 
 from absl import logging
 import keras
+import numpy as np
 import tensorflow as tf
 
 from advisor_tf import builder
@@ -197,6 +198,11 @@ class RunClock(keras.callbacks.Callback):
     last_step: the run's last step.
     log: where the lines go (`logging.warning`: shown by default).
     clock: seconds (`time.monotonic`; tests pass their own).
+
+  `seconds_per_step()` is the median time from one step's end to the next
+  step's end within an epoch (input included, the epoch's validation not),
+  over the steps after `skip`: what `metrics.json` records as
+  `train/seconds_per_step`.
   """
 
   def __init__(self, steps_per_epoch, first_step, last_step,
@@ -206,6 +212,15 @@ class RunClock(keras.callbacks.Callback):
                                                    first_step, last_step)
     self.log, self.clock, self.skip, self.timed = log, clock, skip, timed
     self.seen, self.started, self.said = 0, None, False
+    self.last_end, self.intervals = None, []
+
+  def seconds_per_step(self):
+    """The median step time measured so far (None before two timed
+    steps)."""
+    return float(np.median(self.intervals)) if self.intervals else None
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.last_end = None  # The epoch boundary's validation is not a step.
 
   def _left(self):
     """Seconds the remaining steps take at the rate measured so far."""
@@ -224,6 +239,10 @@ class RunClock(keras.callbacks.Callback):
 
   def on_train_batch_end(self, batch, logs=None):
     self.seen += 1
+    now = self.clock()
+    if self.seen > self.skip and self.last_end is not None:
+      self.intervals.append(now - self.last_end)
+    self.last_end = now
     if self.seen == self.skip:
       self.started = self.clock()
     elif self.started is not None and self.seen == self.skip + self.timed:
@@ -278,7 +297,8 @@ def _train(config, source, split, strategy, out):
         source, split, out, config.telemetry_examples,
         config.seed, config.eval_batch_size))
   last = builder.total_steps(config, steps)
-  callbacks.append(RunClock(steps, start, last))
+  clock = RunClock(steps, start, last)
+  callbacks.append(clock)
   callbacks.append(RunProgress(-(-last // steps)))  # Last, as fit puts its own.
   validation = pipeline.evaluation(source, "test", config.eval_batch_size)
   meta_select.summarize(config, split, log_dir)
@@ -291,7 +311,7 @@ def _train(config, source, split, strategy, out):
               verbose=config_lib.progress_verbosity(config.verbose),
               shuffle=False)  # The stream is shuffled, statelessly, itself.
 
-  resumed_from = start
+  resumed_from, fit_started = start, time.monotonic()
   try:
     while start < last:
       epoch, done = divmod(start, steps)
@@ -313,7 +333,10 @@ def _train(config, source, split, strategy, out):
              "train/examples": int(len(split.train_indices)),
              "meta/examples": int(len(split.meta_indices)),
              "train/steps": int(model.optimizer.iterations.numpy()),
-             "resumed_from_step": resumed_from}
+             "resumed_from_step": resumed_from,
+             # This process's training (a resumed run: since it resumed).
+             "train/seconds": round(time.monotonic() - fit_started, 1),
+             "train/seconds_per_step": clock.seconds_per_step()}
   if config.noise != "none":  # Known only where the noise is synthetic.
     metrics["train/realised_noise_rate"] = split.noise_rate
   if getattr(source, "corrections", None):

@@ -282,6 +282,16 @@ def test_run_clock_says_the_steps_then_the_time_a_run_takes():
     now[0] += 0.5
   clock.on_epoch_end(0)  # Step 100: the end of epoch 1 of 4.
   assert said[2] == "Epoch 1 of 4 done: about 2 min left."
+  # The median step (end to end, after the skipped ones) for metrics.json;
+  # the time across an epoch boundary (validation) is not a step.
+  assert clock.seconds_per_step() == 0.5
+  clock.on_epoch_begin(1)
+  now[0] += 30.0  # The epoch's validation.
+  for _ in range(5):
+    clock.on_train_batch_end(0)
+    now[0] += 0.25
+  assert len(clock.intervals) == 48 + 4  # Steps 3-50, then 4 of 5.
+  assert clock.seconds_per_step() == 0.5
   assert trainer.duration(40) == "40 s"
   assert trainer.duration(12 * 60) == "12 min"
   assert trainer.duration(125 * 60) == "2 h 05 min"
