@@ -279,6 +279,51 @@ def array_source(name, splits, class_names, mean=None, std=None,
                 pixel_mean=mean, pixel_std=std, preprocessing=spec)
 
 
+# Decoded images a file source keeps in memory (MiB, all its splits
+# together; the environment's ADVISOR_TF_DECODED_CACHE_MIB overrides, 0 turns
+# it off): within it, each split's files are read and decoded once per
+# process instead of once per epoch; above, read from the files every time.
+DECODED_CACHE_MIB = 1024
+# From this many images, decoding them into memory is said (a line).
+_DECODE_SAY_FROM = 2000
+
+
+def decoded_cache_bytes():
+  value = os.environ.get("ADVISOR_TF_DECODED_CACHE_MIB")
+  try:
+    mib = DECODED_CACHE_MIB if value is None else float(value)
+  except ValueError:
+    raise ValueError(f"ADVISOR_TF_DECODED_CACHE_MIB={value!r}: give MiB, a "
+                     "number (0 turns the cache off).") from None
+  return int(mib * 2**20)
+
+
+def decode_into_memory(what, count, load, shape, used=0):
+  """`load` (index → float32 image of `shape`) of every index below
+  `count`, decoded once in parallel into one in-memory tensor; None when it
+  would take the cache past `decoded_cache_bytes()` (with `used` bytes
+  taken already), so the caller reads the files every time."""
+  size = count * int(np.prod(shape)) * 4
+  if not count or used + size > decoded_cache_bytes():
+    return None
+  started = time.time()
+  if count >= _DECODE_SAY_FROM:
+    logging.warning("Decoding the %d images of %s once into memory (%.0f MiB;"
+                    " ADVISOR_TF_DECODED_CACHE_MIB bounds it).", count, what,
+                    size / 2**20)
+  out = np.empty((count, *shape), np.float32)
+  at = 0
+  for batch in tf.data.Dataset.range(count).map(
+      load, num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=True).batch(256).prefetch(2):
+    out[at:at + len(batch)] = batch.numpy()
+    at += len(batch)
+  if count >= _DECODE_SAY_FROM:
+    logging.warning("Decoded %d images in %.0f s.", count,
+                    time.time() - started)
+  return tf.constant(out)
+
+
 def file_source(name, splits, class_names, image_size, mean=IMAGENET_MEAN,
                 std=IMAGENET_STD, meta_split="train", resize_to=None):
   """A source over image files: `splits` maps split → (paths, labels).
@@ -296,11 +341,25 @@ def file_source(name, splits, class_names, image_size, mean=IMAGENET_MEAN,
   spec = Preprocessing(image_size=(height, width), channels=3,
                        resize_to=resize_to, mean=mean, std=std)
 
+  decoded = {}  # split → its images as the loader yields them, in memory.
+
   def loader(split):
     table = tf.constant(paths[split])
     crop = (resize_to, resize_to) if resize_to and split == "train" else None
-    return lambda index: preprocess(  # noqa: E731
-        decode(tf.io.read_file(tf.gather(table, index))), spec, crop)
+
+    def from_file(index):
+      return preprocess(decode(tf.io.read_file(tf.gather(table, index))),
+                        spec, crop)
+
+    if split not in decoded:
+      side = crop or (height, width)
+      decoded[split] = decode_into_memory(
+          f"{name} {split}", len(paths[split]), from_file,
+          (*side, 3), sum(4 * v.shape.num_elements() for v in decoded.values()
+                        if v is not None))
+    if decoded[split] is None:
+      return from_file
+    return lambda index, images=decoded[split]: tf.gather(images, index)
 
   transform = (augment.crop_flip(height) if resize_to
                else augment.flip())
@@ -779,6 +838,27 @@ def _cache_path(data_dir):
   return os.path.join(root, "advisor_tf", _CHECK_CACHE, key + ".json")
 
 
+_decode_graph = None
+
+
+def _decode_one(data):
+  """`decode` of one file's bytes as a traced function: the check's many
+  small decodes cost a tenth of running its ops eagerly one by one."""
+  global _decode_graph
+  if _decode_graph is None:
+    _decode_graph = tf.function(
+        decode, input_signature=[tf.TensorSpec([], tf.string)])
+  return _decode_graph(tf.constant(data))
+
+
+def _decode_error(error):
+  """The reason in a decode error's message, without TensorFlow's frame."""
+  text = str(error)
+  if "Graph execution error" in text:  # The traced function's error.
+    return text.split("\n\t [[")[0].rsplit("\n\n", 1)[-1].strip()
+  return text.split("[Op:")[0].split("}}")[-1].strip()
+
+
 def _inspect(path):
   """`(sha1 of the bytes, None)` for a file `decode` reads, else
   `(sha1, why not)`: the same decode training and the export run."""
@@ -786,10 +866,9 @@ def _inspect(path):
     data = f.read()
   digest = hashlib.sha1(data).hexdigest()
   try:
-    decode(tf.constant(data))
+    _decode_one(data)
   except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-    why = str(e).split("[Op:")[0].split("}}")[-1].strip()
-    return digest, f"TensorFlow cannot decode it: {why}"
+    return digest, f"TensorFlow cannot decode it: {_decode_error(e)}"
   return digest, None
 
 

@@ -127,7 +127,8 @@ def write_folder(root, size, seed=0, rate=NOISE_RATE, fashion_dir=None):
                        "are missing; `apt-get install dataset-fashion-mnist`"
                        " or point --fashion_dir at them.")
     arrays[split] = tuple(sources.read_idx(p) for p in found)
-  names = sources.FASHION_MNIST_CLASSES
+  # Folder names: Zalando's, with "/" (T-shirt/top) made a "_".
+  names = [n.replace("/", "_") for n in sources.FASHION_MNIST_CLASSES]
   rng = np.random.default_rng(seed)
   images, clean = arrays["train"]
   chosen = protocols.stratified_subset(clean, size, rng, len(names))
@@ -158,22 +159,40 @@ def write_folder(root, size, seed=0, rate=NOISE_RATE, fashion_dir=None):
 
 
 # ------------------------------------------------------------- measuring
+# Starts the measured command and reports its exit status and peak resident
+# memory. Linux carries a process's high-water mark into the children it
+# forks, so the command is started from this small interpreter, not from
+# the caller (which may hold a gigabyte of TensorFlow).
+_LAUNCHER = ("import json, os, subprocess, sys\n"
+             "child = subprocess.Popen(sys.argv[2:])\n"
+             "_, status, usage = os.wait4(child.pid, 0)\n"
+             "with open(sys.argv[1], 'w') as f:\n"
+             "  json.dump([os.waitstatus_to_exitcode(status), "
+             "usage.ru_maxrss], f)\n")
+
+
 def measure(argv, log_path, env=None):
   """Runs `argv` in a fresh process (output to `log_path`): `{"seconds",
-  "peak_rss_mib"}`, the wall time and the process's (and its children's)
-  peak resident memory. A failing stage raises, naming its log."""
+  "peak_rss_mib"}`, the wall time and the peak resident memory of the
+  process (and of the children it waited for). A failing stage raises,
+  naming its log."""
+  report = f"{log_path}.rss"
   with open(log_path, "w") as log:
     started = time.monotonic()
-    child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                             env=env)
-    _, status, usage = os.wait4(child.pid, 0)
+    subprocess.run([sys.executable, "-c", _LAUNCHER, report, *argv],
+                   stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
     seconds = time.monotonic() - started
-  child.returncode = os.waitstatus_to_exitcode(status)
-  if child.returncode:
-    raise RuntimeError(f"{' '.join(argv)} exited with status "
-                       f"{child.returncode}; see {log_path}.")
+  try:
+    with open(report) as f:
+      status, peak_kib = json.load(f)
+    os.remove(report)
+  except (OSError, ValueError):
+    status, peak_kib = "unknown", 0
+  if status != 0:
+    raise RuntimeError(f"{' '.join(argv)} exited with status {status}; see "
+                       f"{log_path}.")
   return {"seconds": round(seconds, 2),
-          "peak_rss_mib": round(usage.ru_maxrss / 1024.0, 1)}
+          "peak_rss_mib": round(peak_kib / 1024.0, 1)}
 
 
 def exponent(sizes, seconds):
@@ -488,7 +507,11 @@ def _child(stage):
   if stage == "load":
     run_lib.load_source(_default_config(_DATA_DIR.value))
   elif stage == "select":
-    run_lib.prepare_data(_default_config(_DATA_DIR.value))
+    from advisor_tf import meta_select
+    config = _default_config(_DATA_DIR.value)
+    source, split = run_lib.prepare_data(config)
+    if split.meta_source == "auto":  # What a new run does before step 1.
+      meta_select.select(config, source, split)
   elif stage == "export":
     stage_export(_WORKDIR.value)
   elif stage == "throughput":
@@ -526,6 +549,24 @@ def plot(results, path):
   plt.close(fig)
 
 
+def checked_sizes(sizes, rankings):
+  """`--sizes` as sorted ints; raises ValueError naming a bad `--sizes` or
+  `--rankings`."""
+  from advisor_tf import advice
+  try:
+    values = sorted(int(n) for n in sizes)
+  except ValueError:
+    values = []
+  if not values or min(values) < 100:
+    raise ValueError(f"--sizes={','.join(sizes)}: give training set sizes of "
+                     "at least 100 images.")
+  bad = [r for r in rankings if r not in advice.RANKINGS]
+  if bad:
+    raise ValueError(f"--rankings: {', '.join(bad)} is not a ranking; "
+                     f"allowed: {', '.join(advice.RANKINGS)}.")
+  return values
+
+
 def main(argv):
   del argv
   cli.quiet_logs()
@@ -533,15 +574,7 @@ def main(argv):
     _child(_STAGE.value)
     return
   with cli.usage_errors():
-    sizes = sorted(int(n) for n in _SIZES.value)
-    if not sizes or min(sizes) < 100:
-      raise ValueError(f"--sizes={','.join(_SIZES.value)}: give training "
-                       "set sizes of at least 100 images.")
-    from advisor_tf import advice
-    bad = [r for r in _RANKINGS.value if r not in advice.RANKINGS]
-    if bad:
-      raise ValueError(f"--rankings: {', '.join(bad)} is not a ranking; "
-                       f"allowed: {', '.join(advice.RANKINGS)}.")
+    sizes = checked_sizes(_SIZES.value, _RANKINGS.value)
     results = run(_OUT.value, _ROOT.value, sizes, _RANKINGS.value,
                   _EPOCHS.value, _FASHION.value, _SEED.value)
   if _PLOT.value:
