@@ -16,7 +16,9 @@ import html
 import io
 import json
 import os
+import time
 
+from absl import logging
 import numpy as np
 
 from advisor_tf import advice as advice_lib
@@ -75,6 +77,10 @@ def _model_pixels(source, indices):
   return out
 
 
+# From this many training images, building the page says what it does.
+_SAY_FROM = 2000
+
+
 def cards_of_run(run, issues_path, max_cards=2000, thumbnail_size=128,
                  top_classes=4, ranking_name=None):
   """The page's data for `run` (a `run.Run`) ranked by `issues_path`:
@@ -82,6 +88,13 @@ def cards_of_run(run, issues_path, max_cards=2000, thumbnail_size=128,
   card per ranked training image (the first `max_cards`; 0: all)."""
   config, source, split = run.config, run.source, run.split
   rows = read_issues(issues_path)
+  started = time.time()
+  loud = len(split.train_indices) >= _SAY_FROM  # A stage outside fit().
+  if loud:
+    logging.warning("Review page: the model's classes for the %d training "
+                    "images, then %d cards with thumbnails.",
+                    len(split.train_indices),
+                    min(len(rows), max_cards) if max_cards else len(rows))
   adv = advice_lib.advise(run.model, source, split,
                           batch_size=config.eval_batch_size)
   probs = advice_lib.probabilities(adv)
@@ -116,6 +129,9 @@ def cards_of_run(run, issues_path, max_cards=2000, thumbnail_size=128,
                   "top": [[int(c), round(float(probs[p, c]), 4)]
                           for c in order[1:top_classes + 1]],
                   "score": float(row["score"]), "image": image})
+  if loud:
+    logging.warning("Review page: %d cards built in %.0f s.", len(cards),
+                    time.time() - started)
   with open(issues_path, "rb") as f:
     issues_digest = hashlib.sha256(f.read()).hexdigest()
   key = hashlib.sha256(f"{os.path.abspath(config.workdir)}\n{run.checkpoint}"

@@ -263,7 +263,7 @@ def test_command_help_and_bad_workdir(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_to_its_page_to_a_corrected_run(tmp_path):
+def test_a_run_to_its_page_to_a_corrected_run(tmp_path, monkeypatch):
   """A tiny image_folder run → advisor-review's page data (ranked, paths
   relative to --data_dir) → its corrections trained with --corrections:
   the run records the file and what changed."""
@@ -290,10 +290,19 @@ def test_a_run_to_its_page_to_a_corrected_run(tmp_path):
   assert all(os.path.isfile(os.path.join(folder, c["path"])) for c in cards)
   assert all(len(c["top"]) == 2 and 0 <= c["p"] <= 1 for c in cards)
   assert data["ranking"] == "advisor"
-  # Read again from the label_issues.csv the analysis left: same page data.
+  # Read again from the label_issues.csv the analysis left: same page data;
+  # from a large set (here: from 1 image), it says what it builds.
+  from absl import logging as absl_logging
+  said = []
+  monkeypatch.setattr(review, "_SAY_FROM", 1)
+  monkeypatch.setattr(absl_logging, "warning",
+                      lambda msg, *a: said.append(msg % a))
   again = review.review_run(config.workdir, output=str(tmp_path / "p.html"),
                             thumbnail_size=16)[1]
   assert again["cards"] == cards and again["run_key"] == data["run_key"]
+  assert said[0].startswith("Review page: the model's classes for the 36 "
+                            "training images, then 36 cards")
+  assert said[-1].startswith("Review page: 36 cards built in ")
 
   fixes = tmp_path / "corrections.csv"
   with open(fixes, "w", newline="") as f:

@@ -19,7 +19,9 @@ measured (peak resident memory of the process, `os.wait4`):
                  `metrics.json` gives its median step
   evaluate       `advisor-evaluate` (the 10 000 test images)
   analyze_<r>    `advisor-analyze --ranking=<r>` for each of `--rankings`
-  review         `advisor-review` (its default ranking and card count)
+  review         `advisor-review` (its default card count) on the label
+                 issues of `advisor-analyze`'s default ranking at that size
+                 (the page alone; the analysis is `analyze_<default>`)
   page_load      the review page opened in headless Chromium (Selenium):
                  DOMContentLoaded and load, in seconds (skipped, with the
                  reason, without Selenium or Chromium)
@@ -235,8 +237,15 @@ def stages(size, folder, workdir, rankings, epochs):
         f"--out={os.path.join(workdir, 'analysis_' + ranking)}"),
         {"XDG_CACHE_HOME": cache}))
   page = os.path.join(workdir, "review.html")
+  # A user runs advisor-analyze, then advisor-review on its ranking (without
+  # one, the review runs the analysis with the default ranking itself).
+  from advisor_tf import advice
+  default, _ = advice.resolve_ranking(None, advice.RANKINGS, size)
+  issues = ([f"--issues={os.path.join(workdir, 'analysis_' + default)}"
+             "/label_issues.csv"] if default in rankings else [])
   out += [("review", _python("advisor_tf.review", f"--workdir={workdir}",
-                             f"--output={page}"), {"XDG_CACHE_HOME": cache}),
+                             f"--output={page}", *issues),
+           {"XDG_CACHE_HOME": cache}),
           ("page_load", _python(me, "--stage=page_load", f"--workdir={page}"),
            {}),
           ("export", _python(me, "--stage=export", f"--workdir={workdir}"),
