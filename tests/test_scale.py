@@ -98,6 +98,9 @@ def test_summarize_reads_the_goals_off_the_stages():
   assert goals["outside_training_share"]["met"] is True
   assert goals["page_load_seconds"] == {"value": 0.5, "goal": 3.0,
                                         "met": True}
+  lines = scale.table(out).splitlines()
+  assert lines[0] == "| stage | N = 1000 | N = 20000 | k |"
+  assert "| review | 1 s (500 MiB) | 30 s (500 MiB) | 1.14 |" in lines
 
 
 def test_scale_refuses_bad_flags_naming_them():

@@ -89,6 +89,8 @@ _FASHION = flags.DEFINE_string("fashion_dir", None, "The folder of "
                                "Fashion-MNIST's four IDX files (default: the "
                                "Debian package's).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the subset and the noise.")
+_REPORT = flags.DEFINE_bool("report", False, "Only print the table (and draw "
+                            "--plot) of what --out holds; run nothing.")
 # Internal: one in-process stage, run by the parent in a fresh process.
 _STAGE = flags.DEFINE_enum("stage", None, ["load", "select", "export",
                                            "throughput", "page_load"],
@@ -558,6 +560,24 @@ def plot(results, path):
   plt.close(fig)
 
 
+def table(results):
+  """The measured stages as a Markdown table: seconds (peak MiB) per size,
+  and the fitted exponent."""
+  sizes = results["sizes"]
+  lines = ["| stage | " + " | ".join(f"N = {n}" for n in sizes)
+           + " | k |", "|---" * (len(sizes) + 2) + "|"]
+  for name, entry in results["stages"].items():
+    cells = []
+    for n in sizes:
+      sec = entry["seconds"].get(str(n))
+      peak = entry["peak_rss_mib"].get(str(n))
+      cells.append("–" if sec is None else f"{sec:.0f} s ({peak:.0f} MiB)")
+    k = entry.get("exponent")
+    lines.append(f"| {name} | " + " | ".join(cells)
+                 + f" | {'–' if k is None else f'{k:.2f}'} |")
+  return "\n".join(lines)
+
+
 def checked_sizes(sizes, rankings):
   """`--sizes` as sorted ints; raises ValueError naming a bad `--sizes` or
   `--rankings`."""
@@ -582,10 +602,21 @@ def main(argv):
   if _STAGE.value:
     _child(_STAGE.value)
     return
+  if _REPORT.value:
+    with cli.usage_errors():
+      if not os.path.isfile(_OUT.value):
+        raise ValueError(f"--out={_OUT.value}: no such file to report on.")
+      results = summarize(_load(_OUT.value))
+    print(table(results))
+    if _PLOT.value:
+      plot(results, _PLOT.value)
+    print(json.dumps(results["goals"], indent=1))
+    return
   with cli.usage_errors():
     sizes = checked_sizes(_SIZES.value, _RANKINGS.value)
     results = run(_OUT.value, _ROOT.value, sizes, _RANKINGS.value,
                   _EPOCHS.value, _FASHION.value, _SEED.value)
+  print(table(results))
   if _PLOT.value:
     plot(results, _PLOT.value)
   print(json.dumps(results["goals"], indent=1))
