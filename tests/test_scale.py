@@ -18,6 +18,7 @@ from test_fashion import fashion_dir
 from test_own_data import digits_folder
 
 
+@pytest.mark.slow
 def test_write_folder_is_a_users_folder_with_instance_noise(tmp_path):
   idx = fashion_dir(tmp_path / "idx", train=200, test=30)
   manifest = scale.write_folder(str(tmp_path / "f"), 100, seed=0, rate=0.4,
