@@ -300,28 +300,36 @@ def decoded_cache_bytes():
 
 def decode_into_memory(what, count, load, shape, used=0):
   """`load` (index → float32 image of `shape`) of every index below
-  `count`, decoded once in parallel into one in-memory tensor; None when it
-  would take the cache past `decoded_cache_bytes()` (with `used` bytes
-  taken already), so the caller reads the files every time."""
+  `count`, decoded once in parallel into one in-memory variable (gathered
+  by the pipelines without a copy each); None when it would take the
+  cache past `decoded_cache_bytes()` (with `used` bytes taken already), or
+  under a distribution strategy (a multi-worker input pipeline is
+  rewritten per worker, which a captured variable does not survive), so
+  the caller reads the files every time."""
   size = count * int(np.prod(shape)) * 4
-  if not count or used + size > decoded_cache_bytes():
+  if (not count or used + size > decoded_cache_bytes()
+      or tf.distribute.has_strategy() or os.environ.get("TF_CONFIG")):
     return None
   started = time.time()
   if count >= _DECODE_SAY_FROM:
     logging.warning("Decoding the %d images of %s once into memory (%.0f MiB;"
                     " ADVISOR_TF_DECODED_CACHE_MIB bounds it).", count, what,
                     size / 2**20)
-  out = np.empty((count, *shape), np.float32)
-  at = 0
-  for batch in tf.data.Dataset.range(count).map(
-      load, num_parallel_calls=tf.data.AUTOTUNE,
-      deterministic=True).batch(256).prefetch(2):
-    out[at:at + len(batch)] = batch.numpy()
-    at += len(batch)
+  with tf.init_scope():  # Eager, whatever traces the first call.
+    images = tf.Variable(tf.zeros((count, *shape)), trainable=False,
+                         name="decoded_images")
+    at = 0
+    # Filled in place, batch by batch: the images' size once at the peak.
+    for batch in tf.data.Dataset.range(count).map(
+        load, num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True).batch(512).prefetch(1):
+      images.scatter_update(tf.IndexedSlices(
+          batch, tf.range(at, at + len(batch), dtype=tf.int64)))
+      at += len(batch)
   if count >= _DECODE_SAY_FROM:
     logging.warning("Decoded %d images in %.0f s.", count,
                     time.time() - started)
-  return tf.constant(out)
+  return images
 
 
 def file_source(name, splits, class_names, image_size, mean=IMAGENET_MEAN,

@@ -69,34 +69,38 @@ GOALS = {"exponent": 1.1, "peak_gib": 4.0, "outside_share": 0.25,
          "page_seconds": 3.0}
 NOISE_RATE = 0.4
 
-_OUT = flags.DEFINE_string("out", "results/scale.json", "The results JSON.")
-_PLOT = flags.DEFINE_string("plot", None, "Also draw seconds and peak memory "
-                            "against N here (PNG).")
-_ROOT = flags.DEFINE_string("root", "runs/scale", "Where the folders, the "
-                            "runs and the logs go.")
-_SIZES = flags.DEFINE_list("sizes", [str(n) for n in SIZES],
-                           "Training images per folder.")
-_RANKINGS = flags.DEFINE_list("rankings", list(RANKINGS),
-                              "The `advisor-analyze --ranking`s to time.")
-_EPOCHS = flags.DEFINE_integer("train_epochs", 1, "Epochs of the measured "
-                               "training run (and of cv_loss's folds).",
-                               lower_bound=1)
-_STEPS = flags.DEFINE_integer("throughput_steps", 10, "Timed steps per "
-                              "round of the throughput stage.", lower_bound=2)
-_ROUNDS = flags.DEFINE_integer("throughput_rounds", 3, "Round-robin rounds "
-                               "of the throughput stage.", lower_bound=1)
-_FASHION = flags.DEFINE_string("fashion_dir", None, "The folder of "
-                               "Fashion-MNIST's four IDX files (default: the "
-                               "Debian package's).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the subset and the noise.")
-_REPORT = flags.DEFINE_bool("report", False, "Only print the table (and draw "
-                            "--plot) of what --out holds; run nothing.")
-# Internal: one in-process stage, run by the parent in a fresh process.
-_STAGE = flags.DEFINE_enum("stage", None, ["load", "select", "export",
-                                           "throughput", "page_load"],
-                           "Internal: run one stage in this process.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Internal: the folder.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Internal: the run.")
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """The command's flags, defined when it runs (tests import the module
+  beside the other commands' flags)."""
+  flags.DEFINE_string("out", "results/scale.json", "The results JSON.")
+  flags.DEFINE_string("plot", None, "Also draw seconds and peak memory "
+                      "against N here (PNG).")
+  flags.DEFINE_string("root", "runs/scale", "Where the folders, the runs and "
+                      "the logs go.")
+  flags.DEFINE_list("sizes", [str(n) for n in SIZES],
+                    "Training images per folder.")
+  flags.DEFINE_list("rankings", list(RANKINGS),
+                    "The `advisor-analyze --ranking`s to time.")
+  flags.DEFINE_integer("train_epochs", 1, "Epochs of the measured training "
+                       "run (and of cv_loss's folds).", lower_bound=1)
+  flags.DEFINE_integer("throughput_steps", 10, "Timed steps per round of the "
+                       "throughput stage.", lower_bound=2)
+  flags.DEFINE_integer("throughput_rounds", 3, "Round-robin rounds of the "
+                       "throughput stage.", lower_bound=1)
+  flags.DEFINE_string("fashion_dir", None, "The folder of Fashion-MNIST's "
+                      "four IDX files (default: the Debian package's).")
+  flags.DEFINE_integer("seed", 0, "Seed of the subset and the noise.")
+  flags.DEFINE_bool("report", False, "Only print the table (and draw --plot) "
+                    "of what --out holds; run nothing.")
+  # Internal: one in-process stage, run by the parent in a fresh process.
+  flags.DEFINE_enum("stage", None, ["load", "select", "export", "throughput",
+                                    "page_load"],
+                    "Internal: run one stage in this process.")
+  flags.DEFINE_string("data_dir", None, "Internal: the folder.")
+  flags.DEFINE_string("workdir", None, "Internal: the run.")
 
 
 # -------------------------------------------------------------- the folder
@@ -213,7 +217,7 @@ def _python(module, *args):
   return [sys.executable, "-m", module, *args]
 
 
-def stages(size, folder, workdir, rankings, epochs):
+def stages(size, folder, workdir, rankings, epochs, steps=10, rounds=3):
   """`(name, argv, env changes)` of every stage at one size, in order."""
   me = "advisor_tf.tools.scale"
   cache = os.path.join(os.path.dirname(workdir), f"cache_n{size}")
@@ -228,8 +232,8 @@ def stages(size, folder, workdir, rankings, epochs):
           {"XDG_CACHE_HOME": cache}),
          ("train", train, {"XDG_CACHE_HOME": cache, "_fresh": workdir}),
          ("throughput", _python(me, "--stage=throughput", *common,
-                                f"--throughput_steps={_STEPS.value}",
-                                f"--throughput_rounds={_ROUNDS.value}"),
+                                f"--throughput_steps={steps}",
+                                f"--throughput_rounds={rounds}"),
           {"XDG_CACHE_HOME": cache}),
          ("evaluate", _python("advisor_tf.evaluate", f"--workdir={workdir}"),
           {"XDG_CACHE_HOME": cache})]
@@ -339,7 +343,7 @@ def _default_analyze(results, size):
 
 
 def run(out, root, sizes, rankings, epochs, fashion_dir=None, seed=0,
-        log=print):
+        steps=10, rounds=3, log=print):
   """Measures every stage at every size (resuming `out`); returns the
   results dict."""
   results = _load(out)
@@ -359,7 +363,7 @@ def run(out, root, sizes, rankings, epochs, fashion_dir=None, seed=0,
     workdir = os.path.join(root, "runs", f"n{size}")
     os.makedirs(os.path.join(root, "logs"), exist_ok=True)
     for name, argv, env_changes in stages(size, folder, workdir, rankings,
-                                          epochs):
+                                          epochs, steps, rounds):
       entry = results["stages"].setdefault(
           name, {"seconds": {}, "peak_rss_mib": {}})
       if str(size) in entry["seconds"]:
@@ -373,14 +377,16 @@ def run(out, root, sizes, rankings, epochs, fashion_dir=None, seed=0,
       measured = measure(argv, log_path, env)
       entry["seconds"][str(size)] = measured["seconds"]
       entry["peak_rss_mib"][str(size)] = measured["peak_rss_mib"]
-      _read_stage_output(name, size, workdir, log_path, entry, training)
+      _read_stage_output(name, size, workdir, log_path, entry, training,
+                         epochs)
       log(f"scale: N={size} {name}: {measured['seconds']:.1f} s, "
           f"{measured['peak_rss_mib']:.0f} MiB")
       _write(out, summarize(results))
   return summarize(results)
 
 
-def _read_stage_output(name, size, workdir, log_path, entry, training):
+def _read_stage_output(name, size, workdir, log_path, entry, training,
+                       epochs):
   """What a stage reports beyond its time and memory."""
   key = str(size)
   if name == "train":
@@ -390,7 +396,7 @@ def _read_stage_output(name, size, workdir, log_path, entry, training):
         "train/seconds_per_step"]
     training.setdefault("fit_seconds", {})[key] = metrics["train/seconds"]
     training.setdefault("steps_per_epoch", {})[key] = (
-        metrics["train/steps"] // _EPOCHS.value)
+        metrics["train/steps"] // epochs)
     training.setdefault("test_top1", {})[key] = metrics["test/top1"]
   elif name in ("throughput", "page_load"):
     with open(log_path) as f:
@@ -516,20 +522,21 @@ def stage_export(workdir):
 def _child(stage):
   from advisor_tf import run as run_lib
   if stage == "load":
-    run_lib.load_source(_default_config(_DATA_DIR.value))
+    run_lib.load_source(_default_config(FLAGS.data_dir))
   elif stage == "select":
     from advisor_tf import meta_select
-    config = _default_config(_DATA_DIR.value)
+    config = _default_config(FLAGS.data_dir)
     source, split = run_lib.prepare_data(config)
     if split.meta_source == "auto":  # What a new run does before step 1.
       meta_select.select(config, source, split)
   elif stage == "export":
-    stage_export(_WORKDIR.value)
+    stage_export(FLAGS.workdir)
   elif stage == "throughput":
     print("RESULT " + json.dumps(stage_throughput(
-        _DATA_DIR.value, _STEPS.value, _ROUNDS.value)), flush=True)
+        FLAGS.data_dir, FLAGS.throughput_steps, FLAGS.throughput_rounds)),
+          flush=True)
   elif stage == "page_load":
-    print("RESULT " + json.dumps(stage_page_load(_WORKDIR.value)), flush=True)
+    print("RESULT " + json.dumps(stage_page_load(FLAGS.workdir)), flush=True)
 
 
 # ------------------------------------------------------------------ plot
@@ -599,30 +606,32 @@ def checked_sizes(sizes, rankings):
 def main(argv):
   del argv
   cli.quiet_logs()
-  if _STAGE.value:
-    _child(_STAGE.value)
+  if FLAGS.stage:
+    _child(FLAGS.stage)
     return
-  if _REPORT.value:
+  if FLAGS.report:
     with cli.usage_errors():
-      if not os.path.isfile(_OUT.value):
-        raise ValueError(f"--out={_OUT.value}: no such file to report on.")
-      results = summarize(_load(_OUT.value))
+      if not os.path.isfile(FLAGS.out):
+        raise ValueError(f"--out={FLAGS.out}: no such file to report on.")
+      results = summarize(_load(FLAGS.out))
     print(table(results))
-    if _PLOT.value:
-      plot(results, _PLOT.value)
+    if FLAGS.plot:
+      plot(results, FLAGS.plot)
     print(json.dumps(results["goals"], indent=1))
     return
   with cli.usage_errors():
-    sizes = checked_sizes(_SIZES.value, _RANKINGS.value)
-    results = run(_OUT.value, _ROOT.value, sizes, _RANKINGS.value,
-                  _EPOCHS.value, _FASHION.value, _SEED.value)
+    sizes = checked_sizes(FLAGS.sizes, FLAGS.rankings)
+    results = run(FLAGS.out, FLAGS.root, sizes, FLAGS.rankings,
+                  FLAGS.train_epochs, FLAGS.fashion_dir, FLAGS.seed,
+                  FLAGS.throughput_steps, FLAGS.throughput_rounds)
   print(table(results))
-  if _PLOT.value:
-    plot(results, _PLOT.value)
+  if FLAGS.plot:
+    plot(results, FLAGS.plot)
   print(json.dumps(results["goals"], indent=1))
 
 
 def console():
+  _define_flags()
   cli.run(main, __doc__, {})
 
 
