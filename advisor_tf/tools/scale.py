@@ -57,6 +57,16 @@ from advisor_tf import cli  # Quiets TensorFlow before it is imported.
 from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 
+from advisor_tf import advice  # noqa: E402
+from advisor_tf import builder  # noqa: E402
+from advisor_tf import config as config_lib  # noqa: E402
+from advisor_tf import meta_select  # noqa: E402
+from advisor_tf import run as run_lib  # noqa: E402
+from advisor_tf import trainer  # noqa: E402
+from advisor_tf.data import noise  # noqa: E402
+from advisor_tf.data import protocols  # noqa: E402
+from advisor_tf.data import sources  # noqa: E402
+
 SIZES = (6000, 20000, 60000)
 RANKINGS = ("loss", "cleanlab_model", "advisor", "rank_average", "cv_loss")
 VARIANTS = {"ce": {"method": "ce"},
@@ -113,9 +123,6 @@ def write_folder(root, size, seed=0, rate=NOISE_RATE, fashion_dir=None):
   label. Writes nothing when `root` already holds this folder; a partial
   folder is written aside and moved in whole. Returns the manifest."""
   from PIL import Image
-  from advisor_tf.data import noise
-  from advisor_tf.data import protocols
-  from advisor_tf.data import sources
 
   want = {"size": int(size), "seed": int(seed), "noise": "instance",
           "rate": float(rate)}
@@ -245,7 +252,6 @@ def stages(size, folder, workdir, rankings, epochs, steps=10, rounds=3):
   page = os.path.join(workdir, "review.html")
   # A user runs advisor-analyze, then advisor-review on its ranking (without
   # one, the review runs the analysis with the default ranking itself).
-  from advisor_tf import advice
   default, _ = advice.resolve_ranking(None, advice.RANKINGS, size)
   issues = ([f"--issues={os.path.join(workdir, 'analysis_' + default)}"
              "/label_issues.csv"] if default in rankings else [])
@@ -336,7 +342,6 @@ def summarize(results):
 
 def _default_analyze(results, size):
   """Seconds of `advisor-analyze` with the default ranking at `size`."""
-  from advisor_tf import advice
   ranking, _ = advice.resolve_ranking(None, advice.RANKINGS, size)
   return results["stages"].get(f"analyze_{ranking}", {}).get(
       "seconds", {}).get(str(size))
@@ -421,7 +426,6 @@ def _memory_gib():
 def _default_config(data_dir, **changes):
   """The defaults' configuration on the folder (the in-process stages write
   nothing into its workdir)."""
-  from advisor_tf import config as config_lib
   return config_lib.TrainConfig(dataset="image_folder", data_dir=data_dir,
                                 workdir=os.path.join(data_dir, "unused"),
                                 **changes).validate()
@@ -435,9 +439,6 @@ def stage_throughput(data_dir, steps, rounds):
   """Per variant: the median step on the real stream and on one of its
   batches repeated, timed round-robin; images/s and the input-wait share."""
   import keras
-  from advisor_tf import builder
-  from advisor_tf import run as run_lib
-  from advisor_tf import trainer
   import tensorflow as tf
 
   base = _default_config(data_dir, meta_source="random")
@@ -512,19 +513,15 @@ def stage_page_load(page):
 def stage_export(workdir):
   """What `--export` does at the end of a run: the classifier as a
   SavedModel and a `.keras` file (here from the run's checkpoint)."""
-  from advisor_tf import run as run_lib
-  from advisor_tf import trainer
   config, source, split = run_lib.load_data(workdir, training_files=False)
   model, _ = run_lib.restore_model(workdir, config, source, split)
   trainer.export_classifier(model, source, workdir)
 
 
 def _child(stage):
-  from advisor_tf import run as run_lib
   if stage == "load":
     run_lib.load_source(_default_config(FLAGS.data_dir))
   elif stage == "select":
-    from advisor_tf import meta_select
     config = _default_config(FLAGS.data_dir)
     source, split = run_lib.prepare_data(config)
     if split.meta_source == "auto":  # What a new run does before step 1.
@@ -546,6 +543,8 @@ def plot(results, path):
   import matplotlib.pyplot as plt
   sizes = results["sizes"]
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  for ax in axes:  # A colour per stage (matplotlib's default has ten).
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
   for name, entry in sorted(results["stages"].items()):
     for ax, field in zip(axes, ("seconds", "peak_rss_mib")):
       points = [(n, entry[field].get(str(n))) for n in sizes]
@@ -588,7 +587,6 @@ def table(results):
 def checked_sizes(sizes, rankings):
   """`--sizes` as sorted ints; raises ValueError naming a bad `--sizes` or
   `--rankings`."""
-  from advisor_tf import advice
   try:
     values = sorted(int(n) for n in sizes)
   except ValueError:
