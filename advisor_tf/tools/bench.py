@@ -49,6 +49,7 @@ from advisor_tf import builder  # noqa: E402
 from advisor_tf import config as config_lib  # noqa: E402
 from advisor_tf import distribute  # noqa: E402
 from advisor_tf import model as model_lib  # noqa: E402
+from advisor_tf.tools import timing  # noqa: E402
 
 _BACKBONE = flags.DEFINE_string("backbone", "resnet32", "Backbone name.")
 _INPUT = flags.DEFINE_integer("input_size", 32, "Square input side.")
@@ -207,19 +208,15 @@ def run(methods, scopes, backbone, input_size, channels, num_classes,
     train_function = model.train_function
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
     for _ in range(warmup):
-      _sync(train_function(iterator))
+      timing.sync(train_function(iterator))
     peak = _peak_mib(gpu) - (0.0 if gpu else mem_before)
     runners.append({"method": method, "virtual_scope": scope, "advice": adv,
                     "remat": rem,
-                    "step": lambda f=train_function, it=iterator: _sync(f(it)),
+                    "step": lambda f=train_function, it=iterator:
+                    timing.sync(f(it)),
                     "traces": traces,
                     "times": [], "peak_mem_mib": round(peak, 1)})
-  for _ in range(rounds):
-    for r in runners:
-      for _ in range(steps):
-        start = time.perf_counter()
-        r["step"]()
-        r["times"].append(time.perf_counter() - start)
+  timing.round_robin(runners, rounds, steps)
   ce_median = float(np.median(runners[0]["times"]))
   results = []
   for r in runners:
@@ -351,12 +348,12 @@ def profile(log_dir, method, backbone, input_size, channels, num_classes,
                               class_counts=[batch_size] * num_classes)
   step = tf.function(model.train_step)
   for _ in range(2):
-    _sync(step(data))
+    timing.sync(step(data))
   tf.profiler.experimental.start(log_dir)
   try:
     for i in range(steps):
       with tf.profiler.experimental.Trace("train", step_num=i, _r=1):
-        _sync(step(data))
+        timing.sync(step(data))
   finally:
     tf.profiler.experimental.stop()
   return log_dir
@@ -465,11 +462,11 @@ def _memory_probe(spec):
   iterator = iter(tf.data.Dataset.from_tensors(data).repeat())
   built = _status_mib("VmRSS")
   for _ in range(max(_WARMUP.value, 1)):
-    _sync(model.train_function(iterator))
+    timing.sync(model.train_function(iterator))
   baseline = _status_mib("VmRSS")
   reset = _reset_peak()
   for _ in range(max(_STEPS.value, 1)):
-    _sync(model.train_function(iterator))
+    timing.sync(model.train_function(iterator))
   peak = _status_mib("VmHWM")
   print(json.dumps({"peak_memory_mb": round(peak - baseline, 1),
                     "baseline_memory_mb": round(baseline, 1),
@@ -793,11 +790,6 @@ def plot_sweep(rows, path):
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
-
-
-def _sync(logs):
-  # Reading a value waits for the step to finish.
-  return float(np.asarray(logs["loss"]))
 
 
 def table(report):

@@ -66,6 +66,7 @@ from advisor_tf import trainer  # noqa: E402
 from advisor_tf.data import noise  # noqa: E402
 from advisor_tf.data import protocols  # noqa: E402
 from advisor_tf.data import sources  # noqa: E402
+from advisor_tf.tools import timing  # noqa: E402
 
 SIZES = (6000, 20000, 60000)
 RANKINGS = ("loss", "cleanlab_model", "advisor", "rank_average", "cv_loss")
@@ -431,10 +432,6 @@ def _default_config(data_dir, **changes):
                                 **changes).validate()
 
 
-def _sync(logs):
-  return float(np.asarray(logs["loss"]))  # Waits for the step to finish.
-
-
 def stage_throughput(data_dir, steps, rounds):
   """Per variant: the median step on the real stream and on one of its
   batches repeated, timed round-robin; images/s and the input-wait share."""
@@ -457,16 +454,11 @@ def stage_throughput(data_dir, steps, rounds):
     for data in (stream, one):
       iterator = iter(data)
       for _ in range(2):  # Tracing, the first batches.
-        _sync(model.train_function(iterator))
+        timing.sync(model.train_function(iterator))
       runners.append({"name": name, "repeated": data is one,
                       "step": lambda f=model.train_function, it=iterator:
-                      _sync(f(it)), "times": []})
-  for _ in range(rounds):
-    for r in runners:
-      for _ in range(steps):
-        started = time.perf_counter()
-        r["step"]()
-        r["times"].append(time.perf_counter() - started)
+                      timing.sync(f(it)), "times": []})
+  timing.round_robin(runners, rounds, steps)
   report = {}
   for stream, repeated in zip(runners[::2], runners[1::2]):
     t, t_one = np.median(stream["times"]), np.median(repeated["times"])
