@@ -120,6 +120,7 @@ def _all(source, split):
   return np.stack([x.numpy() for x in source.images(split, range(n))])
 
 
+@pytest.mark.slow
 def test_decoded_cache_yields_the_files_images_and_reads_them_once(
     tmp_path, monkeypatch):
   folder = digits_folder(tmp_path / "data", per_split=(6, 2, 3))
