@@ -58,7 +58,8 @@ def train_stream(config, source, split, start_step=0, seed=None):
       source, split, config.batch_size, config.meta_batch_size,
       config.seed if seed is None else seed, start_step=start_step,
       augment=config.augment, policy=config.augment_policy,
-      cutout=config.cutout, gridmask=config.gridmask)
+      cutout=config.cutout, gridmask=config.gridmask,
+      meta_stream=config.method in config_lib.ADVISOR_MODES)
 
 
 def resume_hint(config):

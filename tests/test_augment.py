@@ -21,19 +21,51 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_augmentations_shapes_ranges_and_determinism():
-  image = tf.random.stateless_uniform((32, 32, 3), (1, 2))
+  images = tf.random.stateless_uniform((16, 32, 32, 3), (1, 2))
   seed = tf.constant([7, 9], tf.int64)
-  out = augment.pad_crop_flip()(image, seed)
-  assert out.shape == (32, 32, 3) and out.dtype == tf.float32
+  out = augment.pad_crop_flip()(images, seed)
+  assert out.shape == (16, 32, 32, 3) and out.dtype == tf.float32
   assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 1.0
-  np.testing.assert_array_equal(out, augment.pad_crop_flip()(image, seed))
-  others = [augment.pad_crop_flip()(image, tf.constant([7, s], tf.int64))
+  np.testing.assert_array_equal(out, augment.pad_crop_flip()(images, seed))
+  others = [augment.pad_crop_flip()(images, tf.constant([7, s], tf.int64))
             for s in range(10, 20)]
   assert any(not np.array_equal(out, o) for o in others)
-  big = tf.random.stateless_uniform((256, 256, 3), (3, 4))
+  big = tf.random.stateless_uniform((2, 256, 256, 3), (3, 4))
   crop = augment.crop_flip(224)(big, seed)
-  assert crop.shape == (224, 224, 3)
-  assert augment.flip()(image, seed).shape == (32, 32, 3)
+  assert crop.shape == (2, 224, 224, 3)
+  assert augment.flip()(images, seed).shape == (16, 32, 32, 3)
+
+
+def _window_of(image, padded):
+  """(row, col, mirrored) of the window of `padded` that `image` copies."""
+  height, width = image.shape[:2]
+  for row in range(padded.shape[0] - height + 1):
+    for col in range(padded.shape[1] - width + 1):
+      window = padded[row:row + height, col:col + width]
+      for mirrored, candidate in ((False, window), (True, window[:, ::-1])):
+        if np.array_equal(candidate, image):
+          return row, col, mirrored
+  return None
+
+
+def test_batch_crop_and_flip_draw_per_image_and_copy_pixels_exactly():
+  # One draw per image, not one per batch: every image of the batch is an
+  # exact window of its padded self, mirrored or not, and the windows and
+  # flips differ within the batch.
+  images = tf.random.stateless_uniform((24, 8, 8, 1), (5, 6)).numpy()
+  out = augment.pad_crop_flip(pad=2)(tf.constant(images),
+                                     tf.constant([3, 4], tf.int64)).numpy()
+  padded = np.pad(images, [[0, 0], [2, 2], [2, 2], [0, 0]])
+  found = [_window_of(o, p) for o, p in zip(out, padded)]
+  assert None not in found
+  assert len({(r, c) for r, c, _ in found}) > 5
+  assert 0 < sum(m for _, _, m in found) < len(found)
+  # Every position of the 5 × 5 that fit can be drawn, none outside.
+  seeds = [tf.constant([3, s], tf.int64) for s in range(30)]
+  drawn = {w[:2] for s in seeds for w in map(
+      _window_of, augment.pad_crop_flip(pad=2)(tf.constant(images),
+                                               s).numpy(), padded)}
+  assert drawn == {(r, c) for r in range(5) for c in range(5)}
 
 
 def test_every_autoaugment_operation_keeps_shape_dtype_and_range():

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from advisor_tf import config as config_lib
 from advisor_tf import run as run_lib
@@ -71,6 +72,8 @@ def test_relabel_and_drop_apply_the_rest_keep_their_label(folder, tmp_path):
   got = next(iter(source.images("train", [i])))
   want = next(iter(plain.images("train", [j])))
   np.testing.assert_allclose(np.asarray(got), np.asarray(want))
+  batch = source.batch_loader("train")(tf.constant([i], tf.int64))
+  np.testing.assert_allclose(np.asarray(batch[0]), np.asarray(want))
   assert len(split.train_indices) == len(labels) - 1
   assert sum(1 for _ in pipeline.unaugmented_train(
       source, split.train_indices, split.train_labels)) == len(labels) - 1

@@ -114,6 +114,40 @@ def test_digits_pipeline_zips_train_and_endless_meta():
                             meta_batch_size=50, seed=0)
 
 
+def _steps(stream, count):
+  return list(stream.take(count).as_numpy_iterator())
+
+
+@pytest.mark.slow
+def test_batches_loaded_at_once_equal_those_loaded_file_by_file(
+    tmp_path, monkeypatch):
+  # Decoded in memory, a batch is one gather; read from the files, image by
+  # image. Both give the same training stream, bit for bit, augmentation
+  # included; a method that reads no meta batch (CE) repeats the first.
+  from test_own_data import digits_folder
+  folder = digits_folder(tmp_path / "data", per_split=(8, 3, 2))
+  streams = {}
+  for mib in ("0", "64"):
+    monkeypatch.setenv("ADVISOR_TF_DECODED_CACHE_MIB", mib)
+    source = sources.image_folder(folder, image_size=8)
+    split = protocols.apply(protocols.Protocol(meta_per_class=2),
+                            source.labels["train"], 3, seed=0)
+    assert (source.batch_loader("train") is None) == (mib == "0")
+    streams[mib] = _steps(pipeline.train_and_meta(
+        source, split, batch_size=6, meta_batch_size=4, seed=3), 6)
+  for a, b in zip(*streams.values()):
+    for x, y in zip(a, b):
+      np.testing.assert_array_equal(x[0], y[0])
+      np.testing.assert_array_equal(x[1], y[1])
+  flips = [np.array_equal(s[0][0][:, :, ::-1], s[0][0]) for s in streams["0"]]
+  assert not all(flips)  # Augmented, not merely loaded.
+  metas = [s[1][1] for s in _steps(pipeline.train_and_meta(
+      source, split, batch_size=6, meta_batch_size=4, seed=3,
+      meta_stream=False), 3)]
+  np.testing.assert_array_equal(metas[0], streams["64"][0][1][1])
+  assert all(np.array_equal(m, metas[0]) for m in metas)
+
+
 def test_cifar100_similar_targets_are_superclass_mates():
   table = noise.SIMILAR_CLASSES["cifar100"]
   assert len(noise.CIFAR100_CLASSES) == 100 == len(set(noise.CIFAR100_CLASSES))

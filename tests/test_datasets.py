@@ -134,9 +134,8 @@ def test_clothing1m_and_long_tail_lists(tmp_path):
   assert len(source.labels["train"]) == 30
   train_image = source.image_loader("train")(tf.constant(0, tf.int64))
   assert train_image.shape == (256, 256, 3)  # random 16-crops come later
-  assert source.train_transform(train_image, tf.constant([0, 1],
-                                                         tf.int64)).shape == (
-                                                             16, 16, 3)
+  assert source.train_transform(train_image[None], tf.constant(
+      [0, 1], tf.int64)).shape == (1, 16, 16, 3)
   (tmp_path / "lt").mkdir()
   _lists(tmp_path / "lt", "Places_LT", 365)
   source = sources.load("places_lt", str(tmp_path / "lt"), image_size=16)

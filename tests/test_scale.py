@@ -82,7 +82,14 @@ def test_summarize_reads_the_goals_off_the_stages():
   results["stages"]["predict"]["peak_rss_mib"]["20000"] = 4000.0
   results["stages"]["page_load"] = {"seconds": {}, "peak_rss_mib": {},
                                     "load_seconds": {"20000": 0.5}}
+  results["stages"]["throughput"] = {
+      "seconds": {}, "peak_rss_mib": {}, "variants": {
+          "1000": {"ce": {"input_wait_share": 0.2}},
+          "20000": {"ce": {"input_wait_share": 0.03},
+                    "mfrw_mes_head": {"input_wait_share": 0.06}}}}
   out = scale.summarize(results)
+  assert out["goals"]["largest_input_wait"] == {
+      "value": 0.06, "step": "mfrw_mes_head", "goal": 0.05, "met": False}
   assert out["stages"]["review"]["exponent"] == pytest.approx(1.135, abs=1e-3)
   goals = out["goals"]
   assert goals["largest_exponent"]["stage"] == "review"

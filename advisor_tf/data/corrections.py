@@ -161,21 +161,24 @@ def apply(source, path, data_dir=None):
   kept = np.setdiff1d(np.arange(len(labels)), drop)
   if not len(kept):
     raise ValueError(f"--corrections={path} drops every training image.")
-  base = source.image_loader_fn
-
-  def loader(split):
-    load = base(split)
-    if split != "train" or len(kept) == len(labels):
-      return load
-    table = tf.constant(kept, tf.int64)
-    return lambda index: load(tf.gather(table, index))  # noqa: E731
+  def kept_only(base):  # A loader of the kept training images only.
+    def loader(split):
+      load = base(split)
+      if load is None or split != "train" or len(kept) == len(labels):
+        return load
+      table = tf.constant(kept, tf.int64)
+      return lambda index: load(tf.gather(table, index))  # noqa: E731
+    return loader
 
   paths = dict(source.paths)
   paths["train"] = np.asarray(source.paths["train"])[kept]
   fields = {f.name: getattr(source, f.name)
             for f in dataclasses.fields(sources.Source)}
   fields.update(labels={**source.labels, "train": labels[kept]}, paths=paths,
-                image_loader_fn=loader, corrections=summary)
+                image_loader_fn=kept_only(source.image_loader_fn),
+                batch_loader_fn=(source.batch_loader_fn
+                                 and kept_only(source.batch_loader_fn)),
+                corrections=summary)
   return CorrectedSource(**fields)
 
 

@@ -16,6 +16,7 @@ from advisor_tf.data import augment as augment_lib
 
 AUTOTUNE = tf.data.AUTOTUNE
 _META_STREAM = 1_000_003  # Separates the meta stream's seeds from train's.
+_BASIC_TRANSFORM = 1  # Folded into the step's seed for `train_transform`.
 
 
 def labelled(source, split, indices, labels):
@@ -26,8 +27,8 @@ def labelled(source, split, indices, labels):
 
 
 def centre_crop(source):
-  """`(image, seed) → image`: the deterministic part of the train transform,
-  a centre crop to the model's input size (the train loader of ImageNet-style
+  """`(images, seed) → images` (one image or a batch): the deterministic
+  part of the train transform, a centre crop to the model's input size (the train loader of ImageNet-style
   sources yields larger images for random crops; a no-op elsewhere)."""
   height, width = source.image_shape[:2]
   return lambda image, _: tf.image.resize_with_crop_or_pad(  # noqa: E731
@@ -37,10 +38,13 @@ def centre_crop(source):
 def unaugmented_train(source, indices, labels):
   """`(image, label)` pairs of training examples as the model sees them
   without augmentation (for inference on the training set)."""
-  load = _load(source, "train", indices, labels, 0, centre_crop(source))
+  load, crop = _load(source, "train", indices, labels), centre_crop(source)
+
+  def cropped(position):
+    image, label = load(position)
+    return crop(image, None), label
   return tf.data.Dataset.range(len(indices)).map(
-      lambda position: load(position, position),
-      num_parallel_calls=AUTOTUNE, deterministic=True)
+      cropped, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def _shuffled_batches(count, batch_size, seed, offset, whole_epochs):
@@ -63,19 +67,13 @@ def _shuffled_batches(count, batch_size, seed, offset, whole_epochs):
   return stream
 
 
-def _load(source, split_name, indices, labels, seed=None, transform=None):
-  """`(counter, position) → (image, label)`; `transform(image, seed)` gets
-  a stateless seed made of the run seed and the global example counter."""
+def _load(source, split_name, indices, labels):
+  """`position → (image, label)`: the example at `indices[position]`."""
   indices = tf.constant(np.asarray(indices, np.int64))
   labels = tf.constant(np.asarray(labels, np.int64))
   image_at = source.image_loader(split_name)
-
-  def load(counter, position):
-    image = image_at(tf.gather(indices, position))
-    if transform is not None:
-      image = transform(image, tf.stack([tf.cast(seed, tf.int64), counter]))
-    return image, tf.gather(labels, position)
-  return load
+  return lambda position: (image_at(tf.gather(indices, position)),  # noqa
+                           tf.gather(labels, position))
 
 
 def check_batch_sizes(split, batch_size, meta_batch_size):
@@ -112,47 +110,73 @@ def strong_transform(source, policy="none", cutout=0, gridmask=False,
                             cutout_size=cutout, gridmask=gridmask)
 
 
+def _batches(source, split_name, index_batches, indices, labels, count):
+  """`(images, labels)` batches from a stream of batches of positions into
+  `indices`/`labels`: one gather per batch where the source loads whole
+  batches (arrays, images decoded in memory), else loaded image by image
+  and batched again (`count` per batch)."""
+  batch_load = source.batch_loader(split_name)
+  if batch_load is None:
+    return (index_batches.unbatch()
+            .map(_load(source, split_name, indices, labels),
+                 num_parallel_calls=AUTOTUNE, deterministic=True)
+            .batch(count, drop_remainder=True))
+  index_table = tf.constant(np.asarray(indices, np.int64))
+  label_table = tf.constant(np.asarray(labels, np.int64))
+  return index_batches.map(
+      lambda positions: (batch_load(tf.gather(index_table, positions)),
+                         tf.gather(label_table, positions)),
+      num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
 def train_and_meta(source, split, batch_size, meta_batch_size, seed,
                    start_step=0, augment=True, policy="none", cutout=0,
-                   gridmask=False, autoaugment=False):
+                   gridmask=False, autoaugment=False, meta_stream=True):
   """`((x, y), (x_meta, y_meta))` batches for `AdvisorModel.fit`, endless.
 
   One step consumes one train batch (full batches only: static shapes, one
   trace of the train step) and one meta batch. Training images get the
-  source's `train_transform` when `augment`, then, per batch, the `policy`
-  of `augment.POLICIES` (`autoaugment=True`: the former spelling of
+  source's `train_transform` when `augment`, then the `policy` of
+  `augment.POLICIES` (`autoaugment=True`: the former spelling of
   `policy="autoaugment"`), Cutout of `cutout` pixels when > 0 and GridMask
-  when `gridmask` (seeded by run seed and step, so resumes match); the meta
-  set is never augmented (it is the trusted reference) but, where the
-  source's train loader stores larger images for random crops, meta images
-  from the train split are centre-cropped by the same transform's
-  deterministic part.
+  when `gridmask`, all per batch and seeded by (run seed, global step), so
+  resumes match; the meta set is never augmented (it is the trusted
+  reference) but, where the source's train loader stores larger images for
+  random crops, meta images from the train split are centre-cropped by the
+  same transform's deterministic part. `meta_stream=False` (a method that
+  reads no meta batch, e.g. CE) repeats the first meta batch instead of
+  loading a new one every step.
   """
   check_batch_sizes(split, batch_size, meta_batch_size)
   n, m = len(split.train_indices), len(split.meta_indices)
   transform = source.train_transform if augment else None
   batch_transform = strong_transform(source, policy, cutout, gridmask,
                                      autoaugment)
-  train = (_shuffled_batches(n, batch_size, seed, 0, True).skip(start_step)
-           .unbatch().enumerate(start=start_step * batch_size)
-           .map(_load(source, "train", split.train_indices,
-                      split.train_labels, seed, transform),
-                num_parallel_calls=AUTOTUNE, deterministic=True)
-           .batch(batch_size, drop_remainder=True))
-  if batch_transform is not None:  # Seeded by (run seed, global step).
+  train = _batches(
+      source, "train",
+      _shuffled_batches(n, batch_size, seed, 0, True).skip(start_step),
+      split.train_indices, split.train_labels, batch_size)
+  if transform is not None or batch_transform is not None:
+    def augmented(step, batch):  # Seeded by (run seed, global step).
+      images, step_seed = batch[0], tf.stack([tf.cast(seed, tf.int64), step])
+      if transform is not None:  # Its own stream, apart from the policy's.
+        images = transform(images, tf.random.experimental.stateless_fold_in(
+            step_seed, _BASIC_TRANSFORM))
+      if batch_transform is not None:
+        images = batch_transform(images, step_seed)
+      return images, batch[1]
     train = train.enumerate(start=start_step).map(
-        lambda step, batch: (batch_transform(batch[0], tf.stack(
-            [tf.cast(seed, tf.int64), step])), batch[1]),
-        num_parallel_calls=AUTOTUNE, deterministic=True)
-  meta_transform = None
+        augmented, num_parallel_calls=AUTOTUNE, deterministic=True)
+  meta = _batches(
+      source, split.meta_from,
+      _shuffled_batches(m, meta_batch_size, seed, _META_STREAM,
+                        False).skip(start_step),
+      split.meta_indices, split.meta_labels, meta_batch_size)
   if split.meta_from == "train" and source.train_transform is not None:
-    meta_transform = centre_crop(source)
-  meta = (_shuffled_batches(m, meta_batch_size, seed, _META_STREAM, False)
-          .skip(start_step).unbatch().enumerate()
-          .map(_load(source, split.meta_from, split.meta_indices,
-                     split.meta_labels, seed, meta_transform),
-               num_parallel_calls=AUTOTUNE, deterministic=True)
-          .batch(meta_batch_size, drop_remainder=True))
+    crop = centre_crop(source)
+    meta = meta.map(lambda images, labels: (crop(images, None), labels))
+  if not meta_stream:
+    meta = meta.take(1).cache().repeat()
   return _shard_by_data(tf.data.Dataset.zip(train, meta).prefetch(AUTOTUNE))
 
 

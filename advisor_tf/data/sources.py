@@ -205,6 +205,9 @@ class Source:
     labels: split name → int64 label array.
     class_names: one name per class.
     image_loader_fn: `split → (int64 index tensor → float32 image tensor)`.
+    batch_loader_fn: `split → (int64 index vector → float32 images)`, or
+      None where the split's images must be loaded one by one (files read
+      and decoded per epoch); the pipelines then map `image_loader_fn`.
     meta_split: the split the trusted meta set comes from (`train`: taken out
       of the training data before corruption).
     train_transform: `(image, seed) → image`, the stateless augmentation of
@@ -223,6 +226,7 @@ class Source:
   labels: dict
   class_names: tuple
   image_loader_fn: Callable[[str], Callable]
+  batch_loader_fn: Optional[Callable[[str], Optional[Callable]]] = None
   meta_split: str = "train"
   train_transform: Optional[Callable] = None
   pixel_mean: Optional[tuple] = None
@@ -238,6 +242,12 @@ class Source:
   def image_loader(self, split):
     self._check(split)
     return self.image_loader_fn(split)
+
+  def batch_loader(self, split):
+    """`indices → images` for a whole batch at once, or None (see
+    `batch_loader_fn`)."""
+    self._check(split)
+    return self.batch_loader_fn(split) if self.batch_loader_fn else None
 
   def images(self, split, indices):
     """Images of `split` at `indices`, in that order, as a tf.data.Dataset."""
@@ -275,6 +285,7 @@ def array_source(name, splits, class_names, mean=None, std=None,
   return Source(name=name, num_classes=len(class_names),
                 image_shape=shape, labels=labels,
                 class_names=tuple(class_names), image_loader_fn=loader,
+                batch_loader_fn=loader,  # It gathers any shape of index.
                 meta_split=meta_split, train_transform=train_transform,
                 pixel_mean=mean, pixel_std=std, preprocessing=spec)
 
@@ -369,12 +380,17 @@ def file_source(name, splits, class_names, image_size, mean=IMAGENET_MEAN,
       return from_file
     return lambda index, images=decoded[split]: tf.gather(images, index)
 
+  def batch_loader(split):  # Decoded in memory: a batch is one gather.
+    load = loader(split)
+    return None if decoded[split] is None else load
+
   transform = (augment.crop_flip(height) if resize_to
                else augment.flip())
   return Source(name=name, num_classes=len(class_names),
                 image_shape=(height, width, 3), labels=labels,
                 class_names=tuple(class_names), image_loader_fn=loader,
-                meta_split=meta_split, train_transform=transform,
+                batch_loader_fn=batch_loader, meta_split=meta_split,
+                train_transform=transform,
                 pixel_mean=mean, pixel_std=std, paths=paths,
                 preprocessing=spec)
 

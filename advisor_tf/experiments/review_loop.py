@@ -7,7 +7,11 @@ r"""The review loop measured: suspects → corrected labels → a retrained mode
 
 On the digits written as a user's image folder with synthetic noise
 (`user_path.write_digits_folder`: the noise is in the folder labels, the
-meta/ folder holds 10 trusted images per class), trains MFRW-MES and plain
+meta/ folder holds 10 trusted images per class), or, with
+`--cell=fashion_instance<rate>`, on `--train_images` Fashion-MNIST
+photographs written as a user's folder under instance-dependent noise
+(`tools.scale.write_folder`: no meta/, so every run chooses its own meta
+set, `--meta_source=auto`, the way a user's run does), trains MFRW-MES and plain
 cross-entropy the way a user does (`dataset=image_folder`, defaults
 otherwise), ranks the training images by the MFRW-MES run's label-issue
 rankings (`--rankings`: `advisor`, its own discount, and `cv_loss`, the
@@ -48,16 +52,20 @@ from advisor_tf import run as run_lib  # noqa: E402
 from advisor_tf import trainer  # noqa: E402
 from advisor_tf.data import corrections  # noqa: E402
 from advisor_tf.experiments import user_path  # noqa: E402
+from advisor_tf.tools import scale  # noqa: E402
 
 METHODS = ("mfrw_mes", "ce")
 FOUND = (0.5, 0.8, 0.9, 0.95)
 
 
 def config_of(folder, method, workdir, seed, epochs, corrections_file=None):
-  """A user's run on the folder (defaults but for what the grid sets)."""
+  """A user's run on the folder (defaults but for what the grid sets; all of
+  the folder's meta/ as the trusted set where it has one)."""
+  has_meta = os.path.isdir(os.path.join(folder, "meta"))
   return dataclasses.replace(
       config_lib.TrainConfig(), dataset="image_folder", data_dir=folder,
-      image_size=32, meta_per_class=0, method=method, seed=seed,
+      image_size=32, meta_per_class=0 if has_meta else None, method=method,
+      seed=seed,
       epochs=epochs, lr_decay_epochs=(max(1, round(epochs * 2 / 3)),
                                       max(1, round(epochs * 5 / 6))),
       workdir=workdir, export=False, verbose=0,
@@ -92,11 +100,26 @@ def write_fixes(path, rows):
     writer.writerows(rows)
 
 
-def one_seed(root, cell, seed, epochs, ranking_names, fractions):
+FASHION = "fashion_instance"
+
+
+def write_folder(folder, cell, seed, train_images):
+  """The cell's folder (digits, or Fashion-MNIST under instance noise):
+  `(manifest, realised noise rate)`."""
+  if cell.startswith(FASHION):
+    manifest = scale.write_folder(folder, train_images, seed,
+                                  rate=float(cell[len(FASHION):]))
+    return manifest, manifest["realised_rate"]
+  manifest = user_path.write_digits_folder(folder, cell, seed)
+  return manifest, manifest["realised_noise_rate"]
+
+
+def one_seed(root, cell, seed, epochs, ranking_names, fractions,
+             train_images=6000):
   """The loop for one seed in `root`: its folder, first runs, rankings,
   corrected runs; returns its result dict."""
   folder = os.path.join(root, "folder")
-  manifest = user_path.write_digits_folder(folder, cell, seed)
+  manifest, realised = write_folder(folder, cell, seed, train_images)
   truth = {file: (given, true) for file, given, true in
            manifest["splits"]["train"]}
   first = {m: train_once(config_of(folder, m, os.path.join(root, f"first_{m}"),
@@ -163,7 +186,7 @@ def one_seed(root, cell, seed, epochs, ranking_names, fractions):
             seed, epochs, path))
       corrected[name][f"{fraction:g}"] = entry
       print(f"seed {seed} {name} top {fraction:.0%}: {entry}")
-  return {"realised_noise_rate": manifest["realised_noise_rate"],
+  return {"realised_noise_rate": realised,
           "first_run": first, "corrected": corrected, "effort": effort}
 
 
@@ -192,8 +215,11 @@ def main(argv):
   for seed in map(int, _SEEDS.value):
     per_seed[str(seed)] = one_seed(
         os.path.join(_WORKDIR.value, f"s{seed}"), _CELL.value, seed,
-        _EPOCHS.value, _RANKINGS.value, _FRACTIONS.value)
-  result = {"setup": {"cell": _CELL.value, "seeds": list(per_seed),
+        _EPOCHS.value, _RANKINGS.value, _FRACTIONS.value,
+        _TRAIN_IMAGES.value)
+  setup = ({"train_images": _TRAIN_IMAGES.value}
+           if _CELL.value.startswith(FASHION) else {})
+  result = {"setup": {"cell": _CELL.value, **setup, "seeds": list(per_seed),
                       "epochs": _EPOCHS.value,
                       "rankings": "of each seed's first MFRW-MES run",
                       "methods": list(METHODS)},
@@ -208,8 +234,14 @@ _OUT = flags.DEFINE_string("out", "results/review_loop.json", "Results JSON.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/review_loop",
                                "Folder of the image folder and the runs.")
 _CELL = flags.DEFINE_enum("cell", "sym0.4", ["sym0.2", "sym0.4", "sym0.6",
-                                             "flip0.4"],
-                          "The dirty-labels cell written into the folder.")
+                                             "flip0.4", FASHION + "0.4",
+                                             FASHION + "0.5"],
+                          "The cell written into the folder: the digits "
+                          "under a dirty-labels cell, or Fashion-MNIST "
+                          "photographs under instance-dependent noise.")
+_TRAIN_IMAGES = flags.DEFINE_integer(
+    "train_images", 6000, "Training photographs of a Fashion-MNIST cell.",
+    lower_bound=100)
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds of the noise and the runs "
                            "(one folder and set of runs each, in "
                            "WORKDIR/s<seed>).")
@@ -223,8 +255,8 @@ _RANKINGS = flags.DEFINE_list(
     "5 cross-entropy folds first).")
 _FRACTIONS = flags.DEFINE_list("fractions", ["0.05", "0.1", "0.2"],
                                "Top fractions of the training set reviewed.")
-GROUPS = {"experiment": ["out", "workdir", "cell", "seeds", "epochs",
-                         "rankings", "fractions"]}
+GROUPS = {"experiment": ["out", "workdir", "cell", "train_images", "seeds",
+                         "epochs", "rankings", "fractions"]}
 
 
 def console():
