@@ -421,6 +421,35 @@ def class_agreement(predicted, labels, positions, num_classes):
   return out
 
 
+def selection_overlap(features, labels, num_classes):
+  """Per class c, how much its selected examples look like another class's
+  selected ones: over c's selected examples, the mean share of their
+  nearest selected examples (cosine, as many as c has selected less one,
+  itself excluded) that carry another label (None for a class with fewer
+  than two). A class whose picks are really another class's images sits
+  among that class's picks (about half); a clean class's picks, however
+  few its images, sit among their own (near 0).
+
+  Args:
+    features: `[m, d]` features of the selected examples.
+    labels: their `m` labels.
+  """
+  labels = np.asarray(labels, np.int64)
+  if len(labels) < 2:
+    return [None] * num_classes
+  unit = _unit(np.asarray(features, np.float64))
+  similarity = unit @ unit.T
+  np.fill_diagonal(similarity, -np.inf)
+  order = np.argsort(-similarity, axis=1, kind="stable")
+  out = []
+  for c in range(num_classes):
+    members = np.flatnonzero(labels == c)
+    k = min(len(members) - 1, len(labels) - 1)
+    out.append(float(np.mean(labels[order[members, :k]] != c)) if k > 0
+               else None)
+  return out
+
+
 def suspects(labelled, selected, disputed=()):
   """Classes whose selected meta examples are likely wrong: most of their
   nearest neighbours carry other labels (`disputed`, per class the median
@@ -593,8 +622,9 @@ def warmup(config, source, split, epochs):
   (without augmentation; their exponential moving average over the epochs,
   `LOSS_MOMENTUM`), the last epoch's predicted classes, and each example's
   `NEIGHBOURS` nearest voters (`choose_voters`) in the final model's
-  feature space, with the voters, and (`REGIONS`) each example's region in
-  that space (`feature_regions`, as many as classes; else None)."""
+  feature space, with the voters, (`REGIONS`) each example's region in
+  that space (`feature_regions`, as many as classes; else None), and the
+  feature reader (`_features`: positions → feature batches)."""
   ce = dataclasses.replace(config, method=WARMUP_METHOD, virtual_scope="all",
                            meta_update_every=1, advice="exact")
   n = len(split.train_labels)
@@ -618,9 +648,9 @@ def warmup(config, source, split, epochs):
   neighbours = nearest_voters(features, voters, NEIGHBOURS)
   regions = (feature_regions(features, voters, source.num_classes,
                              config.seed) if REGIONS else None)
-  del model
   keras.utils.set_random_seed(config.seed)  # As if nothing had been drawn.
-  return ema, np.asarray(adv.predicted), neighbours, voters, regions
+  return (ema, np.asarray(adv.predicted), neighbours, voters, regions,
+          features)
 
 
 def select(config, source, split):
@@ -636,7 +666,7 @@ def select(config, source, split):
                   "steps, then a neighbour vote.", k,
                   len(split.train_labels), epochs,
                   _steps_per_epoch(config, split))
-  losses, predicted, neighbours, voters, regions = warmup(
+  losses, predicted, neighbours, voters, regions, features = warmup(
       config, source, split, epochs)
   labels = np.asarray(split.train_labels)
   agreement = neighbour_agreement(neighbours, voters, labels)
@@ -658,6 +688,10 @@ def select(config, source, split):
   labelled = class_agreement(predicted, labels, everyone, source.num_classes)
   chosen = class_agreement(predicted, labels, positions, source.num_classes)
   disputed = class_median(agreement, labels, positions, source.num_classes)
+  overlap = selection_overlap(
+      np.concatenate(list(features(np.asarray(positions, np.int64))))
+      if len(positions) else np.zeros((0, 1)), labels[positions],
+      source.num_classes)
   return {
       "source": "auto", "per_class": k,
       "warmup_epochs": epochs, "loss_momentum": LOSS_MOMENTUM,
@@ -685,6 +719,8 @@ def select(config, source, split):
                  if known_truth(config) else None),
       "class_agreement": labelled, "selected_agreement": chosen,
       "selected_neighbour_agreement": disputed,
+      "selected_overlap": [None if v is None else round(v, 4)
+                           for v in overlap],
       "suspect_classes": suspects(labelled, chosen, disputed),
       "kept_in": kept_in(labels, k, source.num_classes),
       "train_examples": int(len(labels)),

@@ -275,6 +275,22 @@ def test_rehome_leaves_a_class_that_the_regions_split_in_two():
   assert record == []
 
 
+def test_selection_overlap_is_high_where_picks_sit_among_another_class():
+  rng = np.random.default_rng(0)
+  centres = np.eye(3) * 10
+  # Class 0 and 1 picks sit at their own centres; class 2's picks are class
+  # 1's images (at its centre); class 3 has one pick.
+  features = np.concatenate([centres[0] + rng.normal(size=(5, 3)),
+                             centres[1] + rng.normal(size=(5, 3)),
+                             centres[1] + rng.normal(size=(5, 3)),
+                             centres[2] + rng.normal(size=(1, 3))])
+  labels = [0] * 5 + [1] * 5 + [2] * 5 + [3]
+  overlap = meta_select.selection_overlap(features, labels, 5)
+  assert overlap[0] == 0.0
+  assert 0.3 < overlap[1] < 0.8 and 0.3 < overlap[2] < 0.8
+  assert overlap[3] is None and overlap[4] is None
+
+
 def test_suspect_classes():
   """A class is named when both signals on its selected examples dispute
   them, or when three in four of their neighbours carry other labels; a

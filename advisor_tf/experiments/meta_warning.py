@@ -124,7 +124,8 @@ def measure(record, split, num_classes):
           "purity": record["purity"],
           "class_agreement": record["class_agreement"],
           "selected_agreement": record["selected_agreement"],
-          "disputed": disputed}
+          "disputed": disputed,
+          "overlap": record.get("selected_overlap")}
 
 
 def rescore(results):
