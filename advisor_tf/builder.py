@@ -10,6 +10,7 @@ same backbone, advisor, optimizers, loss scaling and XLA setting.
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from advisor_tf import backbones
 from advisor_tf import model as model_lib
@@ -90,7 +91,10 @@ def build_model(config, image_shape, num_classes, class_counts=None,
       meta_update_every=config.meta_update_every,
       class_counts=class_counts, eql_threshold=config.eql_threshold,
       focal_gamma=config.focal_gamma, advice=config.advice,
-      remat=config.remat)
+      remat=config.remat,
+      # One sample-selection weight per training example (their count).
+      selection_examples=(int(np.sum(class_counts))
+                          if config.sample_selection != "none" else 0))
   optimizer, advisor_optimizer = optimizers(config, steps_per_epoch)
   jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
   model.compile(optimizer=optimizer, advisor_optimizer=advisor_optimizer,

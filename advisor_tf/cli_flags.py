@@ -97,6 +97,15 @@ flags.DEFINE_bool("advisor_example_weight", _D.advisor_example_weight,
                   "multiplies its loss (MFRW/MES; beyond the thesis, whose "
                   "flagfiles turn it off): a per-example discount, for noise "
                   "that depends on the image.")
+flags.DEFINE_enum("sample_selection", _D.sample_selection,
+                  _C["sample_selection"],
+                  "gmm: after --selection_warmup epochs, each epoch drops the "
+                  "training images that a two-component Gaussian mixture on "
+                  "their losses puts in the high-loss component (any method; "
+                  "beyond the thesis): for noise that depends on the image.")
+flags.DEFINE_integer("selection_warmup", _D.selection_warmup,
+                     "Epochs of plain training before --sample_selection "
+                     "drops examples (unset: a third of --epochs).")
 flags.DEFINE_float("rho", _D.rho, "MES Bernoulli probability ρ.")
 flags.DEFINE_float("advisor_lr", _D.advisor_lr, "Advisor Adam learning rate "
                    "(the thesis flagfiles set its 1e-4).")
@@ -269,7 +278,8 @@ GROUPS = {
              "meta_source",
              "corrections"],
     "method": ["method", "embedding_size", "advisor_label_input",
-               "advisor_example_weight", "rho",
+               "advisor_example_weight", "sample_selection",
+               "selection_warmup", "rho",
                "advisor_lr", "eql_threshold", "focal_gamma", "advice",
                "virtual_scope", "meta_update_every"],
     "optimisation": ["backbone", "pretrained_weights", "init_checkpoint",

@@ -39,6 +39,7 @@ DEFAULT_DECAY_FRACTIONS = (2 / 3, 5 / 6)
 # when the dataset ships a trusted split, else `meta_select.DEFAULT_DRAW`.
 META_SOURCES = ("folder", "random", "random_noisy", "auto")
 JIT_CHOICES = ("auto", "true", "false")
+SAMPLE_SELECTIONS = ("none", "gmm")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # Every enumerated flag (the same name as its TrainConfig field) and its
 # allowed values, in the order `--help` lists them.
@@ -57,6 +58,7 @@ CHOICES = {
     "strategy": STRATEGIES,
     "jit_compile": JIT_CHOICES,
     "meta_source": META_SOURCES,
+    "sample_selection": SAMPLE_SELECTIONS,
 }
 # Choices whose flag may stay unset (None: resolved by the run).
 UNSET_CHOICES = ("meta_source",)
@@ -100,6 +102,15 @@ class TrainConfig:
   # thesis; the thesis flagfiles turn it off): the discount that
   # instance-dependent noise calls for (docs/results.md, Fashion-MNIST).
   advisor_example_weight: bool = False
+  # Sample selection (beyond the thesis; any method): after
+  # `selection_warmup` epochs of plain training (None: a third of --epochs),
+  # each epoch's loss drops
+  # the training examples that a two-component Gaussian mixture on their
+  # losses of the given labels puts in the high-loss component (DivideMix's
+  # split, Li et al. 2020): the small-loss trick for noise that depends on
+  # the image, where the MFRW mask discounts no example.
+  sample_selection: str = "none"
+  selection_warmup: int | None = None
   rho: float = 0.9
   advisor_lr: float = DEFAULT_ADVISOR_LR  # The thesis flagfiles set 1e-4.
   eql_threshold: float = 0.01
@@ -175,6 +186,15 @@ class TrainConfig:
       raise ValueError("--advisor_example_weight adds a head to the advisor "
                        "network of mfrw, mes and mfrw_mes, not "
                        f"--method={self.method}.")
+    if self.selection_warmup is not None and (
+        self.sample_selection == "none" or self.selection_warmup < 1
+        or (self.train_steps is None
+            and self.selection_warmup >= self.epochs)):
+      raise ValueError(f"--selection_warmup={self.selection_warmup}: the "
+                       "epochs of plain training before --sample_selection "
+                       f"drops examples, 1 to --epochs − 1 ({self.epochs - 1}),"
+                       " with --sample_selection=gmm (unset: a third of "
+                       "--epochs).")
     if self.advice == "lagged" and self.meta_update_every != 1:
       raise ValueError("--advice=lagged reuses the virtual step's gradient "
                        "and needs --meta_update_every=1.")
@@ -326,6 +346,9 @@ def _upgrade(saved):
   saved.setdefault("advisor_label_input", False)
   # Runs saved before `advisor_example_weight`: the advisor had no ω head.
   saved.setdefault("advisor_example_weight", False)
+  # Runs saved before `sample_selection` kept every example.
+  saved.setdefault("sample_selection", "none")
+  saved.setdefault("selection_warmup", None)
   # Runs saved before `meta_source` took the dataset's own meta split where
   # it shipped one (`folder`) and otherwise drew it out of train before the
   # noise (`random`); a user's folder may or may not have had one (unset).

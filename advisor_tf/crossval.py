@@ -47,7 +47,8 @@ def cross_validated_probabilities(config, source, split, folds=FOLDS,
   if cache and os.path.exists(cache):
     return np.load(cache)
   config = dataclasses.replace(config, method="ce", virtual_scope="all",
-                               meta_update_every=1, advice="exact")
+                               meta_update_every=1, advice="exact",
+                               sample_selection="none", selection_warmup=None)
   labels = np.asarray(split.train_labels)
   probs = np.zeros((len(labels), source.num_classes))
   with warnings.catch_warnings():  # Tail classes may have < folds members.

@@ -598,7 +598,8 @@ def _stream(config, source, split, start_step, seed):
       source, split, config.batch_size, config.meta_batch_size, seed,
       start_step=start_step, augment=config.augment,
       policy=config.augment_policy, cutout=config.cutout,
-      gridmask=config.gridmask)
+      gridmask=config.gridmask,
+      meta_stream=config.method in config_lib.ADVISOR_MODES)
 
 
 def _features(model, source, split, batch_size):
@@ -626,7 +627,8 @@ def warmup(config, source, split, epochs):
   that space (`feature_regions`, as many as classes; else None), and the
   feature reader (`_features`: positions → feature batches)."""
   ce = dataclasses.replace(config, method=WARMUP_METHOD, virtual_scope="all",
-                           meta_update_every=1, advice="exact")
+                           meta_update_every=1, advice="exact",
+                           sample_selection="none", selection_warmup=None)
   n = len(split.train_labels)
   steps = _steps_per_epoch(ce, split)
   keras.utils.set_random_seed(config.seed + 1_000_003)

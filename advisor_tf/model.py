@@ -73,6 +73,7 @@ class TrainForward(NamedTuple):
   ce: Any  # L_pre: per-example CE, the advisor's loss input.
   body_updates: list  # The backbone's BatchNorm statistics of this forward.
   head_updates: list  # The head's, of this plain-feature forward.
+  keep: Any = None  # Per-example sample-selection weight (0/1), or None.
 
 
 class TrainLoss(NamedTuple):
@@ -383,7 +384,8 @@ class AdvisorModel(keras.Model):
                seed=None, virtual_scope="all",
                last_stage_prefixes=None, meta_update_every=1,
                class_counts=None, eql_threshold=0.01, focal_gamma=2.0,
-               advice="exact", remat="none", **kwargs):
+               advice="exact", remat="none", selection_examples=0,
+               **kwargs):
     super().__init__(**kwargs)
     if remat not in REMAT_MODES:
       raise ValueError(f"Unknown remat {remat!r}; allowed: "
@@ -455,6 +457,14 @@ class AdvisorModel(keras.Model):
           example_weight=self.advisor_example_weight, name="advisor",
           dtype=advisor_dtype)
     self.advisor = advisor
+    # Sample selection: which training examples (by position) the loss
+    # keeps, set between epochs (`trainer.SampleSelection`); a variable, so
+    # a checkpoint taken within an epoch resumes with the epoch's selection.
+    self.example_keep = None
+    if selection_examples:
+      self.example_keep = self.add_weight(
+          shape=(int(selection_examples),), initializer="ones",
+          trainable=False, name="example_keep")
     self.reweight = adv_layers.FeatureReweighting(name="feature_reweighting")
     self._seed_generator = keras.random.SeedGenerator(seed)
     self.weight_decay = 0.0
@@ -587,23 +597,31 @@ class AdvisorModel(keras.Model):
 
   # --------------------------------------------------------- one iteration
   def train_step(self, data):
-    """One iteration of the method on `((x, y), (x_meta, y_meta))`."""
-    (x, y), (x_meta, y_meta) = data
+    """One iteration of the method on `((x, y), (x_meta, y_meta))`; with
+    sample selection, `((x, y, positions), (x_meta, y_meta))`, the train
+    examples' positions in the training set."""
+    train, (x_meta, y_meta) = data
+    x, y = train[0], train[1]
+    keep = None
+    if self.example_keep is not None and len(train) > 2:
+      keep = ops.take(self.example_keep, train[2], axis=0)
     y, y_meta = _int_labels(y), _int_labels(y_meta)
     beta = self._beta(ops.shape(x)[0])
-    forward = self.train_forward(x, y)  # Step 1.
+    forward = self.train_forward(x, y, keep)  # Step 1.
     virtual, meta, meta_weight = None, None, 1.0
     if self.advisor is not None and self.meta_update_every == 1:
       virtual, meta = self.meta_step(forward, y, x_meta, y_meta, beta)
     elif self.advisor is not None:
-      meta, meta_weight = self._meta_step_every_k(x, y, x_meta, y_meta, beta)
+      meta, meta_weight = self._meta_step_every_k(x, y, x_meta, y_meta, beta,
+                                                  keep)
     actual = self.actual_step(
         forward, y, beta, lagged=virtual if self.advice == "lagged" else None)
     return self._record(y, forward.logits, actual, meta, meta_weight)
 
-  def train_forward(self, x, labels):
+  def train_forward(self, x, labels, keep=None):
     """Step 1, loss pre-calculation: the train batch through the classifier
-    at w, with the per-example loss the advisor reads.
+    at w, with the per-example loss the advisor reads (and `keep`, the
+    batch's sample-selection weights, for the losses of steps 2 and 4).
 
         f = Φb(x; wb),   L_pre = CE(Φc(f; wc), y)
 
@@ -622,7 +640,7 @@ class AdvisorModel(keras.Model):
       logits, head_updates = self._head_forward(head_w, features)
       ce = adv_losses.cross_entropy(labels, logits)  # Ψ stops its gradient.
     return TrainForward(tape, weights, features, logits, ce, body_updates,
-                        head_updates)
+                        head_updates, keep)
 
   def virtual_step(self, forward, labels, beta, keep_gradients=False):
     """Step 2, virtual train: one plain SGD step of the classifier on the
@@ -741,6 +759,17 @@ class AdvisorModel(keras.Model):
 
   # ------------------------------------------------------- the two losses
   def _train_loss(self, forward, labels, beta):
+    """`_method_loss`, with sample selection's dropped examples at weight 0
+    and the kept ones normalised to mean 1 over the batch (the step's size
+    stays that of a full batch of kept examples)."""
+    train_loss = self._method_loss(forward, labels, beta)
+    if forward.keep is None:
+      return train_loss
+    keep = ops.cast(forward.keep, train_loss.losses.dtype)
+    return train_loss._replace(
+        losses=keep / (ops.mean(keep) + 1e-8) * train_loss.losses)
+
+  def _method_loss(self, forward, labels, beta):
     """Per-example L_train(w, θ) on the shared forward, with the advisor at
     its current θ:
 
@@ -843,7 +872,7 @@ class AdvisorModel(keras.Model):
       grads = [g / ops.cast(inner, g.dtype) for g in grads]
     return _unscale(self.advisor_optimizer, grads), meta_loss, virtual
 
-  def _meta_step_every_k(self, x, y, x_meta, y_meta, beta):
+  def _meta_step_every_k(self, x, y, x_meta, y_meta, beta, keep=None):
     """Step 3 on every `meta_update_every`-th iteration only. A conditional
     branch cannot share the train forward, so it runs its own.
 
@@ -853,8 +882,8 @@ class AdvisorModel(keras.Model):
     due = ops.equal(self.optimizer.iterations % self.meta_update_every, 0)
 
     def update():
-      return self.meta_step(self.train_forward(x, y), y, x_meta, y_meta,
-                            beta)[1]
+      return self.meta_step(self.train_forward(x, y, keep), y, x_meta,
+                            y_meta, beta)[1]
 
     def skip():
       return MetaUpdate(ops.zeros(()), ops.zeros((), "float32"),
@@ -953,6 +982,8 @@ class AdvisorModel(keras.Model):
         "class_counts": self.class_counts,
         "eql_threshold": self.eql_threshold, "focal_gamma": self.focal_gamma,
         "advice": self.advice, "remat": self.remat,
+        "selection_examples": (0 if self.example_keep is None
+                               else int(self.example_keep.shape[0])),
     }
 
   @classmethod

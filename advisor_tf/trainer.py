@@ -36,6 +36,7 @@ from advisor_tf import evaluation
 from advisor_tf import export as export_lib
 from advisor_tf import meta_select
 from advisor_tf import run as run_lib
+from advisor_tf import selection
 from advisor_tf import telemetry
 from advisor_tf.data import corrections
 from advisor_tf.data import pipeline
@@ -59,7 +60,8 @@ def train_stream(config, source, split, start_step=0, seed=None):
       config.seed if seed is None else seed, start_step=start_step,
       augment=config.augment, policy=config.augment_policy,
       cutout=config.cutout, gridmask=config.gridmask,
-      meta_stream=config.method in config_lib.ADVISOR_MODES)
+      meta_stream=config.method in config_lib.ADVISOR_MODES,
+      positions=config.sample_selection != "none")
 
 
 def resume_hint(config):
@@ -297,6 +299,14 @@ def _train(config, source, split, strategy, out):
     callbacks.append(telemetry.AdvisorTelemetry(
         source, split, out, config.telemetry_examples,
         config.seed, config.eval_batch_size))
+  selecting = None
+  if config.sample_selection != "none":
+    selecting = selection.SampleSelection(
+        config, source, split, steps,
+        noisy=(np.asarray(split.train_labels)
+               != np.asarray(split.train_clean_labels))
+        if config.noise != "none" else None)
+    callbacks.append(selecting)
   last = builder.total_steps(config, steps)
   clock = RunClock(steps, start, last)
   callbacks.append(clock)
@@ -343,6 +353,8 @@ def _train(config, source, split, strategy, out):
   if getattr(source, "corrections", None):
     metrics["train/corrections"] = source.corrections
   metrics.update(meta_select.metrics(config, split))
+  if selecting is not None:
+    metrics.update(selecting.last)
   metrics.update(evaluation.evaluate(model, source, "test",
                                      config.eval_batch_size,
                                      split.class_counts(source.num_classes)))

@@ -110,28 +110,34 @@ def strong_transform(source, policy="none", cutout=0, gridmask=False,
                             cutout_size=cutout, gridmask=gridmask)
 
 
-def _batches(source, split_name, index_batches, indices, labels, count):
+def _batches(source, split_name, index_batches, indices, labels, count,
+             with_positions=False):
   """`(images, labels)` batches from a stream of batches of positions into
-  `indices`/`labels`: one gather per batch where the source loads whole
-  batches (arrays, images decoded in memory), else loaded image by image
-  and batched again (`count` per batch)."""
+  `indices`/`labels` (`with_positions`: `(images, labels, positions)`): one
+  gather per batch where the source loads whole batches (arrays, images
+  decoded in memory), else loaded image by image and batched again
+  (`count` per batch)."""
   batch_load = source.batch_loader(split_name)
   if batch_load is None:
+    load = _load(source, split_name, indices, labels)
     return (index_batches.unbatch()
-            .map(_load(source, split_name, indices, labels),
+            .map(lambda position: load(position) + (
+                (position,) if with_positions else ()),
                  num_parallel_calls=AUTOTUNE, deterministic=True)
             .batch(count, drop_remainder=True))
   index_table = tf.constant(np.asarray(indices, np.int64))
   label_table = tf.constant(np.asarray(labels, np.int64))
   return index_batches.map(
       lambda positions: (batch_load(tf.gather(index_table, positions)),
-                         tf.gather(label_table, positions)),
+                         tf.gather(label_table, positions)) + (
+                             (positions,) if with_positions else ()),
       num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def train_and_meta(source, split, batch_size, meta_batch_size, seed,
                    start_step=0, augment=True, policy="none", cutout=0,
-                   gridmask=False, autoaugment=False, meta_stream=True):
+                   gridmask=False, autoaugment=False, meta_stream=True,
+                   positions=False):
   """`((x, y), (x_meta, y_meta))` batches for `AdvisorModel.fit`, endless.
 
   One step consumes one train batch (full batches only: static shapes, one
@@ -145,7 +151,9 @@ def train_and_meta(source, split, batch_size, meta_batch_size, seed,
   random crops, meta images from the train split are centre-cropped by the
   same transform's deterministic part. `meta_stream=False` (a method that
   reads no meta batch, e.g. CE) repeats the first meta batch instead of
-  loading a new one every step.
+  loading a new one every step. `positions=True` adds each train example's
+  position in `split.train_indices`: `((x, y, positions), (x_meta,
+  y_meta))` (sample selection looks its weight up by it).
   """
   check_batch_sizes(split, batch_size, meta_batch_size)
   n, m = len(split.train_indices), len(split.meta_indices)
@@ -155,7 +163,7 @@ def train_and_meta(source, split, batch_size, meta_batch_size, seed,
   train = _batches(
       source, "train",
       _shuffled_batches(n, batch_size, seed, 0, True).skip(start_step),
-      split.train_indices, split.train_labels, batch_size)
+      split.train_indices, split.train_labels, batch_size, positions)
   if transform is not None or batch_transform is not None:
     def augmented(step, batch):  # Seeded by (run seed, global step).
       images, step_seed = batch[0], tf.stack([tf.cast(seed, tf.int64), step])
@@ -164,7 +172,7 @@ def train_and_meta(source, split, batch_size, meta_batch_size, seed,
             step_seed, _BASIC_TRANSFORM))
       if batch_transform is not None:
         images = batch_transform(images, step_seed)
-      return images, batch[1]
+      return (images,) + tuple(batch[1:])
     train = train.enumerate(start=start_step).map(
         augmented, num_parallel_calls=AUTOTUNE, deterministic=True)
   meta = _batches(

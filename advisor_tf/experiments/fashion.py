@@ -43,6 +43,11 @@ The methods (`METHODS`), keys of the results:
   mfrw_mes_weight  `mfrw_mes` with `--advisor_example_weight` (beyond the
                    thesis: the advisor also reads out a per-example loss
                    weight; not in the default `--methods`)
+  mfrw_mes_select  `mfrw_mes` with `--sample_selection=gmm` (beyond the
+                   thesis: after a third of the epochs, each epoch trains
+                   only on the examples a Gaussian mixture on their losses
+                   calls clean; not in the default `--methods`)
+  ce_select        `ce` with `--sample_selection=gmm`: the selection alone
 
 Per (cell, method) the JSON holds, per seed in the order of `seeds`, the
 dirty-labels grid's values (`dirty_labels.run_one`: `accuracy` at the last
@@ -89,7 +94,13 @@ METHODS = {"ce": {"method": "ce"},
            # Beyond the thesis: the advisor also weighs each example
            # (`--advisor_example_weight`); runs only when named.
            "mfrw_mes_weight": {"method": "mfrw_mes", "meta_source": "random",
-                               "advisor_example_weight": True}}
+                               "advisor_example_weight": True},
+           # Beyond the thesis: sample selection (`--sample_selection=gmm`),
+           # with the advisor and, as its baseline, with plain CE; runs only
+           # when named.
+           "mfrw_mes_select": {"method": "mfrw_mes", "meta_source": "random",
+                               "sample_selection": "gmm"},
+           "ce_select": {"method": "ce", "sample_selection": "gmm"}}
 # The methods: what the grid runs unless --methods names others.
 DEFAULT_METHODS = ("ce", "mwnet", "mfrw_mes", "mfrw_mes_auto",
                    "mfrw_mes_random")
