@@ -432,6 +432,12 @@ def run_statistics(workdir, metrics):
                        examples, Meta-Weight-Net's weights likewise, and
                        the mean MES suppression, at the last epoch of the
                        run's trace (advisor methods)
+    selection_kept_share, selection_dropped_mislabelled_share,
+    selection_mislabelled_dropped_share
+                       `--sample_selection`: its last selection's share of
+                       the training set kept, and the dropped images'
+                       share of mislabelled ones and the mislabelled ones'
+                       share dropped
   """
   out = {}
   accuracy = trainer.epoch_accuracies(workdir)
@@ -440,6 +446,10 @@ def run_statistics(workdir, metrics):
     out["accuracy_last10"] = round(float(np.mean(accuracy[-last:])), 4)
   if metrics.get("meta/purity") is not None:
     out["meta_purity"] = metrics["meta/purity"]
+  for key in ("kept_share", "dropped_mislabelled_share",
+              "mislabelled_dropped_share"):
+    if metrics.get(f"selection/{key}") is not None:
+      out[f"selection_{key}"] = metrics[f"selection/{key}"]
   trace = telemetry.read_trace(workdir)
   if trace:
     final = trace[-1]
