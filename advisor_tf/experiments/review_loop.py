@@ -51,6 +51,7 @@ from advisor_tf import crossval  # noqa: E402
 from advisor_tf import run as run_lib  # noqa: E402
 from advisor_tf import trainer  # noqa: E402
 from advisor_tf.data import corrections  # noqa: E402
+from advisor_tf.data import sources  # noqa: E402
 from advisor_tf.experiments import user_path  # noqa: E402
 from advisor_tf.tools import scale  # noqa: E402
 
@@ -109,6 +110,15 @@ def write_folder(folder, cell, seed, train_images):
   if cell.startswith(FASHION):
     manifest = scale.write_folder(folder, train_images, seed,
                                   rate=float(cell[len(FASHION):]))
+    # The manifest numbers classes in Zalando's order, a folder source by
+    # its sorted class folders: the same labels in the run's numbering.
+    written = [n.replace("/", "_") for n in sources.FASHION_MNIST_CLASSES]
+    order = sorted(written)
+    run_label = [order.index(n) for n in written]
+    manifest = dict(manifest, splits={
+        split: [[f, run_label[given], run_label[true]]
+                for f, given, true in rows]
+        for split, rows in manifest["splits"].items()})
     return manifest, manifest["realised_rate"]
   manifest = user_path.write_digits_folder(folder, cell, seed)
   return manifest, manifest["realised_noise_rate"]
