@@ -201,8 +201,14 @@ def test_fashion_grid_cells_and_methods_set_their_fields():
                              workdir=None) == dataclasses.replace(
                                  grid.config("instance0.4", "mfrw_mes", 0, 12,
                                              "/r"), workdir=None)
+  selecting = grid.config("instance0.5", "mfrw_mes_select", 0, 12, "/r")
+  assert selecting.sample_selection == "gmm" and dataclasses.replace(
+      selecting, sample_selection="none", workdir=None) == dataclasses.replace(
+          grid.config("instance0.5", "mfrw_mes", 0, 12, "/r"), workdir=None)
+  assert grid.config("instance0.5", "ce_select", 0, 12,
+                     "/r").sample_selection == "gmm"
   assert set(fashion.DEFAULT_METHODS) == set(fashion.METHODS) - {
-      "mfrw_mes_weight"}
+      "mfrw_mes_weight", "mfrw_mes_select", "ce_select"}
   with pytest.raises(ValueError, match="--methods: 'mfrw'"):
     grid.config("sym0.4", "mfrw", 0, 12, "/r")
   # The GPU flagfile names only the experiment's flags.
