@@ -174,11 +174,17 @@ def _softmax(logits):
 
 def ranking_quality(scores, noisy):
   """Average precision and precision/recall curve of finding `noisy` by
-  ranking `scores` (None when there is no noisy or no clean example)."""
+  ranking `scores` (None when there is no noisy or no clean example). A
+  score that is not finite (a diverged model's) ranks last."""
   from sklearn.metrics import average_precision_score, precision_recall_curve
   noisy = np.asarray(noisy, bool)
   if noisy.all() or not noisy.any():
     return None
+  scores = np.asarray(scores, np.float64)
+  finite = np.isfinite(scores)
+  if not finite.all():
+    scores = np.where(finite, scores, (scores[finite].min() - 1.0
+                                       if finite.any() else 0.0))
   precision, recall, _ = precision_recall_curve(noisy, scores)
   return {"ap": float(average_precision_score(noisy, scores)),
           "precision": precision, "recall": recall}

@@ -61,6 +61,9 @@ def test_ranking_quality_average_precision():
   mixed = advice.ranking_quality([0.9, 0.1, 0.8, 0.2], noisy)
   assert mixed["ap"] == pytest.approx((1 / 2 + 2 / 3) / 2)
   assert advice.ranking_quality([1, 2, 3, 4], np.zeros(4, bool)) is None
+  # A diverged model's non-finite scores rank last instead of failing.
+  assert advice.ranking_quality([np.nan, 0.1, 0.9, np.inf], noisy)["ap"] == \
+      advice.ranking_quality([-1.0, 0.1, 0.9, -1.0], noisy)["ap"]
 
 
 def test_class_suppression_and_eql_thresholds_by_hand():
