@@ -40,7 +40,8 @@ def _selecting(mode):  # One selection weight per example of a 12-batch.
   return tiny_model(mode, sample_selection="gmm", class_counts=[3, 3, 2, 2, 2])
 
 
-@pytest.mark.parametrize("mode", ["mfrw_mes"])
+@pytest.mark.parametrize("mode", [
+    "ce", pytest.param("mfrw_mes", marks=pytest.mark.slow)])
 def test_a_dropped_examples_label_does_not_move_the_model(mode):
   x, y, xm, ym = batches(n=12)
   other = y.copy()
