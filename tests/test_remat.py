@@ -287,11 +287,15 @@ def _peak_memory_alone(args, **kwargs):
 @pytest.mark.slow
 def test_remat_lowers_the_exact_steps_memory(tmp_path):
   """The bench's memory probe: the exact step with remat keeps less alive
-  than without (small CNN, 32×32, batch 64)."""
+  than without (small CNN, 32×32, batch 64). Remat saves about a quarter
+  here (0.73-0.78 of the plain peak over repeated probes on 2 cores); the
+  allocator adds a few MiB of noise to either probe, so each side is the
+  smaller of two probes and the bound leaves room for that noise."""
   args = ("mfrw_mes", "all", "exact", "small_cnn", 32, 3, 10, 64, 50)
-  plain = _peak_memory_alone(args)
-  remat = _peak_memory_alone(args, remat="blocks")
-  for row in (plain, remat):
+  rows = {remat: [_peak_memory_alone(args, remat=remat) for _ in range(2)]
+          for remat in ("none", "blocks")}
+  for row in rows["none"] + rows["blocks"]:
     assert row["peak_reset"] and row["baseline_memory_mb"] > 100
-  assert remat["peak_memory_mb"] < 0.8 * plain["peak_memory_mb"], (
-      json.dumps([plain, remat]))
+  plain, remat = (min(r["peak_memory_mb"] for r in rows[k])
+                  for k in ("none", "blocks"))
+  assert remat < 0.85 * plain, json.dumps(rows)
