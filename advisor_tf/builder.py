@@ -94,7 +94,8 @@ def build_model(config, image_shape, num_classes, class_counts=None,
       remat=config.remat,
       # One sample-selection weight per training example (their count).
       selection_examples=(int(np.sum(class_counts))
-                          if config.sample_selection != "none" else 0))
+                          if config.sample_selection != "none" else 0),
+      selection_relabel=config.sample_selection == "gmm_relabel")
   optimizer, advisor_optimizer = optimizers(config, steps_per_epoch)
   jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
   model.compile(optimizer=optimizer, advisor_optimizer=advisor_optimizer,

@@ -102,10 +102,17 @@ flags.DEFINE_enum("sample_selection", _D.sample_selection,
                   "gmm: after --selection_warmup epochs, each epoch drops the "
                   "training images that a two-component Gaussian mixture on "
                   "their losses puts in the high-loss component (any method; "
-                  "beyond the thesis): for noise that depends on the image.")
+                  "beyond the thesis): for noise that depends on the image. "
+                  "gmm_relabel: the dropped images whose prediction is at "
+                  "least --relabel_confidence likely train on that prediction "
+                  "instead (label correction; the labels on disk are kept).")
 flags.DEFINE_integer("selection_warmup", _D.selection_warmup,
                      "Epochs of plain training before --sample_selection "
                      "drops examples (unset: a third of --epochs).")
+flags.DEFINE_float("relabel_confidence", _D.relabel_confidence,
+                   "--sample_selection=gmm_relabel: the classifier's "
+                   "probability of its prediction at which a dropped image "
+                   "trains on the prediction (FixMatch's 0.95 by default).")
 flags.DEFINE_float("rho", _D.rho, "MES Bernoulli probability ρ.")
 flags.DEFINE_float("advisor_lr", _D.advisor_lr, "Advisor Adam learning rate "
                    "(the thesis flagfiles set its 1e-4).")
@@ -279,7 +286,7 @@ GROUPS = {
              "corrections"],
     "method": ["method", "embedding_size", "advisor_label_input",
                "advisor_example_weight", "sample_selection",
-               "selection_warmup", "rho",
+               "selection_warmup", "relabel_confidence", "rho",
                "advisor_lr", "eql_threshold", "focal_gamma", "advice",
                "virtual_scope", "meta_update_every"],
     "optimisation": ["backbone", "pretrained_weights", "init_checkpoint",

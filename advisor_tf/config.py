@@ -39,7 +39,7 @@ DEFAULT_DECAY_FRACTIONS = (2 / 3, 5 / 6)
 # when the dataset ships a trusted split, else `meta_select.DEFAULT_DRAW`.
 META_SOURCES = ("folder", "random", "random_noisy", "auto")
 JIT_CHOICES = ("auto", "true", "false")
-SAMPLE_SELECTIONS = ("none", "gmm")
+SAMPLE_SELECTIONS = ("none", "gmm", "gmm_relabel")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # Every enumerated flag (the same name as its TrainConfig field) and its
 # allowed values, in the order `--help` lists them.
@@ -108,9 +108,13 @@ class TrainConfig:
   # the training examples that a two-component Gaussian mixture on their
   # losses of the given labels puts in the high-loss component (DivideMix's
   # split, Li et al. 2020): the small-loss trick for noise that depends on
-  # the image, where the MFRW mask discounts no example.
+  # the image, where the MFRW mask discounts no example. `gmm_relabel`
+  # trains a dropped example instead on the classifier's prediction where
+  # that is at least `relabel_confidence` likely (label correction; the
+  # user's labels are not changed).
   sample_selection: str = "none"
   selection_warmup: int | None = None
+  relabel_confidence: float = 0.95
   rho: float = 0.9
   advisor_lr: float = DEFAULT_ADVISOR_LR  # The thesis flagfiles set 1e-4.
   eql_threshold: float = 0.01
@@ -193,8 +197,13 @@ class TrainConfig:
       raise ValueError(f"--selection_warmup={self.selection_warmup}: the "
                        "epochs of plain training before --sample_selection "
                        f"drops examples, 1 to --epochs − 1 ({self.epochs - 1}),"
-                       " with --sample_selection=gmm (unset: a third of "
+                       " with --sample_selection=gmm or gmm_relabel (unset: a third of "
                        "--epochs).")
+    if not 0 < self.relabel_confidence <= 1:
+      raise ValueError(f"--relabel_confidence={self.relabel_confidence}: the "
+                       "classifier's probability of its prediction at which "
+                       "--sample_selection=gmm_relabel trains a dropped image "
+                       "on it, in (0, 1].")
     if self.advice == "lagged" and self.meta_update_every != 1:
       raise ValueError("--advice=lagged reuses the virtual step's gradient "
                        "and needs --meta_update_every=1.")
@@ -349,6 +358,7 @@ def _upgrade(saved):
   # Runs saved before `sample_selection` kept every example.
   saved.setdefault("sample_selection", "none")
   saved.setdefault("selection_warmup", None)
+  saved.setdefault("relabel_confidence", 0.95)
   # Runs saved before `meta_source` took the dataset's own meta split where
   # it shipped one (`folder`) and otherwise drew it out of train before the
   # noise (`random`); a user's folder may or may not have had one (unset).

@@ -385,7 +385,7 @@ class AdvisorModel(keras.Model):
                last_stage_prefixes=None, meta_update_every=1,
                class_counts=None, eql_threshold=0.01, focal_gamma=2.0,
                advice="exact", remat="none", selection_examples=0,
-               **kwargs):
+               selection_relabel=False, **kwargs):
     super().__init__(**kwargs)
     if remat not in REMAT_MODES:
       raise ValueError(f"Unknown remat {remat!r}; allowed: "
@@ -465,6 +465,14 @@ class AdvisorModel(keras.Model):
       self.example_keep = self.add_weight(
           shape=(int(selection_examples),), initializer="ones",
           trainable=False, name="example_keep")
+    # Label correction (`--sample_selection=gmm_relabel`): per training
+    # example the label it trains on instead of its given one, −1 for none.
+    self.example_label = None
+    if selection_examples and selection_relabel:
+      self.example_label = self.add_weight(
+          shape=(int(selection_examples),), dtype="int32",
+          initializer=keras.initializers.Constant(-1), trainable=False,
+          name="example_label")
     self.reweight = adv_layers.FeatureReweighting(name="feature_reweighting")
     self._seed_generator = keras.random.SeedGenerator(seed)
     self.weight_decay = 0.0
@@ -599,13 +607,17 @@ class AdvisorModel(keras.Model):
   def train_step(self, data):
     """One iteration of the method on `((x, y), (x_meta, y_meta))`; with
     sample selection, `((x, y, positions), (x_meta, y_meta))`, the train
-    examples' positions in the training set."""
+    examples' positions in the training set (with label correction, a
+    position's `example_label`, where set, replaces its y)."""
     train, (x_meta, y_meta) = data
     x, y = train[0], train[1]
+    y, y_meta = _int_labels(y), _int_labels(y_meta)
     keep = None
     if self.example_keep is not None and len(train) > 2:
       keep = ops.take(self.example_keep, train[2], axis=0)
-    y, y_meta = _int_labels(y), _int_labels(y_meta)
+      if self.example_label is not None:
+        fixed = ops.take(self.example_label, train[2], axis=0)
+        y = ops.where(fixed >= 0, fixed, y)
     beta = self._beta(ops.shape(x)[0])
     forward = self.train_forward(x, y, keep)  # Step 1.
     virtual, meta, meta_weight = None, None, 1.0
@@ -984,6 +996,7 @@ class AdvisorModel(keras.Model):
         "advice": self.advice, "remat": self.remat,
         "selection_examples": (0 if self.example_keep is None
                                else int(self.example_keep.shape[0])),
+        "selection_relabel": self.example_label is not None,
     }
 
   @classmethod

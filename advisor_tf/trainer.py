@@ -302,10 +302,7 @@ def _train(config, source, split, strategy, out):
   selecting = None
   if config.sample_selection != "none":
     selecting = selection.SampleSelection(
-        config, source, split, steps,
-        noisy=(np.asarray(split.train_labels)
-               != np.asarray(split.train_clean_labels))
-        if config.noise != "none" else None)
+        config, source, split, steps, truth=config.noise != "none")
     callbacks.append(selecting)
   last = builder.total_steps(config, steps)
   clock = RunClock(steps, start, last)

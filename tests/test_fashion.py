@@ -207,8 +207,15 @@ def test_fashion_grid_cells_and_methods_set_their_fields():
           grid.config("instance0.5", "mfrw_mes", 0, 12, "/r"), workdir=None)
   assert grid.config("instance0.5", "ce_select", 0, 12,
                      "/r").sample_selection == "gmm"
+  relabelling = grid.config("instance0.5", "mfrw_mes_relabel", 0, 12, "/r")
+  assert dataclasses.replace(relabelling, sample_selection="gmm",
+                             workdir=None) == dataclasses.replace(
+                                 selecting, workdir=None)
+  assert grid.config("instance0.5", "ce_relabel", 0, 12,
+                     "/r").sample_selection == "gmm_relabel"
   assert set(fashion.DEFAULT_METHODS) == set(fashion.METHODS) - {
-      "mfrw_mes_weight", "mfrw_mes_select", "ce_select"}
+      "mfrw_mes_weight", "mfrw_mes_select", "ce_select", "mfrw_mes_relabel",
+      "ce_relabel"}
   with pytest.raises(ValueError, match="--methods: 'mfrw'"):
     grid.config("sym0.4", "mfrw", 0, 12, "/r")
   # The GPU flagfile names only the experiment's flags.

@@ -433,11 +433,14 @@ def run_statistics(workdir, metrics):
                        the mean MES suppression, at the last epoch of the
                        run's trace (advisor methods)
     selection_kept_share, selection_dropped_mislabelled_share,
-    selection_mislabelled_dropped_share
+    selection_mislabelled_dropped_share, selection_relabelled_share,
+    selection_relabelled_right_share
                        `--sample_selection`: its last selection's share of
                        the training set kept, and the dropped images'
                        share of mislabelled ones and the mislabelled ones'
-                       share dropped
+                       share dropped; with `gmm_relabel`, the share of the
+                       training set relabelled and the relabelled ones'
+                       share now right
   """
   out = {}
   accuracy = trainer.epoch_accuracies(workdir)
@@ -447,7 +450,8 @@ def run_statistics(workdir, metrics):
   if metrics.get("meta/purity") is not None:
     out["meta_purity"] = metrics["meta/purity"]
   for key in ("kept_share", "dropped_mislabelled_share",
-              "mislabelled_dropped_share"):
+              "mislabelled_dropped_share", "relabelled_share",
+              "relabelled_right_share"):
     if metrics.get(f"selection/{key}") is not None:
       out[f"selection_{key}"] = metrics[f"selection/{key}"]
   trace = telemetry.read_trace(workdir)

@@ -48,6 +48,10 @@ The methods (`METHODS`), keys of the results:
                    only on the examples a Gaussian mixture on their losses
                    calls clean; not in the default `--methods`)
   ce_select        `ce` with `--sample_selection=gmm`: the selection alone
+  mfrw_mes_relabel `mfrw_mes` with `--sample_selection=gmm_relabel` (the
+                   selection, and label correction of the dropped images
+                   the classifier is 95 % sure of; not in the defaults)
+  ce_relabel       `ce` with `--sample_selection=gmm_relabel`
 
 Per (cell, method) the JSON holds, per seed in the order of `seeds`, the
 dirty-labels grid's values (`dirty_labels.run_one`: `accuracy` at the last
@@ -100,7 +104,11 @@ METHODS = {"ce": {"method": "ce"},
            # when named.
            "mfrw_mes_select": {"method": "mfrw_mes", "meta_source": "random",
                                "sample_selection": "gmm"},
-           "ce_select": {"method": "ce", "sample_selection": "gmm"}}
+           "ce_select": {"method": "ce", "sample_selection": "gmm"},
+           # ... and with label correction of the dropped images.
+           "mfrw_mes_relabel": {"method": "mfrw_mes", "meta_source": "random",
+                                "sample_selection": "gmm_relabel"},
+           "ce_relabel": {"method": "ce", "sample_selection": "gmm_relabel"}}
 # The methods: what the grid runs unless --methods names others.
 DEFAULT_METHODS = ("ce", "mwnet", "mfrw_mes", "mfrw_mes_auto",
                    "mfrw_mes_random")
