@@ -43,6 +43,7 @@ def test_folds_share_one_traced_model(monkeypatch):
   assert said[0].startswith("Out-of-sample probabilities: 2 cross-entropy")
 
 
+@pytest.mark.slow  # Moved by measured duration (fast tier over budget).
 def test_reset_model_gives_the_numbers_of_a_fresh_model_per_fold(
     monkeypatch):
   shared, _, _ = _traced_folds(monkeypatch, 3)

@@ -103,7 +103,7 @@ def _step_numbers(model, steps=2, graph=True):
     pytest.param("mfrw_mes", {"advice": "lagged"}, marks=pytest.mark.slow),
     pytest.param("mfrw_mes", {"virtual_scope": "last_stage"},
                  marks=pytest.mark.slow),
-    ("mwnet", {}),
+    pytest.param("mwnet", {}, marks=pytest.mark.slow),
     pytest.param("mfrw_mes", {"meta_update_every": 2},
                  marks=pytest.mark.slow),
 ])

@@ -148,9 +148,16 @@ def test_step_reproduces_golden_numbers(name, golden):
 REMAT_CASES = ["ce", "focal", "mfrw_mes-every2", "mfrw-headbn"] + [
     f"{mode}-{scope}" for mode in model_lib.ADVISOR_MODES
     for scope in ("all", "head")]
+# The fast tier keeps a baseline, each advisor mode's whole-network scope and
+# the combined mode's head scope (`test_remat` checks remat again, float64,
+# for ce, mfrw_mes and mwnet); the rest run in the full suite.
+FAST_REMAT_CASES = ("ce", "focal", "mwnet-all", "mfrw_mes-all",
+                    "mfrw_mes-head")
 
 
-@pytest.mark.parametrize("name", REMAT_CASES)
+@pytest.mark.parametrize("name", [
+    name if name in FAST_REMAT_CASES else
+    pytest.param(name, marks=pytest.mark.slow) for name in REMAT_CASES])
 def test_remat_step_reproduces_the_plain_step_and_golden(name, golden):
   want = {k.split(":", 1)[1]: v for k, v in golden.items()
           if k.split(":", 1)[0] == name}
