@@ -292,22 +292,22 @@ def test_selection_overlap_is_high_where_picks_sit_among_another_class():
 
 
 def test_suspect_classes():
-  """A class is named when both signals on its selected examples dispute
-  them, or when three in four of their neighbours carry other labels; a
-  low share of its labels recognised by the warm-up names nothing (the
-  first-hour issue's false alarm: hard classes after a short warm-up)."""
-  labelled = [0.9, 0.1, 0.8, 0.85, 0.9]
-  selected = [1.0, 1.0, 0.3, 0.3, 1.0]
-  disputed = [0.9, 0.9, 0.4, 0.7, 0.2]
-  assert meta_select.suspects(labelled, selected, disputed) == [2, 4]
+  """A class is named when nearly all neighbours of its selected examples
+  carry other labels, unless the warm-up recognises the class's labels (a
+  clean, outnumbered tail class); a low share of its labels recognised, or
+  of its selected examples, names nothing alone (the first-hour issue's
+  false alarm: hard classes after a short warm-up)."""
+  labelled = [0.9, 0.1, 0.8, 0.95, 0.2]
+  selected = [1.0, 1.0, 0.3, 0.3, 0.0]
+  disputed = [0.9, 0.1, 0.14, 0.05, 0.3]
+  assert meta_select.suspects(labelled, selected, disputed) == [1, 2]
   # Without the neighbours' median nothing is named.
   assert meta_select.suspects(labelled, selected) == []
-  assert meta_select.suspects([0.3, 0.35, 0.25], [0.9, 0.8, 0.7],
+  assert meta_select.suspects([0.3, 0.35, 0.25], [0.1, 0.1, 0.1],
                               [0.6, 0.7, None]) == []
-  # Both signals at their bar, or the neighbours at half of it: not named.
-  bar = meta_select.SUSPECT_BELOW
-  assert meta_select.suspects([0.5] * 2, [bar, 0.1], [0.1 + bar / 2, bar]) \
-      == []
+  # At either bar: not named.
+  dis, known = meta_select.DISPUTED_BELOW, meta_select.RECOGNISED_FROM
+  assert meta_select.suspects([0.5, known], [0.1, 0.1], [dis, 0.0]) == []
   assert meta_select.class_median([0.2, 0.9, 0.4, 0.7], [0, 1, 0, 0],
                                   [0, 1, 3], 3) == pytest.approx([0.45, 0.9, None])
 

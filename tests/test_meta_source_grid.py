@@ -74,9 +74,10 @@ def test_backfill_skips_runs_whose_workdir_is_gone(tmp_path):
 
 def test_record_suspects_applies_todays_rule_to_an_older_record():
   # A record written before `selected_neighbour_agreement` existed: class 1's
-  # chosen examples sit among images labelled otherwise (median 0.15).
-  record = {"labels": [0, 0, 1, 1], "neighbour_agreement": [0.9, 0.8, 0.1, 0.2],
-            "class_agreement": [0.9, 0.9], "selected_agreement": [1.0, 1.0]}
+  # chosen examples sit among images labelled otherwise (median 0.075).
+  record = {"labels": [0, 0, 1, 1],
+            "neighbour_agreement": [0.9, 0.8, 0.05, 0.1],
+            "class_agreement": [0.9, 0.5], "selected_agreement": [1.0, 1.0]}
   assert meta_select.record_suspects(record) == [1]
   record["neighbour_agreement"] = [0.9, 0.8, 0.7, 0.6]
   assert meta_select.record_suspects(record) == []

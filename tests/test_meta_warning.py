@@ -59,6 +59,23 @@ def test_measure_and_precision_recall(monkeypatch):
   assert meta_warning.rescore({})["all"]["precision"] is None
 
 
+def test_held_out_scores_each_cell_with_bars_chosen_on_the_others():
+  # Per cell: class 0 wrong (disputed, labels not recognised), class 1 a
+  # clean tail class (disputed, but its labels recognised), class 2 fine.
+  entry = {"class_agreement": [0.5, 0.97, 0.9],
+           "selected_agreement": [0.2, 1.0, 1.0],
+           "disputed": [0.05, 0.12, 0.6], "unreliable": [0], "warned": []}
+  results = {cell: {"0": dict(entry)} for cell in ("a", "b", "digits_c")}
+  out = meta_warning.held_out(results)
+  assert (out["warnings"], out["right"], out["unreliable"]) == (3, 3, 3)
+  assert out["precision"] == 1.0 and sum(out["chosen"].values()) == 3
+  # A cell whose wrong class is disputed only mildly is missed when the
+  # other cells chose a bar below it.
+  results["a"]["0"] = dict(entry, disputed=[0.28, 0.12, 0.6])
+  out = meta_warning.held_out(results)
+  assert out["unreliable"] == 3 and out["right"] < 3
+
+
 def test_cells_are_the_fashion_grids_and_the_users():
   cells = meta_warning.cells()
   assert {"pair0.35_3k", "instance0.35_6k", "instance0.4",
