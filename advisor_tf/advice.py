@@ -68,13 +68,13 @@ class Advice:
     return self.logits.argmax(axis=1)
 
 
-def _advise_batch(model, x, y):
+def _advise_batch(model, x, y, classifier_only=False):
   features = model.backbone(x, training=False)
   logits = model.head(features, training=False)
   ce = keras.losses.sparse_categorical_crossentropy(
       y, ops.cast(logits, "float32"), from_logits=True)
   out = {"logits": logits, "loss": ce}
-  if model.advisor is None:
+  if model.advisor is None or classifier_only:
     return out
   if model.mode == "mwnet":
     weight = ops.reshape(model.advisor(ce), (-1,))
@@ -104,7 +104,8 @@ def _advise_batch(model, x, y):
 _STEPS = weakref.WeakKeyDictionary()
 
 
-def advise(model, source, split, positions=None, batch_size=256):
+def advise(model, source, split, positions=None, batch_size=256,
+           classifier_only=False):
   """Runs the classifier and its advisor over training examples.
 
   Args:
@@ -112,6 +113,8 @@ def advise(model, source, split, positions=None, batch_size=256):
     source, split: the run's data (`run.prepare_data`).
     positions: which positions of `split.train_indices` (default: all).
     batch_size: inference batch size.
+    classifier_only: the classifier's logits and loss alone (the advisor's
+      fields None), e.g. for sample selection between epochs.
 
   Returns:
     An `Advice`.
@@ -123,12 +126,14 @@ def advise(model, source, split, positions=None, batch_size=256):
   data = pipeline.unaugmented_train(
       source, np.asarray(split.train_indices)[positions], given).batch(
           batch_size)
-  step = _STEPS.get(model)
+  steps = _STEPS.setdefault(model, {})
+  step = steps.get(classifier_only)
   if step is None:  # One traced function per model, reused every epoch.
     ref = weakref.ref(model)  # The cache must not keep the model alive.
-    step = tf.function(lambda x, y: _advise_batch(ref(), x, y),
-                       reduce_retracing=True)
-    _STEPS[model] = step
+    step = tf.function(
+        lambda x, y: _advise_batch(ref(), x, y, classifier_only),
+        reduce_retracing=True)
+    steps[classifier_only] = step
   parts = [{k: np.asarray(v) for k, v in step(x, y).items()} for x, y in data]
   joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   return Advice(positions=positions, given=given,

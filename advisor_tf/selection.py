@@ -123,7 +123,8 @@ class SampleSelection(keras.callbacks.Callback):
     if int(self.model.optimizer.iterations.numpy()) % self.steps_per_epoch:
       return  # Resumed within the epoch: its selection came with the weights.
     adv = advice.advise(self.model, self.source, self.split,
-                        batch_size=self.config.eval_batch_size)
+                        batch_size=self.config.eval_batch_size,
+                        classifier_only=True)
     keep = gmm_keep(adv.loss, self.config.seed)
     labels, trained = None, keep
     if self.model.example_label is not None:

@@ -52,6 +52,19 @@ def test_relabel_corrects_only_confident_dropped_examples():
   assert described["selection/relabelled_right_share"] == 0.5
 
 
+def test_selection_reads_the_classifier_alone():
+  """The pass between epochs skips the advisor: the same logits and loss
+  as the full advice, nothing of the advisor's."""
+  from advisor_tf import advice
+  x, y, _, _ = batches(n=12)
+  model = tiny_model("mfrw_mes")
+  full = advice._advise_batch(model, x, tf.constant(y))
+  alone = advice._advise_batch(model, x, tf.constant(y), classifier_only=True)
+  assert set(alone) == {"logits", "loss"} and "mask" in full
+  for key in alone:
+    np.testing.assert_allclose(alone[key], full[key], rtol=1e-6)
+
+
 def _values(model):
   return [v.numpy() for v in model.variables if "example_keep" not in v.path]
 
