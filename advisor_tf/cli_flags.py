@@ -77,6 +77,13 @@ flags.DEFINE_enum("meta_source", _D.meta_source, _C["meta_source"],
                   "neighbours agree with most, in the feature space of a "
                   "short warm-up; then taken out of training). "
                   "Unset: folder when the dataset has one, else auto.")
+flags.DEFINE_string("meta_from", _D.meta_from,
+                    "The workdir of a run with --meta_source=auto whose meta "
+                    "set this run keeps instead of choosing its own (its "
+                    "labels as this run's, --corrections applied): a retrain "
+                    "after advisor-review, compared on the same meta set. "
+                    "With any other meta source the meta set is already the "
+                    "same, and the flag changes nothing.")
 flags.DEFINE_string("corrections", _D.corrections,
                     "A corrections.csv from advisor-review (path,given_label,"
                     "action,new_label,...): trains with its relabel and drop "
@@ -283,7 +290,7 @@ GROUPS = {
              "flip_targets", "imbalance_factor", "train_examples",
              "meta_per_class",
              "meta_source",
-             "corrections"],
+             "corrections", "meta_from"],
     "method": ["method", "embedding_size", "advisor_label_input",
                "advisor_example_weight", "sample_selection",
                "selection_warmup", "relabel_confidence", "rho",

@@ -91,6 +91,10 @@ class TrainConfig:
   meta_per_class: int | None = None
   meta_source: str | None = None  # None: meta_select.resolve() decides.
   corrections: str | None = None  # advisor-review's corrections.csv.
+  # A run's workdir whose automatic meta set (its meta_selection.json) this
+  # run takes instead of choosing its own: a retrain after review keeps the
+  # meta set of the run it corrects.
+  meta_from: str | None = None
   # Method.
   method: str = "mfrw_mes"
   embedding_size: int = 100
@@ -268,6 +272,9 @@ class TrainConfig:
                          f"can name), not --dataset={self.dataset}.")
       if not os.path.isfile(self.corrections):
         raise ValueError(f"--corrections={self.corrections}: no such file.")
+    if self.meta_from is not None and not os.path.isdir(self.meta_from):
+      raise ValueError(f"--meta_from={self.meta_from}: no such run folder "
+                       "(give the workdir of the run whose meta set to keep).")
     if self.image_size is not None and self.image_size < 8:
       raise ValueError(f"--image_size={self.image_size} must be >= 8.")
     if self.lr_schedule == "step" and not self.lr_decay_steps and any(
@@ -359,6 +366,7 @@ def _upgrade(saved):
   saved.setdefault("sample_selection", "none")
   saved.setdefault("selection_warmup", None)
   saved.setdefault("relabel_confidence", 0.95)
+  saved.setdefault("meta_from", None)
   # Runs saved before `meta_source` took the dataset's own meta split where
   # it shipped one (`folder`) and otherwise drew it out of train before the
   # noise (`random`); a user's folder may or may not have had one (unset).

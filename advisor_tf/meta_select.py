@@ -764,6 +764,45 @@ def auto_split(config, split, workdir):
   return held_out(split, record["positions"], record.get("kept_in", []))
 
 
+def inherited(config, split, num_classes):
+  """The selection recorded in `config.meta_from`, as this run's record:
+  the same images (by dataset index) at their positions in this run's
+  training split, with this run's labels of them (`--corrections`
+  applied); an image this run no longer has (dropped) is left out."""
+  record = read_record(config.meta_from)
+  if record is None or "indices" not in record:
+    raise ValueError(f"--meta_from={config.meta_from}: no automatic meta set "
+                     f"recorded there ({RECORD}); give the workdir of a run "
+                     "with --meta_source=auto.")
+  where = {int(i): p for p, i in enumerate(split.train_indices)}
+  kept = sorted((where[int(i)], int(y))
+                for i, y in zip(record["indices"], record["labels"])
+                if int(i) in where)
+  if not kept:
+    raise ValueError(f"--meta_from={config.meta_from}: none of its meta "
+                     "images is in this run's training set (another data "
+                     "set or split?).")
+  missing = len(record["indices"]) - len(kept)
+  if missing:
+    logging.warning("--meta_from=%s: %d of its %d meta images are not in "
+                    "this run's training set (dropped) and are left out.",
+                    config.meta_from, missing, len(record["indices"]))
+  positions = np.array([p for p, _ in kept], np.int64)
+  labels = np.asarray(split.train_labels)
+  return dict(
+      record, positions=[int(p) for p in positions],
+      indices=[int(i) for i in np.asarray(split.train_indices)[positions]],
+      labels=[int(y) for y in labels[positions]],
+      relabelled=int(np.sum(labels[positions] != [y for _, y in kept])),
+      purity=(purity(positions, labels, split.train_clean_labels)
+              if known_truth(config) else None),
+      kept_in=kept_in(labels, record.get("per_class",
+                                         per_class(config, "auto")),
+                      num_classes),
+      train_examples=int(len(labels)), inherited_from=config.meta_from,
+      config=json.loads(config.to_json()))
+
+
 def prepare(config, source, split, out):
   """The split a run trains on. For `auto`: the selection recorded in the
   workdir when it is this run's (a resumed run), else a new one (written to
@@ -773,12 +812,23 @@ def prepare(config, source, split, out):
   # so at the default verbosity.
   say = logging.warning if config.meta_source is None else logging.info
   if split.meta_source != "auto":
+    if config.meta_from is not None:
+      logging.warning("--meta_from=%s: the meta set is %s's, not chosen "
+                      "from the labels, so it is the same without the flag.",
+                      config.meta_from, split.meta_source)
     say("%s", describe(config, split))
     return split
   record = read_record(config.workdir)
   if record is None or not _record_matches(record, config, split):
-    record = select(config, source, split)
+    record = (inherited(config, split, source.num_classes)
+              if config.meta_from is not None
+              else select(config, source, split))
     write_record(out, record)
+  if record.get("inherited_from"):
+    logging.warning("Meta set: the %d images run %s chose (its labels as "
+                    "this run's: %d relabelled by --corrections).",
+                    len(record["positions"]), record["inherited_from"],
+                    record.get("relabelled", 0))
   chosen = held_out(split, record["positions"], record.get("kept_in", []))
   say("%s", describe(config, chosen))
   if record.get("moved_classes"):

@@ -4,6 +4,7 @@ from the dirty training labels without any trusted label."""
 import dataclasses
 import json
 import os
+import types
 
 import keras
 import numpy as np
@@ -431,3 +432,55 @@ def test_auto_resumes_bit_identically(tmp_path, monkeypatch):
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
   assert straight["meta/purity"] == resumed["meta/purity"]
+
+
+# ------------------------------------------------------------- meta_from
+def _auto_split(indices, labels, clean=None):
+  labels = np.asarray(labels)
+  return protocols.Split(
+      train_indices=np.asarray(indices), train_labels=labels,
+      train_clean_labels=labels if clean is None else np.asarray(clean),
+      meta_indices=np.zeros(0, np.int64), meta_labels=np.zeros(0, np.int64),
+      transition=np.eye(3), meta_source="auto")
+
+
+def test_meta_from_keeps_the_first_runs_meta_images_with_todays_labels(
+    tmp_path):
+  """A retrain after review (`--meta_from`) takes the meta images the run
+  it corrects chose, by dataset index, with its own (corrected) labels; an
+  image it dropped is left out; the record is written so that the run
+  resumes with it."""
+  first = tmp_path / "first"
+  meta_select.write_record(first, {
+      "indices": [10, 13, 16, 17], "labels": [0, 1, 2, 2],
+      "positions": [0, 3, 6, 7], "suspect_classes": [], "per_class": 1})
+  # The retrain: image 16 dropped by the corrections (positions shift),
+  # image 13 relabelled from 1 to 0.
+  indices = [10, 11, 12, 13, 14, 15, 17, 18, 19]
+  labels = [0, 1, 2, 0, 1, 2, 2, 0, 1]
+  config = _small(tmp_path / "fixed", meta_from=str(first),
+                  noise="none").validate()
+  split = _auto_split(indices, labels)
+  record = meta_select.inherited(config, split, 3)
+  assert record["positions"] == [0, 3, 6]
+  assert record["indices"] == [10, 13, 17] and record["labels"] == [0, 0, 2]
+  assert record["relabelled"] == 1 and record["inherited_from"] == str(first)
+  source = types.SimpleNamespace(num_classes=3, class_names=list("abc"))
+  chosen = meta_select.prepare(config, source, split, str(tmp_path / "fixed"))
+  np.testing.assert_array_equal(chosen.meta_indices, [10, 13, 17])
+  np.testing.assert_array_equal(chosen.meta_labels, [0, 0, 2])
+  # Classes this small keep their meta images in training too (`kept_in`).
+  assert record["kept_in"] == [0, 1, 2] and len(chosen.train_indices) == 9
+  saved = meta_select.read_record(str(tmp_path / "fixed"))
+  assert saved["indices"] == [10, 13, 17]
+  assert meta_select._record_matches(saved, config, split)  # Resumes it.
+
+
+def test_meta_from_without_a_recorded_selection_is_named(tmp_path):
+  (tmp_path / "trusted").mkdir()
+  with pytest.raises(ValueError, match="--meta_from=.*no such run folder"):
+    _small(tmp_path / "x", meta_from=str(tmp_path / "gone")).validate()
+  config = _small(tmp_path / "x", meta_from=str(tmp_path / "trusted"))
+  with pytest.raises(ValueError, match=r"--meta_from=.*trusted: no automatic "
+                     r"meta set recorded there \(meta_selection.json\)"):
+    meta_select.inherited(config.validate(), _auto_split([1, 2], [0, 1]), 3)

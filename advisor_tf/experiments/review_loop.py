@@ -59,9 +59,12 @@ METHODS = ("mfrw_mes", "ce")
 FOUND = (0.5, 0.8, 0.9, 0.95)
 
 
-def config_of(folder, method, workdir, seed, epochs, corrections_file=None):
+def config_of(folder, method, workdir, seed, epochs, corrections_file=None,
+              meta_from=None):
   """A user's run on the folder (defaults but for what the grid sets; all of
-  the folder's meta/ as the trusted set where it has one)."""
+  the folder's meta/ as the trusted set where it has one; without one, the
+  retrain keeps the meta set of the run it corrects, `meta_from`, as the
+  documented retrain command does)."""
   has_meta = os.path.isdir(os.path.join(folder, "meta"))
   return dataclasses.replace(
       config_lib.TrainConfig(), dataset="image_folder", data_dir=folder,
@@ -70,7 +73,8 @@ def config_of(folder, method, workdir, seed, epochs, corrections_file=None):
       epochs=epochs, lr_decay_epochs=(max(1, round(epochs * 2 / 3)),
                                       max(1, round(epochs * 5 / 6))),
       workdir=workdir, export=False, verbose=0,
-      corrections=corrections_file).validate()
+      corrections=corrections_file,
+      meta_from=None if has_meta else meta_from).validate()
 
 
 def train_once(config):
@@ -191,9 +195,19 @@ def one_seed(root, cell, seed, epochs, ranking_names, fractions,
                "suggestion_right": float(np.mean(
                    probs[top].argmax(axis=1) == clean[top]))}
       for m in METHODS:
+        run_dir = os.path.join(root, f"{name}_top{fraction:g}_{m}")
+        if os.path.isdir(os.path.join(folder, "meta")):  # A trusted meta/.
+          entry[m] = train_once(config_of(folder, m, run_dir, seed, epochs,
+                                          path))
+          continue
         entry[m] = train_once(config_of(
-            folder, m, os.path.join(root, f"{name}_top{fraction:g}_{m}"),
-            seed, epochs, path))
+            folder, m, run_dir + "_kept_meta", seed, epochs, path,
+            meta_from=os.path.join(root, f"first_{m}")))
+        # Before `--meta_from`, the retrain chose its own meta set: kept
+        # beside where that run is there (it is not trained again).
+        if os.path.exists(os.path.join(run_dir, "metrics.json")):
+          entry[f"{m}_own_meta"] = train_once(config_of(
+              folder, m, run_dir, seed, epochs, path))
       corrected[name][f"{fraction:g}"] = entry
       print(f"seed {seed} {name} top {fraction:.0%}: {entry}")
   return {"realised_noise_rate": realised,
