@@ -4,7 +4,7 @@ r"""Review the suspected labels of a run in the browser, fix them, retrain.
   # open the page (file://), review with the keyboard, download
   # corrections.csv, then:
   advisor-train --flagfile=runs/photos/flags.txt --corrections=corrections.csv \
-      --workdir=runs/photos_fixed
+      --meta_from=runs/photos --workdir=runs/photos_fixed
 
 Writes ONE self-contained HTML file (no server, nothing fetched: the
 thumbnails are inlined as data URIs) with a card per training image, ranked
@@ -26,7 +26,8 @@ run and its ranking) across reloads; "Download corrections.csv" writes
 one row per decided card (action relabel | keep | drop | unsure; `path`
 relative to the run's --data_dir), and "Load corrections" reads such a file
 back. `advisor-train --corrections=FILE` trains on the corrected labels
-(`advisor_tf.data.corrections`).
+(`advisor_tf.data.corrections`); `--meta_from=RUN` keeps RUN's automatic
+meta set (with the corrected labels) instead of choosing a new one.
 """
 
 import os

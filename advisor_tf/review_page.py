@@ -209,7 +209,7 @@ kbd{border:1px solid #aaa;border-radius:3px;padding:0 4px;background:#fafafa;fon
 <kbd>d</kbd> drop the image · <kbd>u</kbd> unsure · <kbd>1</kbd>–<kbd>9</kbd>, <kbd>0</kbd> = 10 relabel to that
 class (two digits quickly for classes above 9) · <kbd>z</kbd>/<kbd>Backspace</kbd> undo · <kbd>?</kbd> this help.
 Deciding moves to the next card. Progress is kept in this browser; download corrections.csv and train with
-<code>advisor-train … --corrections=corrections.csv</code>.</div>
+<code>advisor-train … --corrections=corrections.csv --meta_from=RUN</code>.</div>
 </header>
 <main id="cards"></main>
 <script id="data" type="application/json">__DATA__</script>

@@ -137,13 +137,17 @@ def test_a_run_retrains_from_its_flags_txt_with_corrections(tmp_path):
   fixed = tmp_path / "runs" / "photos_fixed"
   # The command advisor-review's --help and the documentation give.
   proc = _command("train", f"--flagfile={first}/flags.txt",
-                  f"--corrections={corrections}", f"--workdir={fixed}")
+                  f"--corrections={corrections}", f"--meta_from={first}",
+                  f"--workdir={fixed}")
   assert proc.returncode == 0, proc.stderr[-3000:]
+  # A trusted meta/ folder: the same meta set with or without the flag.
+  assert "so it is the same without the flag" in proc.stderr
   before = json.loads((first / "config.json").read_text())
   after = json.loads((fixed / "config.json").read_text())
   assert after.pop("workdir") == str(fixed)
   assert after.pop("corrections") == str(corrections)
-  before.pop("workdir"), before.pop("corrections")
+  assert after.pop("meta_from") == str(first)
+  before.pop("workdir"), before.pop("corrections"), before.pop("meta_from")
   assert after == before
   metrics = json.loads((fixed / "metrics.json").read_text())
   assert metrics["train/examples"] == 23  # One image dropped.
