@@ -525,6 +525,9 @@ def describe(config, split):
                   "agree with most after a short warm-up), held out of "
                   "training"}[
                       split.meta_source]
+  if split.meta_source == "auto" and config.meta_from is not None:
+    text = (f"the images run {config.meta_from} chose automatically "
+            "(--meta_from), with this run's labels, held out of training")
   line = f"Meta set: --meta_source={split.meta_source}, {text}; " \
          f"{len(split.meta_labels)} examples, {per}"
   if known_truth(config) and split.meta_purity is not None:
@@ -824,13 +827,12 @@ def prepare(config, source, split, out):
               if config.meta_from is not None
               else select(config, source, split))
     write_record(out, record)
-  if record.get("inherited_from"):
-    logging.warning("Meta set: the %d images run %s chose (its labels as "
-                    "this run's: %d relabelled by --corrections).",
-                    len(record["positions"]), record["inherited_from"],
-                    record.get("relabelled", 0))
   chosen = held_out(split, record["positions"], record.get("kept_in", []))
   say("%s", describe(config, chosen))
+  if record.get("inherited_from"):
+    logging.warning("--meta_from=%s: %d of its %d meta images relabelled "
+                    "since that run (--corrections).", record["inherited_from"],
+                    record.get("relabelled", 0), len(record["positions"]))
   if record.get("moved_classes"):
     logging.warning(
         "--meta_source=auto: class(es) %s: their best-agreeing images lay "

@@ -467,6 +467,8 @@ def test_meta_from_keeps_the_first_runs_meta_images_with_todays_labels(
   assert record["relabelled"] == 1 and record["inherited_from"] == str(first)
   source = types.SimpleNamespace(num_classes=3, class_names=list("abc"))
   chosen = meta_select.prepare(config, source, split, str(tmp_path / "fixed"))
+  assert f"the images run {first} chose automatically (--meta_from)" in (
+      meta_select.describe(config, chosen))
   np.testing.assert_array_equal(chosen.meta_indices, [10, 13, 17])
   np.testing.assert_array_equal(chosen.meta_labels, [0, 0, 2])
   # Classes this small keep their meta images in training too (`kept_in`).
