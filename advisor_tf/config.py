@@ -203,6 +203,11 @@ class TrainConfig:
                        f"drops examples, 1 to --epochs − 1 ({self.epochs - 1}),"
                        " with --sample_selection=gmm or gmm_relabel (unset: a third of "
                        "--epochs).")
+    if (self.relabel_confidence != TrainConfig.relabel_confidence
+        and self.sample_selection != "gmm_relabel"):
+      raise ValueError(f"--relabel_confidence={self.relabel_confidence} "
+                       "applies to --sample_selection=gmm_relabel, not "
+                       f"--sample_selection={self.sample_selection}.")
     if not 0 < self.relabel_confidence <= 1:
       raise ValueError(f"--relabel_confidence={self.relabel_confidence}: the "
                        "classifier's probability of its prediction at which "

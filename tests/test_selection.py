@@ -128,6 +128,11 @@ def test_the_flags_are_validated():
                      r"\(0, 1\]"):
     dataclasses.replace(base, sample_selection="gmm_relabel",
                         relabel_confidence=1.5).validate()
+  with pytest.raises(ValueError, match="--relabel_confidence=0.8 applies to "
+                     "--sample_selection=gmm_relabel, not "
+                     "--sample_selection=gmm"):
+    dataclasses.replace(base, sample_selection="gmm",
+                        relabel_confidence=0.8).validate()
   config = dataclasses.replace(base, sample_selection="gmm").validate()
   assert selection.start_epoch(config) == 2
   assert selection.start_epoch(dataclasses.replace(
